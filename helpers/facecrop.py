@@ -1,0 +1,40 @@
+"""Face cropping with OpenCV's Haar cascade (ships inside opencv-python-headless 4.x)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+
+class FaceCropper:
+    """Finds frontal faces and cuts out the largest one with a margin around it."""
+
+    def __init__(self, margin: float = 0.2, min_size: int = 24):
+        try:
+            import cv2
+        except ImportError:
+            raise ImportError("Face cropping needs OpenCV: pip install 'opencv-python-headless<5'") from None
+        if not hasattr(cv2, "data") or not hasattr(cv2, "CascadeClassifier"):
+            raise ImportError("This OpenCV has no Haar cascades (OpenCV 5 removed them): "
+                              "pip install 'opencv-python-headless<5'")
+        self.cv2 = cv2
+        self.detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        self.margin = margin
+        self.min_size = min_size
+
+    def detect(self, img: Image.Image) -> np.ndarray:
+        """Face boxes (x, y, w, h), largest first."""
+        grey = np.asarray(img.convert("L"))
+        boxes = self.detector.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5,
+                                               minSize=(self.min_size, self.min_size))
+        boxes = np.asarray(boxes).reshape(-1, 4)
+        return boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]))] if len(boxes) else boxes
+
+    def crop(self, img: Image.Image) -> tuple[Image.Image | None, int]:
+        """(largest face with margin, number of faces found); (None, 0) when none is found."""
+        boxes = self.detect(img)
+        if len(boxes) == 0:
+            return None, 0
+        x, y, w, h = (int(v) for v in boxes[0])
+        dx, dy = int(w * self.margin), int(h * self.margin)
+        box = (max(0, x - dx), max(0, y - dy), min(img.width, x + w + dx), min(img.height, y + h + dy))
+        return img.crop(box), len(boxes)

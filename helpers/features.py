@@ -1,0 +1,93 @@
+"""Frozen-backbone features, computed once and cached on disk.
+
+The cache key covers the backbone, its weights, the preprocessing and the pixels of every
+image, so a changed photo (or another backbone or input size) computes new features.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .backbones import Backbone
+from .images import image_digest
+from .runtime import cache_dir, pick_device
+
+
+def _key(backbone: Backbone, images: Sequence[Image.Image], transform_repr: str) -> str:
+    h = hashlib.sha256()
+    h.update(backbone.cache_key().encode())
+    h.update(transform_repr.encode())
+    for img in images:
+        h.update(image_digest(img).encode())
+    return h.hexdigest()[:24]
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.inference_mode()
+def compute_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 32,
+                     transform=None, device: torch.device | str | None = None,
+                     progress: bool = True) -> torch.Tensor:
+    """Features (N, feature_dim) of `images`, in eval mode, inference mode and channels_last."""
+    device = pick_device(device)
+    transform = transform or backbone.transform()
+    was_training = backbone.training
+    net = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc=f"features ({backbone.name})",
+                      disable=not progress, leave=False):
+        batch = torch.stack([transform(im) for im in images[start:start + batch_size]])
+        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+        out.append(net(batch).float().cpu())
+    backbone.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, backbone.feature_dim)
+
+
+def extract_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 32,
+                     transform=None, cache: bool = True, device=None, progress: bool = True,
+                     verbose: bool = True) -> torch.Tensor:
+    """Like `compute_features`, but read from / written to the on-disk cache.
+
+    A cache file that cannot be read or does not match is reported and rebuilt.
+    """
+    transform = transform or backbone.transform()
+    if not cache:
+        return compute_features(backbone, images, batch_size, transform, device, progress)
+    path = cache_dir("features") / f"{backbone.name}-{_key(backbone, images, repr(transform))}.pt"
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if not (isinstance(feats, torch.Tensor) and feats.shape == (len(images), backbone.feature_dim)
+                    and torch.isfinite(feats).all()):
+                raise ValueError("unexpected content")
+            if verbose:
+                print(f"features: {len(images)} images, read from cache ({path.name})")
+            return feats
+        except Exception as e:
+            print(f"features: cache file {path.name} is unreadable ({type(e).__name__}); rebuilding it")
+    t0 = time.perf_counter()
+    feats = compute_features(backbone, images, batch_size, transform, device, progress)
+    atomic_save(feats, path)
+    if verbose:
+        print(f"features: {len(images)} images computed in {time.perf_counter() - t0:.1f} s and cached")
+    return feats

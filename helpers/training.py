@@ -1,0 +1,195 @@
+"""Training loops: the embedding + head on cached features (seconds), or end to end with chosen stages."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .model import FaceModel, build_model
+from .runtime import pick_device, set_seed, threads
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the learning rate is too high for this model."""
+
+
+@dataclass
+class History:
+    """Per-epoch loss and accuracies of one training run."""
+
+    loss: list[float] = field(default_factory=list)
+    train_acc: list[float] = field(default_factory=list)
+    val_acc: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    diverged: str = ""
+
+    @property
+    def epochs(self) -> int:
+        return len(self.loss)
+
+    @property
+    def final_val_acc(self) -> float:
+        return self.val_acc[-1] if self.val_acc else float("nan")
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return float(np.median(self.seconds)) if self.seconds else float("nan")
+
+    def summary(self) -> str:
+        if self.diverged:
+            return f"diverged: {self.diverged}"
+        s = f"{self.epochs} epochs, final loss {self.loss[-1]:.3f}, train acc {100 * self.train_acc[-1]:.1f} %"
+        if self.val_acc:
+            s += f", val acc {100 * self.val_acc[-1]:.1f} %"
+        return s
+
+
+class ImageDataset(Dataset):
+    """PIL images + labels through a transform (augmentation happens here, per epoch)."""
+
+    def __init__(self, images: Sequence, labels, transform):
+        self.images, self.labels, self.transform = images, torch.as_tensor(np.asarray(labels)), transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def param_groups(model: FaceModel, lr: float, backbone_lr: float | dict[str, float] | None) -> list[dict]:
+    """Optimizer groups over trainable parameters only: head at `lr`, backbone stages lower.
+
+    `backbone_lr` is one rate for all trainable stages, or a {stage: lr} dict; None means `lr`/10.
+    """
+    groups = [{"params": [p for p in [*model.embedding.parameters(), *model.head.parameters()]
+                          if p.requires_grad], "lr": lr, "name": "head"}]
+    if model.backbone is not None:
+        for stage in model.backbone.stage_names:
+            params = [p for p in model.backbone.stage_parameters(stage) if p.requires_grad]
+            if not params:
+                continue
+            if isinstance(backbone_lr, dict):
+                stage_lr = backbone_lr.get(stage, lr / 10)
+            else:
+                stage_lr = lr / 10 if backbone_lr is None else backbone_lr
+            groups.append({"params": params, "lr": stage_lr, "name": stage})
+    return [g for g in groups if g["params"]]
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator):
+    order = torch.randperm(n, generator=gen)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        if len(idx) > 1:  # BatchNorm1d needs two samples
+            yield idx
+
+
+@torch.no_grad()
+def evaluate_logits(model: FaceModel, x, batch_size: int = 256, device=None) -> torch.Tensor:
+    """s*cos logits for features (tensor) or a Dataset of images, in eval mode."""
+    device = device or next(model.parameters()).device
+    was = model.training
+    model.eval()
+    if isinstance(x, torch.Tensor):
+        out = torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    else:
+        out = torch.cat([model(xb.to(device)).cpu() for xb, _ in DataLoader(x, batch_size=batch_size)])
+    model.train(was)
+    return out
+
+
+def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
+        backbone_lr: float | dict | None = None, batch_size: int = 64, weight_decay: float = 5e-4,
+        seed: int = 0, device=None, progress: bool = True,
+        on_epoch: Callable[[History], None] | None = None, raise_on_divergence: bool = False) -> History:
+    """Train `model` on `train` = (features, labels) tensors or an ImageDataset; AdamW, cosine schedule.
+
+    Only trainable parameters are optimised. A NaN/inf loss stops training and is reported in
+    `History.diverged` (or raised with `raise_on_divergence`).
+    """
+    set_seed(seed)
+    device = pick_device(device)
+    model.to(device)
+    groups = param_groups(model, lr, backbone_lr)
+    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    gen = torch.Generator().manual_seed(seed)
+    cached = isinstance(train, tuple)
+    if cached:
+        x_train, y_train = (torch.as_tensor(t) for t in train)
+        y_train = y_train.long()
+    else:
+        loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen, drop_last=len(train) > batch_size)
+    hist = History()
+    bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        total, correct, loss_sum = 0, 0, 0.0
+        batches = ((x_train[i], y_train[i]) for i in _batches(len(x_train), batch_size, gen)) if cached else loader
+        for xb, yb in batches:
+            xb, yb = xb.to(device), yb.to(device).long()
+            emb = model.embedding(model.features(xb))
+            logits = model.head(emb, yb)
+            loss = F.cross_entropy(logits, yb)
+            if not torch.isfinite(loss):
+                hist.diverged = (f"loss became {loss.item()} at epoch {epoch + 1} with lr={lr:g}: "
+                                 f"the learning rate is too high; try lr={lr / 10:g}")
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(yb)
+            with torch.no_grad():
+                correct += (model.head.cosine(emb).argmax(1) == yb).sum().item()
+            total += len(yb)
+        if hist.diverged:
+            print(f"training stopped: {hist.diverged}")
+            if raise_on_divergence:
+                raise TrainingDiverged(hist.diverged)
+            break
+        sched.step()
+        hist.loss.append(loss_sum / max(total, 1))
+        hist.train_acc.append(correct / max(total, 1))
+        if val is not None:
+            hist.val_acc.append(accuracy_of(model, val))
+        hist.seconds.append(time.perf_counter() - t0)
+        bar.set_postfix(loss=f"{hist.loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.3f}" if hist.val_acc else "-")
+        if on_epoch is not None:
+            on_epoch(hist)
+    return hist
+
+
+def accuracy_of(model: FaceModel, data) -> float:
+    """Closed-set accuracy of the head's prediction on (features, labels) or an ImageDataset."""
+    if isinstance(data, tuple):
+        x, y = data
+        y = torch.as_tensor(y)
+    else:
+        x, y = data, data.labels
+    return (evaluate_logits(model, x).argmax(1) == y.long()).float().mean().item()
+
+
+def train_head_on_features(train_x: torch.Tensor, train_y, val_x=None, val_y=None, head: str = "arcface",
+                           s: float = 16.0, m: float | None = None, easy_margin: bool = False,
+                           epochs: int = 30, lr: float = 1e-2, batch_size: int = 64, seed: int = 0,
+                           progress: bool = True, on_epoch=None) -> tuple[FaceModel, History]:
+    """Frozen training: a fresh embedding + head fitted on cached backbone features, on one thread."""
+    set_seed(seed)
+    train_y = torch.as_tensor(np.asarray(train_y)).long()
+    model = build_model(int(train_y.max()) + 1, feature_dim=train_x.shape[1], head=head, s=s, m=m,
+                        easy_margin=easy_margin)
+    val = (val_x, torch.as_tensor(np.asarray(val_y)).long()) if val_x is not None else None
+    with threads(1):
+        hist = fit(model, (train_x, train_y), val, epochs=epochs, lr=lr, batch_size=batch_size,
+                   seed=seed, device="cpu", progress=progress, on_epoch=on_epoch)
+    return model.eval(), hist
