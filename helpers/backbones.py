@@ -34,6 +34,14 @@ def imagenet_categories() -> list[str]:
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
+def _short(path: Path) -> str:
+    """`~/...` for paths under the home folder: the same text on every machine."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def resnet18_weights_path() -> Path:
     """Where torchvision looks for the ResNet-18 ImageNet file ($TORCH_HOME/hub/checkpoints)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
@@ -158,12 +166,12 @@ def _resnet18(pretrained: bool, allow_download: bool) -> Backbone:
     else:
         path = resnet18_weights_path()
         if path.exists():
-            origin = f"torch hub cache {path} (no download)"
+            origin = f"torch hub cache {_short(path)} (no download)"
         elif allow_download and internet_reachable():
             origin = "downloaded by torchvision's weights API"
         else:
             raise BackboneUnavailable(
-                f"ResNet-18 ImageNet weights are not at {path} and download.pytorch.org cannot be "
+                f"ResNet-18 ImageNet weights are not at {_short(path)} and download.pytorch.org cannot be "
                 "reached. Offline, use backbone='efficientnet_lite0' (its weights ship in a pip "
                 f"package), or copy {RESNET18_FILE} there from a machine with internet.")
         try:

