@@ -26,7 +26,6 @@ setup() {
     echo "$want" > "$stamp"
   fi
   export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.cache/numba}"
-  export MPLBACKEND="${MPLBACKEND:-module://matplotlib_inline.backend_inline}"
 }
 
 browser_ready() {
