@@ -5,6 +5,7 @@ import importlib.util
 import os
 import re
 import socket
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,75 +114,137 @@ def load_orl() -> FaceSet:
 
 # ---------------------------------------------------------------- a learner's folder
 
-def _walk_images(person_dir: Path, report: LoadReport):
-    """Yield candidate files under a person's folder, nested folders included, no symlink loops."""
-    seen_dirs = set()
-    for dirpath, dirnames, filenames in os.walk(person_dir, followlinks=True):
+SYSTEM_FILES = {"thumbs.db", "desktop.ini", "icon\r", "ehthumbs.db"}
+HEIC_EXTENSIONS = {".heic", ".heif"}
+
+
+def _rel(path: str | Path, root: Path) -> str:
+    """`path` relative to `root` (what the learner sees in the report: the same on every machine)."""
+    try:
+        rel = Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+    return rel if rel != "." else root.name
+
+
+def _walk_files(person_dir: Path, root: Path, report: LoadReport, read_dirs: dict[str, str]):
+    """Yield the files under a person's folder, nested folders included, in a fixed order.
+
+    Folder links are followed, but each real folder is read once over the whole load
+    (`read_dirs`: real path -> where it was read), so link loops end and nothing is read twice.
+    """
+    def unreadable(err: OSError) -> None:
+        report.skip(_rel(err.filename, root), f"cannot open this folder ({err.strerror}): fix its "
+                                              "permissions (chmod a+rx FOLDER) or copy it again")
+
+    for dirpath, dirnames, filenames in os.walk(person_dir, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            report.skip(dirpath, "folder link loops back to a folder already read; not followed")
+        if real in read_dirs:
+            report.skip(_rel(dirpath, root), f"folder link to {read_dirs[real]}, which is already read "
+                                             "(a link loop or a second copy): not read twice")
             dirnames[:] = []
             continue
-        seen_dirs.add(real)
+        read_dirs[real] = _rel(dirpath, root)
+        for d in sorted(d for d in dirnames if d.startswith(".")):
+            report.skip(_rel(Path(dirpath) / d, root), "hidden folder: ignored")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             yield Path(dirpath) / name
 
 
-def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2) -> FaceSet:
-    """Load `root/<person>/*.jpg|png|...`: one sub-folder per person.
+def _file_problem(f: Path) -> str | None:
+    """Why a file is not even tried as a photo (hidden, system, wrong extension), or None."""
+    if f.name.startswith("."):
+        return "hidden file (.DS_Store, ._* copies from macOS): ignored"
+    if f.name.lower() in SYSTEM_FILES:
+        return "system file (Windows/macOS folder settings): ignored"
+    ext = f.suffix.lower()
+    if ext in HEIC_EXTENSIONS:
+        return ("HEIC/HEIF photo (the iPhone format), which Pillow cannot read: export it as JPEG "
+                "(Photos: File > Export, or set Camera > Formats > Most Compatible)")
+    if ext not in IMAGE_EXTENSIONS:
+        return (f"not a photo file ({ext or 'no extension'}); photos must end in "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}: ignored")
+    return None
+
+
+def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
+                verbose: bool = True) -> FaceSet:
+    """Load `root/<person>/*.jpg|png|...`: one sub-folder per person (nested folders allowed).
 
     Nothing in `root` is written. Files that cannot be used are listed in `.report` with the
-    reason; people with fewer than `min_photos` usable photos are left out and named in the
-    report. With `crop_faces`, each photo is cut to its largest detected face (OpenCV Haar)
-    and photos with no face are skipped.
+    reason (paths relative to `root`); the same photo filed under two people is left out of
+    both; a repeated photo of one person is kept once; people with fewer than `min_photos`
+    usable photos are left out and named in the report. With `crop_faces`, each photo is cut
+    to its largest detected face (OpenCV Haar) and photos with no face are skipped.
+    Raises FaceDataError (with what to do) when fewer than 2 people remain. `verbose` prints
+    what was loaded and the report.
     """
+    given = str(root)
     root = Path(root)
     if not root.exists():
-        raise FaceDataError(f"{root} does not exist. Make it and add one folder per person: "
-                            f"{root}/<person>/<photo>.jpg")
+        raise FaceDataError(f"{given} does not exist. Make it and add one folder per person: "
+                            f"{given}/<person>/<photo>.jpg")
     if not root.is_dir():
-        raise FaceDataError(f"{root} is a file; give the folder that holds one sub-folder per person")
+        raise FaceDataError(f"{given} is a file; give the folder that holds one sub-folder per person")
+    try:
+        entries = sorted(root.iterdir(), key=lambda p: p.name)
+    except OSError as e:
+        raise FaceDataError(f"cannot list {given} ({e.strerror}): fix its permissions "
+                            "(chmod a+rx FOLDER) or copy it again") from None
     report = LoadReport()
     cropper = None
     if crop_faces:
         from .facecrop import FaceCropper
         cropper = FaceCropper()
+    read_dirs = {os.path.realpath(root): f"the top folder {root.name}"}
     per_person: dict[str, list[tuple[Image.Image, str, str]]] = {}
-    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+    loose = 0
+    for entry in entries:
         if entry.name.startswith("."):
-            report.skip(entry, "hidden file or folder")
+            report.skip(entry.name, "hidden file or folder: ignored")
             continue
         if not entry.is_dir():
-            report.skip(entry, "not inside a person folder (put photos in <root>/<person>/)")
+            if _file_problem(entry) is None:
+                loose += 1
+                report.skip(entry.name, "photo not inside a person folder: move it to <root>/<person>/")
+            else:
+                report.skip(entry.name, "not a photo and not a person folder: ignored")
             continue
-        kept = []
-        for f in _walk_images(entry, report):
-            if f.name.startswith("."):
-                report.skip(f, "hidden file (e.g. .DS_Store)")
-                continue
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
-                report.skip(f, f"not an image file extension ({f.suffix or 'none'})")
+        person = unicodedata.normalize("NFC", entry.name)
+        kept, first_of = [], {}
+        for f in _walk_files(entry, root, report, read_dirs):
+            rel = _rel(f, root)
+            problem = _file_problem(f)
+            if problem:
+                report.skip(rel, problem)
                 continue
             try:
                 img = read_image(f)
                 digest = file_digest(f)
             except ImageSkip as e:
-                report.skip(f, str(e))
+                report.skip(rel, str(e))
                 continue
             except OSError as e:
-                report.skip(f, f"cannot read the file ({e.strerror or e})")
+                report.skip(rel, f"cannot read the file ({e.strerror or e}): copy the photo again")
                 continue
+            if digest in first_of:
+                report.skip(rel, f"the same photo as {first_of[digest]}: kept once (a copy in both "
+                                 "training and test would inflate the accuracy)")
+                continue
+            first_of[digest] = rel
             if cropper is not None:
                 face, n = cropper.crop(img)
                 if face is None:
-                    report.skip(f, "no face found (try a clearer, frontal photo, or crop_faces=False)")
+                    report.skip(rel, "no face found: use a clear, frontal, well-lit photo, or load "
+                                     "with crop_faces=False")
                     continue
                 if n > 1:
-                    report.notes.append(f"{f}: {n} faces found; kept the largest")
+                    report.notes.append(f"{rel}: {n} faces found; kept the largest (check it is "
+                                        f"{person}, or crop the photo yourself)")
                 img = face
             kept.append((img, str(f), digest))
-        per_person[entry.name] = kept
+        per_person[person] = per_person.get(person, []) + kept
 
     # the same photo filed under two people cannot have one right label: drop every copy
     owners: dict[str, set[str]] = {}
@@ -194,7 +257,8 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2)
         for img, path, digest in items:
             if digest in clash:
                 others = ", ".join(sorted(owners[digest] - {person}))
-                report.skip(path, f"the same photo is also filed under {others}; left out of both")
+                report.skip(_rel(path, root), f"the same photo is also filed under {others}: left out "
+                                              "of both; keep it in the right person's folder only")
             else:
                 keep.append((img, path, digest))
         per_person[person] = keep
@@ -203,8 +267,8 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2)
     for person, items in per_person.items():
         if len(items) < min_photos:
             report.notes.append(
-                f"person '{person}' has {len(items)} usable photo(s); needs at least {min_photos} "
-                f"(one to train, one to test): left out")
+                f"person '{person}' has {len(items)} usable photo(s) and needs at least {min_photos} "
+                f"(one to train, one to test): left out; add more photos of {person}")
             continue
         label = len(names)
         names.append(person)
@@ -212,35 +276,75 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2)
             images.append(img)
             labels.append(label)
             paths.append(path)
+    if not any(not e.name.startswith(".") for e in entries):
+        raise FaceDataError(f"{given} is empty: add one sub-folder per person with their photos, "
+                            f"e.g. {given}/alice/1.jpg and {given}/bob/1.jpg")
+    if not per_person and loose:
+        raise FaceDataError(f"{given} holds photos but no person folders: make one sub-folder per "
+                            f"person (e.g. {given}/alice/) and move each person's photos into it")
     if len(names) < 2:
+        found = f"{len(names)} person ({names[0]})" if names else "no person"
         raise FaceDataError(
-            f"{root}: found {len(names)} person(s) with at least {min_photos} usable photos; "
-            f"recognition needs at least 2 people. Add folders {root}/<person>/ with photos.\n{report}")
-    return FaceSet(images, np.array(labels, dtype=int), names, paths,
-                   source=f"your folder {root}", report=report)
+            f"{given}: {found} with at least {min_photos} usable photos; recognition needs at "
+            f"least 2 people. Give at least 2 sub-folders of {given} {min_photos} or more photos "
+            f"each. What was left out and why:\n{report}")
+    faces = FaceSet(images, np.array(labels, dtype=int), names, paths,
+                    source=f"your folder {given}", report=report)
+    if verbose:
+        counts = ", ".join(f"{n} {c}" for n, c in faces.counts().items())
+        print(f"Loaded {len(faces)} photos of {faces.num_people} people from {given} ({counts})")
+        if report.skipped or report.notes:
+            print(report)
+    return faces
 
 
 # ---------------------------------------------------------------- LFW (online only)
 
-def load_lfw(min_faces_per_person: int = 55, timeout_s: float = 10.0) -> FaceSet:
-    """Labeled Faces in the Wild through scikit-learn (downloads once; needs internet).
+LFW_HOST = "ndownloader.figshare.com"  # where scikit-learn downloads LFW from
 
-    `min_faces_per_person=55` keeps about 9 people, as in the guide.
+
+def load_lfw(min_faces_per_person: int = 55, timeout_s: float = 10.0,
+             data_home: str | Path | None = None) -> FaceSet:
+    """Labeled Faces in the Wild through scikit-learn (downloads ~200 MB once; needs internet).
+
+    `min_faces_per_person=55` keeps about 9 people, as in the guide. `data_home` is where
+    scikit-learn keeps it (default ~/scikit_learn_data). A copy already there is used without
+    the network; otherwise, offline (or with FACE_COURSE_OFFLINE=1), FaceDataError says what to
+    do within a few seconds instead of waiting on the download.
     """
+    import inspect
+
     from sklearn.datasets import fetch_lfw_people
 
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout_s)
+    from .backbones import internet_reachable
+
+    kwargs = dict(min_faces_per_person=min_faces_per_person, color=True, resize=1.0,
+                  data_home=None if data_home is None else str(data_home))
     try:
-        lfw = fetch_lfw_people(min_faces_per_person=min_faces_per_person, color=True, resize=1.0)
-    except Exception as e:  # URLError, socket errors, HTTP errors: all mean "no data"
-        raise FaceDataError(
-            f"LFW could not be downloaded ({type(e).__name__}: {str(e)[:120]}). It needs internet "
-            "once; offline, use the packaged ORL faces (source='orl') or your own folder "
-            "(source='data/')."
-        ) from None
-    finally:
-        socket.setdefaulttimeout(old)
+        lfw = fetch_lfw_people(**kwargs, download_if_missing=False)  # a copy on disk: no network
+    except OSError:
+        lfw = None
+    if lfw is None:
+        offline = os.environ.get("FACE_COURSE_OFFLINE") == "1"
+        if offline or not internet_reachable(LFW_HOST, timeout_s=min(timeout_s, 5.0)):
+            why = "FACE_COURSE_OFFLINE=1 is set" if offline else f"{LFW_HOST} cannot be reached"
+            raise FaceDataError(
+                f"LFW is not downloaded yet and {why}. It needs internet once (~200 MB); offline, "
+                "use the packaged ORL faces (source='orl') or your own folder (source='data/<folder>').")
+        if "n_retries" in inspect.signature(fetch_lfw_people).parameters:
+            kwargs["n_retries"] = 1
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)
+        try:
+            lfw = fetch_lfw_people(**kwargs, download_if_missing=True)
+        except Exception as e:  # URLError, socket errors, HTTP errors: all mean "no data"
+            raise FaceDataError(
+                f"LFW could not be downloaded ({type(e).__name__}: {str(e)[:120]}). It needs internet "
+                "once; offline, use the packaged ORL faces (source='orl') or your own folder "
+                "(source='data/<folder>')."
+            ) from None
+        finally:
+            socket.setdefaulttimeout(old)
     images = [Image.fromarray((im * 255).clip(0, 255).astype(np.uint8) if im.max() <= 1 else im.astype(np.uint8))
               for im in lfw.images]
     return FaceSet(images, lfw.target.astype(int), [str(n) for n in lfw.target_names],
