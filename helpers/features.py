@@ -44,22 +44,27 @@ def atomic_save(obj, path: str | Path) -> None:
         raise
 
 
-@torch.inference_mode()
 def compute_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 32,
                      transform=None, device: torch.device | str | None = None,
                      progress: bool = True) -> torch.Tensor:
-    """Features (N, feature_dim) of `images`, in eval mode, inference mode and channels_last."""
+    """Features (N, feature_dim) of `images`, in eval mode, inference mode and channels_last.
+
+    The result is an ordinary tensor (like a cache hit), not an inference tensor, so in-place
+    edits and autograd work on it the first time too.
+    """
     device = pick_device(device)
     transform = transform or backbone.transform()
     was_training = backbone.training
     net = backbone.to(device).eval().to(memory_format=torch.channels_last)
     out = []
-    for start in tqdm(range(0, len(images), batch_size), desc=f"features ({backbone.name})",
-                      disable=not progress, leave=False):
-        batch = torch.stack([transform(im) for im in images[start:start + batch_size]])
-        batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-        out.append(net(batch).float().cpu())
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(images), batch_size), desc=f"features ({backbone.name})",
+                          disable=not progress, leave=False):
+            batch = torch.stack([transform(im) for im in images[start:start + batch_size]])
+            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
+            out.append(net(batch).float().cpu())
     backbone.train(was_training)
+    # torch.cat outside inference mode turns the inference tensors into an ordinary one
     return torch.cat(out) if out else torch.empty(0, backbone.feature_dim)
 
 
