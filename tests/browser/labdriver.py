@@ -1,0 +1,740 @@
+"""Drive JupyterLab in headless Chromium the way a learner does, and report what went wrong.
+
+Used by `test_widgets_in_browser.py`. Three parts:
+
+- `LabServer`: a JupyterLab server on a free 127.0.0.1 port, no token, throw-away config /
+  runtime / settings / workspace folders, started with this Python (so its kernel is the course
+  environment's), stopped by its process id.
+- `launch_browser`: Debian's Chromium through Playwright (never `playwright install`).
+- `check_notebook`: open a notebook, run all cells, find the widget panels (CSS class
+  `course-panel`), move the learning-rate slider (`course-lr`; else the panel's first slider),
+  click the run button (`course-run`) and wait for a new figure and a "Result:" line in the
+  panel's output (`course-output`). Raises `WidgetCheckFailed` with a precise message on
+  "Error displaying widget", "model not found", a traceback in any output, a dialog (kernel
+  died, kernel chooser), a browser console error, cut-off labels, or a click that changes nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from urllib.parse import quote
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VIEWPORT = {"width": 1280, "height": 900}
+
+# Code that builds a panel: a call to a `*_panel(...)` builder, or a widget given the
+# contract's class by hand. Notebooks without one are not opened.
+PANEL_BUILDER = re.compile(r"\b[A-Za-z_]\w*_panel\s*\(|course-panel")
+
+# Console messages that are harmless here, each with the reason. Everything else fails.
+CONSOLE_ALLOW = [
+    # No network: JupyterLab's optional fetches of its news feed / release check (turned off in
+    # the settings below, kept in case a version ignores the setting).
+    (re.compile(r"jupyter\.org|lab/api/news|update check", re.I), "news / update check offline"),
+]
+
+# Chromium flags that work on these machines (see shared FIELD_NOTES): no sandbox as root, no GPU,
+# no background traffic to Google services that cannot be reached.
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+REPORT_LINES: list[str] = []   # printed by conftest.py at the end of the run
+
+ACTIVE = "#jp-main-dock-panel .jp-NotebookPanel:not(.lm-mod-hidden)"
+
+
+class WidgetCheckFailed(AssertionError):
+    """What a learner would have seen go wrong, with the notebook and cell."""
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium executable (`FACE_COURSE_CHROMIUM`, else `chromium` on PATH), or None."""
+    explicit = os.environ.get("FACE_COURSE_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    for name in ("chromium", "chromium-browser"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def code_cells(path: Path) -> list[str]:
+    """Sources of the notebook's code cells."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    out = []
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "code":
+            src = cell.get("source", "")
+            out.append("".join(src) if isinstance(src, list) else src)
+    return out
+
+
+def panel_builders(widgets_py: Path) -> list[str]:
+    """Names of the `*_panel` functions defined at the top of helpers/widgets.py."""
+    import ast
+
+    try:
+        tree = ast.parse(widgets_py.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return []
+    return sorted(n.name for n in tree.body
+                  if isinstance(n, ast.FunctionDef) and n.name.endswith("_panel"))
+
+
+def panel_pattern(builders: list[str]) -> re.Pattern:
+    """Calls of the given builders (any `*_panel(` call when none is known), or the CSS class."""
+    if not builders:
+        return PANEL_BUILDER
+    names = "|".join(map(re.escape, builders))
+    return re.compile(rf"\b(?:{names})\s*\(|course-panel")
+
+
+def notebooks_with_panels(folder: Path, pattern: re.Pattern = PANEL_BUILDER) -> list[Path]:
+    """Notebooks in `folder` whose code cells match `pattern` (build a widget panel), sorted."""
+    return [p for p in sorted(folder.glob("*.ipynb"))
+            if any(pattern.search(src) for src in code_cells(p))]
+
+
+def file_hashes(paths: list[Path]) -> dict[str, str]:
+    """sha256 of each file, keyed by path."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def mirror_repo(repo: Path, dest: Path) -> Path:
+    """A throw-away course tree: `notebooks/` copied, every other top-level entry symlinked.
+
+    Notebooks open from the copy, so nothing JupyterLab does can change the committed files,
+    while relative paths such as `../data` still lead to the repository's folders.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for entry in repo.iterdir():
+        if entry.name in {"notebooks", ".git", "screenshots"}:
+            continue
+        (dest / entry.name).symlink_to(entry.resolve())
+    nbdir = repo / "notebooks"
+    if nbdir.is_dir():
+        shutil.copytree(nbdir, dest / "notebooks", symlinks=True,
+                        ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    else:
+        (dest / "notebooks").mkdir()
+    return dest
+
+
+def _write_settings(settings_dir: Path) -> None:
+    """User settings of the throw-away lab: no autosave, no news, every cell in the DOM."""
+    settings = {
+        "@jupyterlab/docmanager-extension/plugin": {"autosave": False},
+        "@jupyterlab/apputils-extension/notification": {"fetchNews": "false",
+                                                        "checkForUpdates": False},
+        # Windowed notebooks drop off-screen cells from the DOM; the check reads every cell.
+        "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    }
+    for name, values in settings.items():
+        path = settings_dir / f"{name}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values), encoding="utf-8")
+
+
+class LabServer:
+    """A JupyterLab server for one test module: started here, stopped by its process id."""
+
+    def __init__(self, root_dir: Path, work_dir: Path, env: dict[str, str] | None = None):
+        self.root_dir = Path(root_dir)
+        self.work_dir = Path(work_dir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.work_dir / "jupyterlab.log"
+        self.extra_env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "LabServer":
+        """Launch the server process (returns at once; see `wait_ready`)."""
+        dirs = {k: self.work_dir / k.lower() for k in (
+            "JUPYTER_CONFIG_DIR", "JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR",
+            "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")}
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        _write_settings(dirs["JUPYTERLAB_SETTINGS_DIR"])
+        env = dict(os.environ)
+        env.update({k: str(v) for k, v in dirs.items()})
+        env["JUPYTER_PREFER_ENV_PATH"] = "1"      # this environment's kernel spec first
+        env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+        env.pop("JPY_SESSION_NAME", None)
+        env.update(self.extra_env)
+        cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser",
+               "--ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",
+               "--ServerApp.token=", "--ServerApp.password=", "--IdentityProvider.token=",
+               f"--ServerApp.root_dir={self.root_dir}",
+               "--ServerApp.disable_check_xsrf=True"]  # lets the teardown stop kernels by REST
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=self.root_dir, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> "LabServer":
+        """Until the server answers /api/status (raises with its log if it exits or hangs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/api/status", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"JupyterLab did not answer within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def _api(self, method: str, path: str):
+        req = urllib.request.Request(self.url + path, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+        return json.loads(body) if body else None
+
+    def shutdown_kernels(self) -> None:
+        """Stop every kernel (and its session) this server runs."""
+        try:
+            for s in self._api("GET", "/api/sessions") or []:
+                self._api("DELETE", f"/api/sessions/{s['id']}")
+            for k in self._api("GET", "/api/kernels") or []:
+                self._api("DELETE", f"/api/kernels/{k['id']}")
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        """Stop kernels, then the server's process group by its id (SIGTERM, then SIGKILL)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.shutdown_kernels()
+            pgid = self.proc.pid  # start_new_session: the server leads its own group
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+                try:
+                    os.killpg(pgid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.log.close()
+        self.proc = None
+
+
+def launch_browser(playwright, chromium: str, profile_dir: Path):
+    """A headless Chromium context at 1280x900 with a throw-away profile."""
+    return playwright.chromium.launch_persistent_context(
+        str(profile_dir), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+        viewport=VIEWPORT, device_scale_factor=1)
+
+
+# ------------------------------------------------------------------------------------------
+# In-page probes (JavaScript run in the notebook page).
+
+_SCAN_JS = r"""
+([active, expectError]) => {
+  const nb = document.querySelector(active);
+  const out = {found: !!nb, problems: [], prompts: [], idle: false, busy: false, cells: 0,
+               logEntries: 0};
+  const dialogs = [...document.querySelectorAll('.jp-Dialog')].map(d => d.innerText.trim());
+  for (const d of dialogs) out.problems.push('a dialog opened: ' + d.replace(/\s+/g, ' ').slice(0, 300));
+  if (!nb) return out;
+  const cells = [...nb.querySelectorAll('.jp-Notebook .jp-Cell')];
+  const where = (el) => {
+    const c = el.closest('.jp-Cell');
+    const i = cells.indexOf(c);
+    if (i < 0) return 'outside a cell';
+    const ed = c.querySelector('.jp-InputArea-editor .cm-content');
+    const first = ed ? ed.innerText.trim().split('\n')[0].slice(0, 70) : '';
+    return `cell ${i + 1} (${first})`;
+  };
+  for (const el of nb.querySelectorAll('.jp-OutputArea-output')) {
+    if (el.querySelector('.jp-OutputArea-output')) continue;  // report the innermost output
+    const t = el.innerText || '';
+    for (const needle of ['Error displaying widget', 'model not found']) {
+      if (t.includes(needle))
+        out.problems.push(`${where(el)} shows "${t.trim().replace(/\s+/g, ' ').slice(0, 200)}"`);
+    }
+  }
+  const ename = /^[A-Za-z_][\w.]*(Error|Exception|Interrupt)(:.*)?$/m;
+  for (const el of nb.querySelectorAll(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")) {
+    if (expectError.includes(cells.indexOf(el.closest('.jp-Cell')))) continue;  // raises-exception tag
+    const t = el.innerText || '';
+    if (t.includes('Traceback (most recent call last)') || ename.test(t)) {
+      const line = (t.match(ename) || [t.trim().split('\n').pop()])[0];
+      const inWidget = el.closest('.course-output') ? ' (inside the panel output)' : '';
+      out.problems.push(`${where(el)}${inWidget} printed a traceback: ${line.trim().slice(0, 200)}`);
+    }
+  }
+  out.cells = cells.length;
+  for (const c of nb.querySelectorAll('.jp-Notebook .jp-CodeCell')) {
+    const p = c.querySelector('.jp-InputPrompt');
+    out.prompts.push(p ? p.innerText.trim() : '');
+  }
+  // JupyterLab's log console status item: "N new messages, M log entries for NB" when the
+  // kernel printed something outside any cell (e.g. a traceback from a widget callback).
+  out.logEntries = 0;
+  for (const it of document.querySelectorAll('.jp-LogConsoleStatusItem:not(.lm-mod-hidden) [title]')) {
+    const m = it.getAttribute('title').match(/(\d+) log entr/);
+    if (m) out.logEntries = Math.max(out.logEntries, parseInt(m[1]));
+  }
+  const ind = nb.querySelector('.jp-Notebook-ExecutionIndicator');
+  out.idle = !!ind && ind.getAttribute('data-status') === 'idle';
+  out.busy = out.prompts.some(p => p.includes('*'));
+  return out;
+}
+"""
+
+# Controls of panel `i`, its output area, and layout sanity (nothing cut off at 1280x900).
+_PANEL_JS = r"""
+([active, i]) => {
+  const nb = document.querySelector(active);
+  const panel = nb.querySelectorAll('.course-panel')[i];
+  const cell = panel.closest('.jp-Cell');
+  const output = panel.querySelector('.course-output') || (cell && cell.querySelector('.course-output'));
+  const count = (sel) => panel.querySelectorAll(sel).length;
+  const cut = [];
+  for (const el of panel.querySelectorAll('.widget-label, .widget-label-basic, button, .widget-readout')) {
+    const txt = (el.innerText || '').trim();
+    if (txt && el.offsetParent !== null && el.scrollWidth > el.clientWidth + 1)
+      cut.push(`"${txt}" needs ${el.scrollWidth}px, has ${el.clientWidth}px`);
+  }
+  const r = panel.getBoundingClientRect();
+  const nr = nb.querySelector('.jp-Notebook').getBoundingClientRect();
+  return {
+    sliders: count('.widget-slider'), checkboxes: count('.widget-checkbox'),
+    dropdowns: count('.widget-dropdown'), buttons: count('button'),
+    run: count('.course-run'), lr: count('.course-lr'), hasOutput: !!output,
+    runLabel: (panel.querySelector('.course-run') || {innerText: ''}).innerText.trim(),
+    cut, width: r.width, height: r.height, overflowX: panel.scrollWidth > panel.clientWidth + 2,
+    right: r.right, notebookRight: nr.right,
+  };
+}
+"""
+
+# Mark the panel output's current children, so "new" means rendered after the click.
+_MARK_JS = r"""
+([active, i]) => {
+  const nb = document.querySelector(active);
+  const panel = nb.querySelectorAll('.course-panel')[i];
+  const cell = panel.closest('.jp-Cell');
+  const output = panel.querySelector('.course-output') || cell.querySelector('.course-output');
+  for (const el of output.querySelectorAll('*')) el.dataset.courseSeen = '1';
+  return output.innerText;
+}
+"""
+
+_RESULT_JS = r"""
+([active, i]) => {
+  const nb = document.querySelector(active);
+  const panel = nb.querySelectorAll('.course-panel')[i];
+  const cell = panel.closest('.jp-Cell');
+  const output = panel.querySelector('.course-output') || cell.querySelector('.course-output');
+  const fresh = [...output.querySelectorAll('img')].filter(
+      im => !im.dataset.courseSeen && im.complete && im.naturalWidth > 0);
+  const lines = [...output.querySelectorAll('.jp-OutputArea-output')]
+      .filter(el => !el.dataset.courseSeen)
+      .flatMap(el => (el.innerText || '').split('\n'))
+      .map(s => s.trim()).filter(s => s.startsWith('Result:'));
+  const img = fresh[0];
+  return {img: fresh.length, result: lines, text: output.innerText,
+          imgWidth: img ? img.getBoundingClientRect().width : 0,
+          outputWidth: output.getBoundingClientRect().width};
+}
+"""
+
+
+@dataclass
+class PanelReport:
+    controls: str
+    changed: str
+    click_s: float
+    result: str
+
+
+@dataclass
+class NotebookReport:
+    notebook: str
+    open_s: float = 0.0
+    run_all_s: float = 0.0
+    total_s: float = 0.0
+    panels: list[PanelReport] = field(default_factory=list)
+    screenshots: list[str] = field(default_factory=list)
+    console_allowed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.notebook}: open {self.open_s:.1f} s, run all {self.run_all_s:.1f} s"]
+        for k, p in enumerate(self.panels, 1):
+            parts.append(f"panel {k} [{p.controls}] {p.changed}; click -> result {p.click_s:.1f} s"
+                         f" ({p.result})")
+        parts.append(f"total {self.total_s:.1f} s")
+        return "; ".join(parts)
+
+
+class _Console:
+    """Collects console errors and uncaught page errors, minus the allow-list."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        self.allowed: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"uncaught: {exc}"))
+
+    def _on_console(self, msg) -> None:
+        if msg.type != "error":
+            return
+        loc = msg.location or {}
+        text = f"{msg.text} [{loc.get('url', '')}:{loc.get('lineNumber', '')}]"
+        for pattern, why in CONSOLE_ALLOW:
+            if pattern.search(text):
+                self.allowed.append(f"{why}: {text[:160]}")
+                return
+        self.errors.append(text)
+
+
+
+def _menu(page, menu: str, commands: tuple[str, ...]) -> None:
+    """Click a main-menu entry by its JupyterLab command id (the first of `commands` shown)."""
+    page.locator("#jp-MainMenu .lm-MenuBar-item", has_text=re.compile(rf"^{menu}$")).click()
+    sel = ", ".join(f".lm-Menu-item[data-command='{c}']" for c in commands)
+    page.locator(sel).first.click()
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _kernel_state(base_url: str, rel_path: str) -> str:
+    """Server-side state of the kernel of the notebook's session ('none' before it starts)."""
+    for s in _get_json(f"{base_url}/api/sessions"):
+        if s.get("path") == rel_path and s.get("kernel"):
+            return s["kernel"].get("execution_state", "unknown")
+    return "none"
+
+
+_ENAME = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)(:.*)?$", re.M)
+
+
+class NotebookSession:
+    """One notebook open in its own browser tab: run all, exercise panels, screenshot, close.
+
+    Every step scans the page and raises `WidgetCheckFailed` on the first problem.
+    """
+
+    def __init__(self, context, base_url: str, rel_path: str):
+        self.base_url = base_url
+        self.rel_path = rel_path
+        self.name = rel_path
+        self.report = NotebookReport(notebook=rel_path)
+        self.t0 = time.monotonic()
+        self.page = context.new_page()
+        self.console = _Console(self.page)
+        self._log_open = False
+        self._log_reported = 0
+        self.expect_error: list[int] = []
+
+    # -- checks -------------------------------------------------------------------------
+    def fail(self, what: str, where: str | None = None) -> None:
+        extra = ""
+        if self.console.errors:
+            extra = "\nbrowser console errors:\n  " + "\n  ".join(self.console.errors[:10])
+        raise WidgetCheckFailed(f"{where or self.name}: {what}{extra}")
+
+    def scan(self, where: str | None = None) -> dict:
+        """Page state; fails on error texts, tracebacks, dialogs, logged errors, console errors."""
+        st = self.page.evaluate(_SCAN_JS, [ACTIVE, self.expect_error])
+        if st["problems"]:
+            self.fail("; ".join(st["problems"]), where)
+        if st["logEntries"] > self._log_reported:
+            # Something the kernel printed outside any cell: a widget callback that raised
+            # outside its Output. JupyterLab shows it only in View > Show Log Console.
+            if not self._log_open:
+                _menu(self.page, "View", ("logconsole:open",))
+                self._log_open = True
+                self.page.wait_for_timeout(300)
+            log = self.page.evaluate(
+                "() => [...document.querySelectorAll('.jp-LogConsolePanel')]"
+                ".map(e => e.innerText).join('\\n')")
+            if "Traceback" in log or _ENAME.search(log):
+                m = _ENAME.findall(log)
+                last = [ln for ln in log.splitlines() if _ENAME.match(ln.strip())]
+                self._log_reported = st["logEntries"]   # report each logged error once
+                self.fail("the kernel logged an error outside any cell (a widget callback raised; "
+                          "the learner sees nothing, JupyterLab shows it only in View > Show Log "
+                          f"Console): {(last or m or ['?'])[-1].strip()[:200]}", where)
+        if self.console.errors:
+            self.fail("browser console errors:\n  " + "\n  ".join(self.console.errors[:10]), where)
+        return st
+
+    def wait_idle(self, timeout: float, where: str | None = None, settle: float = 0.6) -> None:
+        """Until the kernel is idle and no cell is queued, for `settle` seconds in a row."""
+        deadline = time.monotonic() + timeout
+        quiet_since = None
+        while time.monotonic() < deadline:
+            st = self.scan(where)
+            if st["idle"] and not st["busy"]:
+                quiet_since = quiet_since or time.monotonic()
+                if time.monotonic() - quiet_since >= settle:
+                    return
+            else:
+                quiet_since = None
+            self.page.wait_for_timeout(200)
+        self.fail(f"the kernel was still busy after {timeout:.0f} s", where)
+
+    # -- steps --------------------------------------------------------------------------
+    def open_and_run_all(self, run_timeout: float = 180.0, kernel_timeout: float = 90.0) -> None:
+        """Open the notebook (fresh workspace), clear outputs, Run All, wait for the last cell."""
+        model = _get_json(f"{self.base_url}/api/contents/{quote(self.rel_path)}?content=1")
+        cells = model["content"]["cells"]
+        # Cells tagged raises-exception show a traceback on purpose (and Run All goes on).
+        self.expect_error = [k for k, c in enumerate(cells)
+                             if "raises-exception" in c.get("metadata", {}).get("tags", [])]
+        has_code = [bool("".join(c["source"]).strip()) for c in cells if c["cell_type"] == "code"]
+        page = self.page
+        page.goto(f"{self.base_url}/lab/tree/{self.rel_path}?reset", wait_until="domcontentloaded")
+        deadline = time.monotonic() + kernel_timeout
+        while True:   # every cell rendered, and the notebook's kernel started and idle
+            st = self.scan()   # on open, before running: the saved outputs must be clean too
+            kernel = _kernel_state(self.base_url, self.rel_path)
+            if st["found"] and st["cells"] == len(cells) and st["idle"] and kernel == "idle":
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"notebook or kernel not ready after {kernel_timeout:.0f} s "
+                          f"({st['cells']} of {len(cells)} cells shown, kernel {kernel})")
+            page.wait_for_timeout(250)
+        self.report.open_s = time.monotonic() - self.t0
+
+        # A learner's first step: run everything. Cleared first, so stale outputs cannot pass.
+        _menu(page, "Edit", ("editmenu:clear-all", "notebook:clear-all-cell-outputs"))
+        page.wait_for_timeout(300)
+        t1 = time.monotonic()
+        _menu(page, "Run", ("runmenu:run-all", "notebook:run-all-cells"))
+        deadline = t1 + run_timeout
+        stopped_since = None
+        while True:
+            st = self.scan()
+            todo = [p for p, code in zip(st["prompts"], has_code) if code]
+            done = [p for p in todo if re.fullmatch(r"\[\d+\]:?", p)]
+            if not st["busy"] and st["idle"] and len(done) == len(todo):
+                break
+            if not st["busy"]:
+                stopped_since = stopped_since or time.monotonic()
+                if time.monotonic() - stopped_since > 8:
+                    self.fail(f"Run All stopped after {len(done)} of {len(todo)} code cells")
+            else:
+                stopped_since = None
+            if time.monotonic() > deadline:
+                self.fail(f"Run All did not finish in {run_timeout:.0f} s "
+                          f"({len(done)} of {len(todo)} code cells done)")
+            page.wait_for_timeout(300)
+        self.report.run_all_s = time.monotonic() - t1
+
+    def panel_count(self) -> int:
+        """Number of rendered `course-panel` widgets (waits up to 10 s for the first)."""
+        panels = self.page.locator(f"{ACTIVE} .course-panel")
+        try:
+            panels.first.wait_for(state="visible", timeout=10_000)
+        except Exception:
+            self.fail("no widget panel (class course-panel) rendered after Run All")
+        return panels.count()
+
+    def _nudge_slider(self, slider, where: str, what: str) -> str:
+        """Move a slider one keyboard step (left, or right if already at the minimum)."""
+        readout = slider.locator(".widget-readout")
+        before = readout.inner_text().strip()
+        handle = slider.locator(".noUi-handle").first
+        for key in ("ArrowLeft", "ArrowRight"):
+            handle.focus()
+            self.page.keyboard.press(key)
+            self.page.wait_for_timeout(150)
+            after = readout.inner_text().strip()
+            if after != before:
+                return f"{what} {before} -> {after}"
+        self.fail(f"the {what} slider (at {before}) did not move with the arrow keys", where)
+        return ""
+
+    def exercise_panel(self, i: int, click_timeout: float = 90.0) -> PanelReport:
+        """Check panel i's layout, move its slider, click its run button, wait for the result."""
+        where = f"{self.name} panel {i + 1}"
+        page = self.page
+        panel = page.locator(f"{ACTIVE} .course-panel").nth(i)
+        panel.scroll_into_view_if_needed()
+        info = page.evaluate(_PANEL_JS, [ACTIVE, i])
+        controls = (f"{info['sliders']} slider(s), {info['checkboxes']} checkbox(es), "
+                    f"{info['dropdowns']} dropdown(s), {info['buttons']} button(s)")
+        if info["width"] < 50 or info["height"] < 20:
+            self.fail(f"the panel is {info['width']:.0f}x{info['height']:.0f} px: not visible",
+                      where)
+        if info["cut"]:
+            self.fail("text cut off at 1280x900: " + "; ".join(info["cut"])
+                      + " (give the widget style={'description_width': 'initial'} or a wider "
+                        "layout)", where)
+        if info["overflowX"] or info["right"] > info["notebookRight"] + 2:
+            self.fail("the panel is wider than the notebook at 1280x900", where)
+        if info["run"] != 1:
+            self.fail(f"expected one button with class course-run, found {info['run']}", where)
+        if not info["hasOutput"]:
+            self.fail("no Output widget with class course-output in the panel's cell", where)
+
+        if info["lr"]:
+            changed = self._nudge_slider(panel.locator(".course-lr").first, where,
+                                         "learning rate")
+        elif info["sliders"]:
+            slider = panel.locator(".widget-slider").first
+            label = slider.locator(".widget-label").first
+            what = (label.inner_text().strip() if label.count() else "") or "first"
+            changed = self._nudge_slider(slider, where, what)
+        else:
+            changed = "no slider to move"
+        self.wait_idle(click_timeout, where)   # a slider may redraw on its own: let it finish
+
+        before = page.evaluate(_MARK_JS, [ACTIVE, i])
+        t = time.monotonic()
+        panel.locator(".course-run").first.click()
+        deadline = t + click_timeout
+        res: dict = {}
+        while time.monotonic() < deadline:
+            self.scan(where)
+            res = page.evaluate(_RESULT_JS, [ACTIVE, i])
+            if res["img"] and res["result"]:
+                break
+            page.wait_for_timeout(250)
+        else:
+            seen = (res.get("text") or "").strip().replace("\n", " | ")[:300]
+            self.fail(f"clicking '{info['runLabel']}' gave no new figure and 'Result:' line in "
+                      f"the output within {click_timeout:.0f} s (new figures: {res.get('img', 0)}, "
+                      f"Result lines: {len(res.get('result', []))}; output now: {seen!r}; "
+                      f"before: {before.strip()[:120]!r})", where)
+        click_s = time.monotonic() - t
+        self.wait_idle(click_timeout, where)
+        if res["imgWidth"] > res["outputWidth"] + 2:
+            self.fail(f"the figure ({res['imgWidth']:.0f}px) is wider than the output "
+                      f"({res['outputWidth']:.0f}px)", where)
+        rep = PanelReport(controls=controls + f", '{info['runLabel']}'", changed=changed,
+                          click_s=click_s, result=res["result"][-1][:120])
+        self.report.panels.append(rep)
+        return rep
+
+    def screenshot(self, i: int, path: Path) -> Path:
+        """The viewport (1280x900) with panel i at the top, saved to `path`."""
+        self.page.evaluate(
+            "([a, i]) => { const p = document.querySelector(a).querySelectorAll('.course-panel')[i];"
+            " p.closest('.jp-Cell').scrollIntoView({block: 'start'}); }", [ACTIVE, i])
+        self.page.wait_for_timeout(200)
+        self.page.screenshot(path=str(path))
+        self.report.screenshots.append(str(path))
+        return path
+
+    def close(self) -> NotebookReport:
+        """Close the tab without saving (autosave is off; the change is dropped)."""
+        self.report.total_s = time.monotonic() - self.t0
+        self.report.console_allowed = list(self.console.allowed)
+        self.page.close(run_before_unload=False)
+        return self.report
+
+
+def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path | None,
+                   run_timeout: float = 180.0, click_timeout: float = 90.0) -> NotebookReport:
+    """Open, run all, exercise every `course-panel`, screenshot each; raise on any failure."""
+    nb = NotebookSession(context, base_url, rel_path)
+    try:
+        nb.open_and_run_all(run_timeout=run_timeout)
+        for i in range(nb.panel_count()):
+            nb.exercise_panel(i, click_timeout=click_timeout)
+            if screenshot_dir is not None:
+                stem = Path(rel_path).stem + ("" if i == 0 else f"-panel{i + 1}")
+                nb.screenshot(i, screenshot_dir / f"{stem}.png")
+        nb.scan()
+    finally:
+        rep = nb.close()
+    return rep
+
+
+# ------------------------------------------------------------------------------------------
+# Self-test notebook: a panel that follows the contract, and two broken ones the check must catch.
+
+SELFTEST_CODE = '''\
+import ipywidgets as W
+import matplotlib.pyplot as plt
+
+
+def selftest_panel(kind):
+    """A panel following the course contract; `kind` breaks its callback on purpose."""
+    lr = W.FloatLogSlider(value=1e-2, base=10, min=-4, max=0, step=0.25,
+                          description="learning rate", style={"description_width": "initial"})
+    lr.add_class("course-lr")
+    unfreeze = W.Checkbox(value=False, description="unfreeze")
+    run = W.Button(description="Train")
+    run.add_class("course-run")
+    out = W.Output()
+    out.add_class("course-output")
+
+    def on_click(_):
+        if kind == "raises_silently":    # the learner sees nothing happen
+            raise ValueError("broken callback")
+        with out:
+            out.clear_output(wait=True)
+            if kind == "raises_in_output":   # the traceback lands in the panel's output
+                raise ValueError("broken callback")
+            fig, ax = plt.subplots(figsize=(5, 2.5))
+            ax.plot([0, 1, 2], [1.0, 1 - lr.value, 1 - 2 * lr.value])
+            plt.show()
+            print(f"Result: lr={lr.value:.3g}")
+
+    run.on_click(on_click)
+    panel = W.VBox([W.HBox([lr, unfreeze, run]), out])
+    panel.add_class("course-panel")
+    return panel
+'''
+
+SELFTEST_PANELS = ("good", "raises_silently", "raises_in_output")
+
+
+def write_selftest_notebook(folder: Path) -> Path:
+    """`selftest.ipynb`: one cell defining `selftest_panel(kind)`, then one panel per kind."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# Browser self-test of the widget check"),
+                nbformat.v4.new_code_cell(SELFTEST_CODE)]
+    nb.cells += [nbformat.v4.new_code_cell(f'selftest_panel("{kind}")') for kind in SELFTEST_PANELS]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "selftest.ipynb"
+    nbformat.write(nb, path)
+    return path

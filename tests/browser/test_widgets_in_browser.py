@@ -1,0 +1,167 @@
+"""The notebooks' widget panels in a real browser: what nbval cannot see.
+
+One JupyterLab server (no token, throw-away settings, this environment's kernel) and one headless
+Debian Chromium serve the whole module. Each notebook whose code builds a panel (a `*_panel(`
+call from helpers.widgets, or a widget with class `course-panel`) is opened from a throw-away copy
+of the course tree, run with Run All; then every panel's learning-rate slider (or first slider)
+is moved, its Train/Compute button clicked, and a new figure plus a "Result:" line must appear in
+its output. Any "Error displaying widget" / "model not found", traceback, dialog or browser console
+error fails the test. Screenshots (1280x900) go to `screenshots/` (not in git).
+
+A self-test first runs the same check on generated notebooks: one correct panel, and two broken
+callbacks that must be caught (traceback in the output; exception that leaves the output empty).
+
+Skipped when Chromium or Playwright is missing, unless FACE_COURSE_REQUIRE_BROWSER=1 (CI sets it).
+Timeouts: FACE_COURSE_BROWSER_TIMEOUT (seconds for Run All per notebook, default 180).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+import labdriver
+from labdriver import WidgetCheckFailed
+
+REPO = Path(__file__).resolve().parents[2]
+NOTEBOOKS = REPO / "notebooks"
+SCREENSHOTS = REPO / "screenshots"
+RUN_TIMEOUT = float(os.environ.get("FACE_COURSE_BROWSER_TIMEOUT", "180"))
+BUILDERS = labdriver.panel_builders(REPO / "helpers" / "widgets.py")
+COURSE_NOTEBOOKS = labdriver.notebooks_with_panels(NOTEBOOKS, labdriver.panel_pattern(BUILDERS))
+
+
+def _unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -r requirements.txt)"
+    if labdriver.find_chromium() is None:
+        return "chromium not found (apt-get install chromium; never 'playwright install')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def repo_hashes():
+    """The committed notebooks' hashes before any browser opened them."""
+    return labdriver.file_hashes(sorted(NOTEBOOKS.glob("*.ipynb")))
+
+
+@pytest.fixture(scope="module")
+def lab(repo_hashes, tmp_path_factory):
+    """(server, browser context) for the module; both stopped at the end."""
+    why = _unavailable()
+    if why:
+        if os.environ.get("FACE_COURSE_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required (FACE_COURSE_REQUIRE_BROWSER=1) but {why}")
+        pytest.skip(why)
+    from playwright.sync_api import sync_playwright
+
+    work = tmp_path_factory.mktemp("lab")
+    root = labdriver.mirror_repo(REPO, work / "course")
+    labdriver.write_selftest_notebook(root / "selftest")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    t = time.monotonic()
+    server = labdriver.LabServer(root, work / "server").start()
+    pw = None
+    try:
+        pw = sync_playwright().start()     # the browser starts while the server boots
+        context = labdriver.launch_browser(pw, labdriver.find_chromium(), work / "profile")
+        server.wait_ready()
+    except BaseException:
+        if pw is not None:
+            pw.stop()
+        server.stop()
+        raise
+    labdriver.REPORT_LINES.append(f"server + browser up in {time.monotonic() - t:.1f} s "
+                                  f"(JupyterLab pid {server.proc.pid}, {server.url})")
+    try:
+        yield server, context
+    finally:
+        try:
+            context.close()
+        finally:
+            pw.stop()
+            server.stop()
+        (SCREENSHOTS / "widget_check.txt").write_text("\n".join(labdriver.REPORT_LINES) + "\n")
+
+
+def _check(lab, rel: str, **kw) -> labdriver.NotebookReport:
+    server, context = lab
+    try:
+        rep = labdriver.check_notebook(context, server.url, rel, **kw)
+    except WidgetCheckFailed as e:
+        labdriver.REPORT_LINES.append(f"FAILED {e}".splitlines()[0][:300])
+        raise
+    labdriver.REPORT_LINES.append(rep.summary())
+    return rep
+
+
+def test_harness_selftest(lab):
+    """The check passes a contract-following panel and catches two broken callbacks.
+
+    One generated notebook, three panels: a good one (the moved slider must reach the kernel:
+    the Result line shows the new learning rate), one whose callback raises before touching its
+    Output (the button "does nothing"; the traceback only reaches JupyterLab's log console),
+    and one whose traceback lands in the Output.
+    """
+    server, context = lab
+    nb = labdriver.NotebookSession(context, server.url, "selftest/selftest.ipynb")
+    try:
+        nb.open_and_run_all(run_timeout=90)
+        assert nb.panel_count() == len(labdriver.SELFTEST_PANELS) == 3
+        good = nb.exercise_panel(0, click_timeout=30)
+        before, after = good.changed.removeprefix("learning rate ").split(" -> ")
+        assert float(before) == pytest.approx(0.01) and float(after) < 0.01
+        assert good.result == f"Result: lr={float(after):.3g}"   # the kernel saw the new value
+        shot = nb.screenshot(0, SCREENSHOTS / "selftest.png")
+        assert shot.stat().st_size > 10_000
+        with pytest.raises(WidgetCheckFailed, match=r"panel 2: the kernel logged an error "
+                           r"outside any cell .*ValueError: broken callback") as silent:
+            nb.exercise_panel(1, click_timeout=20)
+        with pytest.raises(WidgetCheckFailed, match=r"panel 3: .*\(inside the panel output\) "
+                           r"printed a traceback: ValueError: broken callback") as loud:
+            nb.exercise_panel(2, click_timeout=20)
+    finally:
+        rep = nb.close()
+    labdriver.REPORT_LINES.append(rep.summary())
+    for caught in (silent, loud):
+        labdriver.REPORT_LINES.append("  caught as expected: " + str(caught.value).splitlines()[0])
+
+
+def test_discovery_finds_panel_notebooks(tmp_path):
+    """Notebooks calling a helpers.widgets builder are checked; others are not opened."""
+    import nbformat
+
+    for name, code in [("01_plain", "x = 1\nprint('no widgets')"),
+                       ("02_train", "from helpers import widgets\nwidgets.training_panel(model)"),
+                       ("03_manual", "panel.add_class('course-panel')")]:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(code)]
+        nbformat.write(nb, tmp_path / f"{name}.ipynb")
+    pattern = labdriver.panel_pattern(["training_panel", "umap_panel"])
+    found = [p.stem for p in labdriver.notebooks_with_panels(tmp_path, pattern)]
+    assert found == ["02_train", "03_manual"]
+    assert [p.stem for p in labdriver.notebooks_with_panels(tmp_path)] == ["02_train", "03_manual"]
+    assert not labdriver.panel_pattern(["umap_panel"]).search("widgets.training_panel(m)")
+
+
+@pytest.mark.parametrize("notebook", COURSE_NOTEBOOKS or [None],
+                         ids=[p.stem for p in COURSE_NOTEBOOKS] or ["none"])
+def test_notebook_widgets_work_in_browser(lab, notebook):
+    """Run All, move the learning rate, click the run button: a new figure and Result appear."""
+    if notebook is None:
+        pytest.skip("no notebook in notebooks/ builds a widget panel yet")
+    rep = _check(lab, f"notebooks/{notebook.name}", screenshot_dir=SCREENSHOTS,
+                 run_timeout=RUN_TIMEOUT)
+    assert rep.panels, "no panel was exercised"
+    assert all(p.result.startswith("Result:") for p in rep.panels)
+
+
+def test_committed_notebooks_unchanged(lab, repo_hashes):
+    """The browser run opened copies: the committed .ipynb files are byte-for-byte the same."""
+    after = labdriver.file_hashes([Path(p) for p in repo_hashes if Path(p).exists()])
+    changed = [Path(p).name for p, h in after.items() if repo_hashes[p] != h]
+    assert not changed, f"notebooks changed during the browser run: {changed}"
