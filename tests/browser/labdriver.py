@@ -605,26 +605,36 @@ class NotebookSession:
                         "layout)", where)
         if info["overflowX"] or info["right"] > info["notebookRight"] + 2:
             self.fail("the panel is wider than the notebook at 1280x900", where)
-        if info["run"] != 1:
+        if info["run"] > 1:
             self.fail(f"expected one button with class course-run, found {info['run']}", where)
         if not info["hasOutput"]:
             self.fail("no Output widget with class course-output in the panel's cell", where)
+        if not info["run"] and not info["sliders"]:
+            self.fail("the panel has neither a course-run button nor a slider to try", where)
 
-        if info["lr"]:
-            changed = self._nudge_slider(panel.locator(".course-lr").first, where,
-                                         "learning rate")
-        elif info["sliders"]:
-            slider = panel.locator(".widget-slider").first
-            label = slider.locator(".widget-label").first
-            what = (label.inner_text().strip() if label.count() else "") or "first"
-            changed = self._nudge_slider(slider, where, what)
-        else:
-            changed = "no slider to move"
-        self.wait_idle(click_timeout, where)   # a slider may redraw on its own: let it finish
+        def move_slider() -> str:
+            if info["lr"]:
+                return self._nudge_slider(panel.locator(".course-lr").first, where,
+                                          "learning rate")
+            if info["sliders"]:
+                slider = panel.locator(".widget-slider").first
+                label = slider.locator(".widget-label").first
+                what = (label.inner_text().strip() if label.count() else "") or "first"
+                return self._nudge_slider(slider, where, what)
+            return "no slider to move"
 
+        if info["run"]:
+            changed = move_slider()
+            self.wait_idle(click_timeout, where)   # a slider may redraw on its own: let it finish
+            action = f"clicking '{info['runLabel']}'"
+        else:   # a live panel (no button): moving the slider itself must redraw
+            action = "moving the slider"
         before = page.evaluate(_MARK_JS, [ACTIVE, i])
         t = time.monotonic()
-        panel.locator(".course-run").first.click()
+        if info["run"]:
+            panel.locator(".course-run").first.click()
+        else:
+            changed = move_slider()
         deadline = t + click_timeout
         res: dict = {}
         while time.monotonic() < deadline:
@@ -635,7 +645,7 @@ class NotebookSession:
             page.wait_for_timeout(250)
         else:
             seen = (res.get("text") or "").strip().replace("\n", " | ")[:300]
-            self.fail(f"clicking '{info['runLabel']}' gave no new figure and 'Result:' line in "
+            self.fail(f"{action} gave no new figure and 'Result:' line in "
                       f"the output within {click_timeout:.0f} s (new figures: {res.get('img', 0)}, "
                       f"Result lines: {len(res.get('result', []))}; output now: {seen!r}; "
                       f"before: {before.strip()[:120]!r})", where)
@@ -644,8 +654,9 @@ class NotebookSession:
         if res["imgWidth"] > res["outputWidth"] + 2:
             self.fail(f"the figure ({res['imgWidth']:.0f}px) is wider than the output "
                       f"({res['outputWidth']:.0f}px)", where)
-        rep = PanelReport(controls=controls + f", '{info['runLabel']}'", changed=changed,
-                          click_s=click_s, result=res["result"][-1][:120])
+        rep = PanelReport(controls=controls + (f", '{info['runLabel']}'" if info["run"] else
+                                               ", no run button (live)"),
+                          changed=changed, click_s=click_s, result=res["result"][-1][:120])
         self.report.panels.append(rep)
         return rep
 
