@@ -131,7 +131,7 @@ def read_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
         raise ImageSkip("not enough memory to decode this image: shrink it") from None
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
         msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
-        raise ImageSkip(f"damaged or half-copied image (Pillow: {msg}): copy it again from the "
+        raise ImageSkip(f"damaged or truncated image (Pillow: {msg}): copy it again from the "
                         "original, or re-save it with a photo app") from None
 
 
