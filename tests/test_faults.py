@@ -55,3 +55,50 @@ def test_interrupt_while_overwriting_keeps_the_old_file(tmp_path, monkeypatch):
             atomic_save({"w": torch.zeros(4)}, target)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
+
+
+# ------------------------------------------------------------------ saved recognisers (helpers/recognizer.py)
+
+@pytest.fixture(scope="module")
+def saved_recognizer(tmp_path_factory):
+    """A small recogniser (EfficientNet-Lite0 architecture, no download) saved to a file."""
+    recognizer = pytest.importorskip("helpers.recognizer")
+    from helpers.backbones import load_backbone
+
+    torch.manual_seed(0)
+    backbone = load_backbone("efficientnet_lite0", pretrained=False, verbose=False)
+    gallery = torch.nn.functional.normalize(torch.randn(2, backbone.feature_dim), dim=1)
+    rec = recognizer.Recognizer(backbone, None, 64, ["alice", "bob"], gallery, threshold=0.4)
+    path = rec.save(tmp_path_factory.mktemp("models") / "recognizer.pt")
+    return recognizer, path
+
+
+def test_interrupted_recognizer_save_keeps_the_previous_file(saved_recognizer, tmp_path, monkeypatch):
+    recognizer, path = saved_recognizer
+    target = tmp_path / "recognizer.pt"
+    target.write_bytes(path.read_bytes())
+    rec = recognizer.Recognizer.load(target)
+    rec.threshold = 0.9
+    with monkeypatch.context() as m:
+        _interrupting_save(m)
+        with pytest.raises(KeyboardInterrupt):
+            rec.save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["recognizer.pt"]   # no temp file left
+    assert recognizer.Recognizer.load(target).threshold == pytest.approx(0.4)  # the old file, whole
+
+
+def test_truncated_recognizer_file_gets_a_clear_error(saved_recognizer, tmp_path):
+    recognizer, path = saved_recognizer
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(recognizer.RecognizerFileError, match="truncated or corrupted"):
+        recognizer.Recognizer.load(cut)
+
+
+def test_recognizer_for_other_people_or_backbone_gets_a_clear_error(saved_recognizer):
+    recognizer, path = saved_recognizer
+    with pytest.raises(recognizer.RecognizerFileError, match="enrolled for other people"):
+        recognizer.Recognizer.load(path, expect_names=["alice", "carol"])
+    with pytest.raises(recognizer.RecognizerFileError, match="but resnet18 was expected"):
+        recognizer.Recognizer.load(path, expect_backbone="resnet18")
+    assert recognizer.Recognizer.load(path, expect_names=["alice", "bob"]).names == ["alice", "bob"]
