@@ -169,7 +169,7 @@ def _file_problem(f: Path) -> str | None:
 
 
 def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
-                verbose: bool = True) -> FaceSet:
+                verbose: bool = False) -> FaceSet:
     """Load `root/<person>/*.jpg|png|...`: one sub-folder per person (nested folders allowed).
 
     Nothing in `root` is written. Files that cannot be used are listed in `.report` with the
@@ -177,8 +177,8 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
     both; a repeated photo of one person is kept once; people with fewer than `min_photos`
     usable photos are left out and named in the report. With `crop_faces`, each photo is cut
     to its largest detected face (OpenCV Haar) and photos with no face are skipped.
-    Raises FaceDataError (with what to do) when fewer than 2 people remain. `verbose` prints
-    what was loaded and the report.
+    Raises FaceDataError (with what to do) when fewer than 2 people remain. `verbose=True`
+    prints what was loaded and the report (otherwise `print(faces.report)` shows it).
     """
     given = str(root)
     root = Path(root)

@@ -112,7 +112,9 @@ def test_verbose_load_says_what_it_did(tmp_path, assets, capsys):
     from bad_inputs import make_good_folder
     root = make_good_folder(tmp_path / "mine")
     (root / "alice" / "empty.jpg").write_bytes(b"")
-    faces = load_folder(root)
+    load_folder(root)
+    assert capsys.readouterr().out == ""        # quiet by default (the CLI keeps stdout clean)
+    faces = load_folder(root, verbose=True)
     printed = capsys.readouterr().out
     assert f"Loaded 6 photos of 2 people from {root} (alice 3, bob 3)" in printed
     assert "alice/empty.jpg: empty file (0 bytes)" in printed
