@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
@@ -20,7 +21,7 @@ from PIL import Image
 from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead, naive_arcface_logit
 from helpers.model import build_model
 from helpers.training import ImageDataset, TrainingDiverged, fit
-from helpers.runtime import threads
+from helpers.runtime import cache_dir, threads
 from tiny_backbone import tiny_backbone
 
 
@@ -33,6 +34,7 @@ def single_thread():
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
+set_hypothesis_home_dir(str(cache_dir("hypothesis")))  # its small caches go with the course's, not into the repo root
 PROPERTY = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 S = st.floats(1.0, 128.0)
