@@ -113,8 +113,9 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
         on_epoch: Callable[[History], None] | None = None, raise_on_divergence: bool = False) -> History:
     """Train `model` on `train` = (features, labels) tensors or an ImageDataset; AdamW, cosine schedule.
 
-    Only trainable parameters are optimised. A NaN/inf loss stops training and is reported in
-    `History.diverged` (or raised with `raise_on_divergence`).
+    Only trainable parameters are optimised. A NaN/inf loss stops training, puts back the
+    weights of the last finished epoch and is reported in `History.diverged` (or raised with
+    `raise_on_divergence`).
     """
     set_seed(seed)
     device = pick_device(device)
@@ -133,6 +134,7 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
     bar = tqdm(range(epochs), desc="epochs", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
+        last_good = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.train()
         total, correct, loss_sum = 0, 0, 0.0
         batches = ((x_train[i], y_train[i]) for i in _batches(len(x_train), batch_size, gen)) if cached else loader
@@ -142,8 +144,10 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
             logits = model.head(emb, yb)
             loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
+                hint = f"try lr={lr / 10:g}" if math.isfinite(lr) and lr > 0 else "use a finite lr such as 1e-2"
                 hist.diverged = (f"loss became {loss.item()} at epoch {epoch + 1} with lr={lr:g}: "
-                                 f"the learning rate is too high; try lr={lr / 10:g}")
+                                 f"the learning rate is too high; {hint}. The weights of the last "
+                                 "finished epoch were kept.")
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -153,6 +157,7 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
                 correct += (model.head.cosine(emb).argmax(1) == yb).sum().item()
             total += len(yb)
         if hist.diverged:
+            model.load_state_dict(last_good)
             print(f"training stopped: {hist.diverged}")
             if raise_on_divergence:
                 raise TrainingDiverged(hist.diverged)
