@@ -258,6 +258,7 @@ def launch_browser(playwright, chromium: str, profile_dir: Path):
     """A headless Chromium context at 1280x900 with a throw-away profile."""
     return playwright.chromium.launch_persistent_context(
         str(profile_dir), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+        ignore_default_args=["--hide-scrollbars"],   # screenshots show scroll bars, as a learner sees
         viewport=VIEWPORT, device_scale_factor=1)
 
 
@@ -334,13 +335,43 @@ _PANEL_JS = r"""
   }
   const r = panel.getBoundingClientRect();
   const nr = nb.querySelector('.jp-Notebook').getBoundingClientRect();
+  // Boxes whose content does not fit: with overflow auto/scroll the learner gets a scroll bar
+  // (headless Chromium hides it in screenshots unless --hide-scrollbars is dropped), with
+  // hidden/clip the content is cut. Reports the children that stick out.
+  const describe = (el) => {
+    const lab = el.querySelector('.widget-label');
+    const txt = ((lab && lab.innerText) || el.innerText || '').trim().split('\n')[0].slice(0, 40);
+    const kind = [...el.classList].find(c => /^widget-(?!inline|box|container)|course-/.test(c)) ||
+                 [...el.classList].find(c => c.startsWith('widget-')) || el.tagName.toLowerCase();
+    return `${kind} "${txt}"`;
+  };
+  const labels = new Set(panel.querySelectorAll('.widget-label, .widget-label-basic, button, .widget-readout'));
+  const clipped = [];
+  for (const el of [panel, ...panel.querySelectorAll('*')]) {
+    if (labels.has(el) || el.classList.contains('noUi-origin')) continue;
+    const inOut = el.closest('.course-output');
+    if (inOut && inOut !== el) continue;   // the output's own content (figures) is checked apart
+    if (el.clientWidth === 0 || el.scrollWidth <= el.clientWidth + 1) continue;
+    const ox = getComputedStyle(el).overflowX;
+    if (!['auto', 'scroll', 'hidden', 'clip'].includes(ox)) continue;
+    const edge = el.getBoundingClientRect().left + el.clientLeft + el.clientWidth;
+    const kids = [...el.querySelectorAll('.jupyter-widgets')].filter(k => !k.closest('.course-output') || k.classList.contains('course-output'))
+      .filter(k => k.getBoundingClientRect().right > edge + 1)
+      .filter(k => ![...k.querySelectorAll('.jupyter-widgets')].some(c => c.getBoundingClientRect().right > edge + 1 && !c.closest('.course-output')))
+      .map(k => `${describe(k)} (${Math.round(k.getBoundingClientRect().right - edge)}px past the edge)`);
+    clipped.push(`${describe(el)} needs ${el.scrollWidth}px, has ${el.clientWidth}px ` +
+                 `(overflow ${ox}: ${ox === 'auto' || ox === 'scroll' ? 'a scroll bar' : 'cut off'})` +
+                 (kids.length ? '; sticking out: ' + [...new Set(kids)].slice(0, 4).join(', ') : ''));
+  }
+  const limit = Math.min(r.right, nr.right);
   return {
     sliders: count('.widget-slider'), checkboxes: count('.widget-checkbox'),
     dropdowns: count('.widget-dropdown'), buttons: count('button'),
     run: count('.course-run'), lr: count('.course-lr'), hasOutput: !!output,
     runLabel: (panel.querySelector('.course-run') || {innerText: ''}).innerText.trim(),
-    cut, width: r.width, height: r.height, overflowX: panel.scrollWidth > panel.clientWidth + 2,
-    right: r.right, notebookRight: nr.right,
+    cut, width: r.width, height: r.height,
+    right: r.right, notebookRight: nr.right, limit, clipped: clipped.slice(0, 4),
+    scrollWidth: panel.scrollWidth, clientWidth: panel.clientWidth,
   };
 }
 """
@@ -599,12 +630,17 @@ class NotebookSession:
         if info["width"] < 50 or info["height"] < 20:
             self.fail(f"the panel is {info['width']:.0f}x{info['height']:.0f} px: not visible",
                       where)
+        # Layout problems are reported after the functional check, so one run shows both.
+        layout = []
         if info["cut"]:
-            self.fail("text cut off at 1280x900: " + "; ".join(info["cut"])
-                      + " (give the widget style={'description_width': 'initial'} or a wider "
-                        "layout)", where)
-        if info["overflowX"] or info["right"] > info["notebookRight"] + 2:
-            self.fail("the panel is wider than the notebook at 1280x900", where)
+            layout.append("text cut off at 1280x900: " + "; ".join(info["cut"])
+                          + " (give the widget style={'description_width': 'initial'} or a wider "
+                            "layout)")
+        if info["clipped"] or info["right"] > info["notebookRight"] + 2:
+            layout.append("the panel does not fit at 1280x900 (file browser open): "
+                          + ("; ".join(info["clipped"]) or
+                             f"it ends at x={info['right']:.0f}, the notebook at "
+                             f"x={info['notebookRight']:.0f}"))
         if info["run"] > 1:
             self.fail(f"expected one button with class course-run, found {info['run']}", where)
         if not info["hasOutput"]:
@@ -652,12 +688,14 @@ class NotebookSession:
         click_s = time.monotonic() - t
         self.wait_idle(click_timeout, where)
         if res["imgWidth"] > res["outputWidth"] + 2:
-            self.fail(f"the figure ({res['imgWidth']:.0f}px) is wider than the output "
-                      f"({res['outputWidth']:.0f}px)", where)
+            layout.append(f"the figure ({res['imgWidth']:.0f}px) is wider than the output "
+                          f"({res['outputWidth']:.0f}px)")
         rep = PanelReport(controls=controls + (f", '{info['runLabel']}'" if info["run"] else
                                                ", no run button (live)"),
                           changed=changed, click_s=click_s, result=res["result"][-1][:120])
         self.report.panels.append(rep)
+        if layout:
+            self.fail("works, but " + "; ".join(layout), where)
         return rep
 
     def screenshot(self, i: int, path: Path) -> Path:
@@ -690,9 +728,17 @@ def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path |
                 stem = Path(rel_path).stem + ("" if i == 0 else f"-panel{i + 1}")
                 nb.screenshot(i, screenshot_dir / f"{stem}.png")
         nb.scan()
-    finally:
-        rep = nb.close()
-    return rep
+    except WidgetCheckFailed as e:
+        if screenshot_dir is not None:   # what the page showed when the check failed
+            shot = screenshot_dir / f"{Path(rel_path).stem}-FAILED.png"
+            try:
+                nb.page.screenshot(path=str(shot))
+                nb.report.screenshots.append(str(shot))
+            except Exception:
+                pass
+        e.report = nb.close()   # timings up to the failure, for the summary
+        raise
+    return nb.close()
 
 
 # ------------------------------------------------------------------------------------------

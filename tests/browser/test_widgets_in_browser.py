@@ -80,6 +80,8 @@ def lab(repo_hashes, tmp_path_factory):
     try:
         yield server, context
     finally:
+        labdriver.REPORT_LINES.append(f"browser check total {time.monotonic() - t:.1f} s; "
+                                      f"screenshots in {SCREENSHOTS.relative_to(REPO)}/")
         try:
             context.close()
         finally:
@@ -93,7 +95,9 @@ def _check(lab, rel: str, **kw) -> labdriver.NotebookReport:
     try:
         rep = labdriver.check_notebook(context, server.url, rel, **kw)
     except WidgetCheckFailed as e:
-        labdriver.REPORT_LINES.append(f"FAILED {e}".splitlines()[0][:300])
+        labdriver.REPORT_LINES.append(f"FAILED {e}".splitlines()[0][:400])
+        if getattr(e, "report", None):
+            labdriver.REPORT_LINES.append("  so far: " + e.report.summary())
         raise
     labdriver.REPORT_LINES.append(rep.summary())
     return rep
