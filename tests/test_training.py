@@ -1,0 +1,140 @@
+"""Training: learns on real faces, reproducible, optimises only what is trainable, reports divergence."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import load_backbone
+from helpers.data import split_per_person
+from helpers.evaluation import accuracy, predict
+from helpers.model import build_model, set_trainable_stages
+from helpers.training import (History, ImageDataset, TrainingDiverged, fit, param_groups,
+                              train_head_on_features)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def one_shot(known_features):
+    """9 known ORL people, 1 training photo each (val 2, test 3 per person)."""
+    x, y = known_features
+    split = split_per_person(y.numpy(), shots=1, seed=0)
+    return {part: (x[idx], y[idx]) for part, idx in
+            (("train", split.train), ("val", split.val), ("test", split.test))}
+
+
+def _train(data, **kwargs):
+    kwargs = {"epochs": 30, "progress": False, **kwargs}
+    return train_head_on_features(*data["train"], *data["val"], **kwargs)
+
+
+def test_one_shot_frozen_training_beats_chance_widely(one_shot):
+    assert len(one_shot["train"][0]) == 9 and len(one_shot["test"][0]) == 27
+    model, hist = _train(one_shot)
+    test_x, test_y = one_shot["test"]
+    acc = accuracy(test_y, predict(model, test_x))
+    assert acc > 0.7, f"1-shot accuracy {acc:.2f} (chance is 0.11)"
+    assert hist.epochs == 30 and not hist.diverged
+    assert hist.loss[-1] < 0.5 * hist.loss[0]
+    assert hist.final_val_acc == hist.val_acc[-1] > 0.5
+    assert not model.training  # returned ready for evaluation
+
+
+@pytest.mark.parametrize("head", ["cosface", "softmax"])
+def test_other_heads_learn_too(one_shot, head):
+    model, hist = _train(one_shot, head=head, epochs=20)
+    assert accuracy(one_shot["test"][1], predict(model, one_shot["test"][0])) > 0.7
+
+
+def test_same_seed_same_history_bitwise(one_shot):
+    _, a = _train(one_shot, epochs=10, seed=5)
+    _, b = _train(one_shot, epochs=10, seed=5)
+    assert (a.loss, a.train_acc, a.val_acc) == (b.loss, b.train_acc, b.val_acc)
+    _, c = _train(one_shot, epochs=10, seed=6)
+    assert a.loss != c.loss
+
+
+def test_end_to_end_fit_with_augmentation_is_reproducible():
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(8)]
+    labels = [0, 1, 0, 1, 0, 1, 0, 1]
+
+    def run():
+        torch.manual_seed(0)
+        bb = load_backbone("resnet18", pretrained=False, verbose=False)
+        model = build_model(2, backbone=bb)
+        set_trainable_stages(bb, ["layer4"])
+        data = ImageDataset(images, labels, bb.transform(train=True, size=32))
+        return fit(model, data, epochs=2, batch_size=4, device="cpu", seed=3, progress=False)
+
+    a, b = run(), run()
+    assert a.epochs == 2 and all(math.isfinite(v) for v in a.loss)
+    assert a.loss == b.loss and a.train_acc == b.train_acc
+
+
+def test_on_epoch_callback_sees_growing_history(one_shot):
+    seen = []
+    _train(one_shot, epochs=4, on_epoch=lambda h: seen.append((h.epochs, h.val_acc[-1])))
+    assert [n for n, _ in seen] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------ optimizer groups
+
+def test_param_groups_only_trainable_and_backbone_slower():
+    bb = load_backbone("resnet18", pretrained=False, verbose=False)
+    model = build_model(9, backbone=bb)
+    groups = param_groups(model, lr=1e-2, backbone_lr=None)
+    assert [g["name"] for g in groups] == ["head"]  # frozen backbone: nothing of it
+    set_trainable_stages(bb, ["layer3", "layer4"])
+    groups = param_groups(model, lr=1e-2, backbone_lr=None)
+    assert [g["name"] for g in groups] == ["head", "layer3", "layer4"]
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["head"] == 1e-2 and lrs["layer3"] == lrs["layer4"] == pytest.approx(1e-3)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    assert all(p.requires_grad for g in groups for p in g["params"])
+    groups = param_groups(model, lr=1e-2, backbone_lr={"layer4": 1e-4})
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs["layer4"] == 1e-4 and lrs["layer3"] == pytest.approx(1e-3) and lrs["head"] == 1e-2
+    groups = param_groups(model, lr=1e-2, backbone_lr=5e-4)
+    assert all(g["lr"] == 5e-4 for g in groups if g["name"] != "head")
+
+
+# ------------------------------------------------------------------ divergence
+
+def _no_nan(hist: History) -> bool:
+    return all(math.isfinite(v) for v in hist.loss + hist.train_acc + hist.val_acc)
+
+
+def test_far_too_high_lr_sets_diverged_not_nan_accuracies(one_shot, capsys):
+    _, hist = _train(one_shot, lr=1e20, epochs=10)
+    assert hist.diverged, "lr=1e20 should make the loss NaN"
+    assert "learning rate is too high" in hist.diverged and "lr=1e+19" in hist.diverged
+    assert hist.epochs < 10 and _no_nan(hist)
+    assert hist.summary().startswith("diverged")
+    assert "training stopped" in capsys.readouterr().out
+
+
+def test_nan_features_diverge_in_first_epoch(one_shot, capsys):
+    x, y = one_shot["train"]
+    x = x.clone()
+    x[0, 0] = float("nan")
+    model = build_model(9, feature_dim=x.shape[1])
+    hist = fit(model, (x, y), one_shot["val"], epochs=5, device="cpu", progress=False)
+    assert "epoch 1" in hist.diverged
+    assert hist.epochs == 0 and hist.val_acc == [] and math.isnan(hist.final_val_acc)
+    assert "training stopped" in capsys.readouterr().out
+    with pytest.raises(TrainingDiverged, match="learning rate"):
+        fit(build_model(9, feature_dim=x.shape[1]), (x, y), epochs=5, device="cpu", progress=False,
+            raise_on_divergence=True)
+
+
+def test_history_summary_text():
+    h = History(loss=[2.0, 1.0], train_acc=[0.5, 0.75], val_acc=[0.4, 0.6], seconds=[0.1, 0.3])
+    assert h.summary() == "2 epochs, final loss 1.000, train acc 75.0 %, val acc 60.0 %"
+    assert h.seconds_per_epoch == pytest.approx(0.2)
