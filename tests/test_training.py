@@ -112,8 +112,9 @@ def _no_nan(hist: History) -> bool:
 
 
 def test_far_too_high_lr_sets_diverged_not_nan_accuracies(one_shot, capsys):
-    _, hist = _train(one_shot, lr=1e20, epochs=10)
+    model, hist = _train(one_shot, lr=1e20, epochs=10)
     assert hist.diverged, "lr=1e20 should make the loss NaN"
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())  # no NaN model back
     assert "learning rate is too high" in hist.diverged and "lr=1e+19" in hist.diverged
     assert hist.epochs < 10 and _no_nan(hist)
     assert hist.summary().startswith("diverged")
