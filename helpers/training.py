@@ -107,6 +107,18 @@ def evaluate_logits(model: FaceModel, x, batch_size: int = 256, device=None) -> 
     return out
 
 
+@torch.no_grad()
+def _finite_model(model: FaceModel, xb: torch.Tensor) -> bool:
+    """Weights, BatchNorm statistics and eval-mode outputs for two samples of `xb` are all finite."""
+    if not all(torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()):
+        return False
+    was = model.training
+    model.eval()
+    ok = bool(torch.isfinite(model(xb[:2])).all())
+    model.train(was)
+    return ok
+
+
 def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
         backbone_lr: float | dict | None = None, batch_size: int = 64, weight_decay: float = 5e-4,
         seed: int = 0, device=None, progress: bool = True,
@@ -144,10 +156,7 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
             logits = model.head(emb, yb)
             loss = F.cross_entropy(logits, yb)
             if not torch.isfinite(loss):
-                hint = f"try lr={lr / 10:g}" if math.isfinite(lr) and lr > 0 else "use a finite lr such as 1e-2"
-                hist.diverged = (f"loss became {loss.item()} at epoch {epoch + 1} with lr={lr:g}: "
-                                 f"the learning rate is too high; {hint}. The weights of the last "
-                                 "finished epoch were kept.")
+                hist.diverged = f"loss became {loss.item()} at epoch {epoch + 1} with lr={lr:g}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -156,7 +165,14 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
             with torch.no_grad():
                 correct += (model.head.cosine(emb).argmax(1) == yb).sum().item()
             total += len(yb)
+        if not hist.diverged and total and not _finite_model(model, xb):
+            # the loss can stay finite (BatchNorm renormalises) while weights or running stats overflow
+            hist.diverged = (f"the weights overflowed (the model's outputs became inf/NaN) at epoch "
+                             f"{epoch + 1} with lr={lr:g}")
         if hist.diverged:
+            hint = f"try lr={lr / 10:g}" if math.isfinite(lr) and lr > 0 else "use a finite lr such as 1e-2"
+            hist.diverged += (f": the learning rate is too high; {hint}. The weights of the last "
+                              "finished epoch were kept.")
             model.load_state_dict(last_good)
             print(f"training stopped: {hist.diverged}")
             if raise_on_divergence:

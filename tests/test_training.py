@@ -114,7 +114,9 @@ def _no_nan(hist: History) -> bool:
 def test_far_too_high_lr_sets_diverged_not_nan_accuracies(one_shot, capsys):
     model, hist = _train(one_shot, lr=1e20, epochs=10)
     assert hist.diverged, "lr=1e20 should make the loss NaN"
-    assert all(torch.isfinite(v).all() for v in model.state_dict().values())  # no NaN model back
+    # no NaN model comes back: weights, BatchNorm statistics and predictions are finite
+    assert all(torch.isfinite(v).all() for v in model.state_dict().values())
+    assert torch.isfinite(model(one_shot["test"][0])).all()
     assert "learning rate is too high" in hist.diverged and "lr=1e+19" in hist.diverged
     assert hist.epochs < 10 and _no_nan(hist)
     assert hist.summary().startswith("diverged")
