@@ -1,0 +1,171 @@
+"""The command line: train on a folder, recognize photos, evaluate on ORL; errors are one line, exit 2.
+
+Runs `helpers.cli.main` in-process (fast) at 112 px, and `python -m helpers` once as a real
+subprocess to check the module entry point and that no traceback reaches the user.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import cli
+from helpers.recognizer import load_recognizer, write_demo_folder
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--size", "112", "--threads", "1"]
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def folder(orl, tmp_path_factory):
+    """A learner-style folder: 3 ORL people (s1, s2, s3), 8 photos each; photos 9-10 kept aside."""
+    root = tmp_path_factory.mktemp("people")
+    write_demo_folder(orl, [0, 1, 2], root / "people", per_person=8)
+    aside = root / "aside"
+    aside.mkdir()
+    for person in (0, 1, 2, 20):    # s21 is a stranger
+        i = np.flatnonzero(orl.labels == person)[9]
+        orl.images[i].save(aside / f"{orl.names[person]}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(folder):
+    path = folder / "model.pt"
+    assert cli.main(["train", "--data", str(folder / "people"), "--out", str(path), *FAST]) == 0
+    return path
+
+
+def test_train_writes_one_loadable_file(model, folder, capsys):
+    rec = load_recognizer(model)
+    assert rec.names == ["s1", "s2", "s3"] and rec.size == 112
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []   # no temp file left
+
+
+def test_train_reports_what_it_did(folder, capsys, tmp_path):
+    code, out, err = run(capsys, "train", "--data", folder / "people", "--out", tmp_path / "m.pt", *FAST)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("trained: 3 people, 24 photos (frozen backbone features, no training")
+    assert load_recognizer(tmp_path / "m.pt").embedding is None
+    code, out, _ = run(capsys, "train", "--data", folder / "people", "--out", tmp_path / "h.pt", "--method", "head",
+                       "--strangers", "none", *FAST)
+    assert code == 0 and "(frozen backbone + embedding/ArcFace head" in out and "no strangers available" in out
+    assert load_recognizer(tmp_path / "h.pt").embedding is not None
+    assert lines[1].startswith("threshold ") and lines[2].startswith(f"saved {tmp_path / 'm.pt'} (")
+    assert "backbone: " in err
+
+
+def test_recognize_answers_name_or_unknown_with_the_score(model, folder, capsys):
+    photos = [folder / "aside" / f"{n}.png" for n in ("s1", "s2", "s3", "s21")]   # s21: a stranger
+    code, out, err = run(capsys, "recognize", "--model", model, *photos, "--threads", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 4
+    pattern = re.compile(r"(?P<photo>.+): (?:(?P<name>s\d+) \(score (?P<s1>[\d.]+) >= threshold (?P<t1>[\d.]+)\)"
+                         r"|unknown \(closest: (?P<closest>s\d+), score (?P<s2>[\d.]+) < threshold (?P<t2>[\d.]+)\))")
+    scores = []
+    for photo, line in zip(photos, lines):
+        m = pattern.fullmatch(line)
+        assert m and m["photo"] == str(photo), line
+        scores.append(float(m["s1"] or m["s2"]))
+        closest = m["name"] or m["closest"]
+        if photo.stem != "s21":
+            assert closest == photo.stem, line                  # the nearest person is the right one
+    assert scores[3] < min(scores[:3])                          # the stranger scores lowest
+
+
+def test_recognize_json_and_threshold_override(model, folder, capsys):
+    photos = sorted((folder / "aside").iterdir())
+    code, out, _ = run(capsys, "recognize", "--model", model, *photos, "--json")
+    saved = load_recognizer(model).threshold
+    for row in json.loads(out):
+        assert row["threshold"] == round(saved, 4) and row["error"] is None
+        assert (row["name"] == "unknown") == (row["score"] < row["threshold"])
+        assert row["name"] in ("unknown", row["closest"])
+    photo = folder / "aside" / "s1.png"
+    code, out, _ = run(capsys, "recognize", "--model", model, photo, "--json", "--threshold", "1.5")
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["name"] == "unknown" and rows[0]["closest"] == "s1"
+    assert rows[0]["threshold"] == 1.5 and 0 < rows[0]["score"] <= 1
+
+
+def test_recognize_an_unreadable_photo_is_one_line_and_exit_1(model, folder, capsys, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"")
+    code, out, err = run(capsys, "recognize", "--model", model, bad, folder / "aside" / "s2.png")
+    assert code == 1
+    assert out.splitlines()[0].startswith(f"{bad}: error: cannot use this photo: ")
+    assert ": s2 (score" in out.splitlines()[1]
+
+
+def test_evaluate_json_is_complete_and_reproducible(capsys):
+    argv = ["evaluate", "--data", "orl", "--known", "9", "--shots", "3", "--seed", "0", "--json", *FAST]
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["photos"] == {"train": 27, "val": 18, "test": 27, "strangers": 310}
+    assert res["known"] == 9 and res["shots"] == 3 and res["seed"] == 0 and res["input_size"] == 112
+    assert res["accuracy"] > 0.8 and 0 < res["eer"] < 0.4
+    osr = res["open_set"]
+    assert osr["known_correct"] + osr["known_wrong_name"] + osr["known_rejected"] == pytest.approx(1, abs=1e-3)
+    assert osr["strangers_rejected"] + osr["strangers_accepted"] == pytest.approx(1, abs=1e-3)
+    assert osr["strangers_rejected"] > 0.5
+    assert run(capsys, *argv)[1] == out                                   # same numbers twice
+    other = json.loads(run(capsys, *[("1" if a == "0" else a) for a in argv])[1])  # another seed, another split
+    assert other["seed"] == 1 and other != res
+
+
+def test_evaluate_a_folder_without_strangers(folder, capsys):
+    code, out, err = run(capsys, "evaluate", "--data", folder / "people", "--known", "3", "--json", *FAST)
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["photos"]["strangers"] == 0 and res["open_set"]["strangers_rejected"] is None
+    assert res["eer_on"] == "pairs of the known people's test photos"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/m.pt"], "no such folder"),
+    (["train", "--data", "{tmp}/file.txt", "--out", "{tmp}/m.pt"], "is a file"),
+    (["train", "--data", "{tmp}/empty", "--out", "{tmp}/m.pt"], "is empty"),
+    (["recognize", "--model", "{tmp}/missing.pt", "x.jpg"], "no such file"),
+    (["recognize", "--model", "{tmp}/file.txt", "x.jpg"], "file.txt is not a recogniser file"),
+    (["evaluate", "--data", "orl", "--known", "99"], "the data has only 40 people"),
+])
+def test_errors_are_one_clear_line_and_exit_2(argv, message, capsys, tmp_path):
+    (tmp_path / "file.txt").write_text("hello")
+    (tmp_path / "empty").mkdir()
+    code, out, err = run(capsys, *[a.format(tmp=tmp_path) for a in argv])
+    assert code == 2
+    assert err.startswith("error: ") and message in err.splitlines()[0], err
+    assert "Traceback" not in err and out == ""
+
+
+def test_a_model_for_another_backbone_is_refused(model, folder, capsys):
+    code, _, err = run(capsys, "recognize", "--model", model, folder / "aside" / "s1.png",
+                       "--expect-backbone", "resnet18")
+    assert code == 2 and "but resnet18 was expected" in err
+
+
+def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
+    env = {**os.environ, "FACE_COURSE_OFFLINE": "1"}
+    ok = subprocess.run([sys.executable, "-m", "helpers", "--help"], capture_output=True, text=True, cwd=REPO,
+                        env=env, timeout=120)
+    assert ok.returncode == 0 and all(c in ok.stdout for c in ("train", "recognize", "evaluate"))
+    bad = subprocess.run([sys.executable, "-m", "helpers", "recognize", "--model", str(tmp_path / "none.pt"),
+                          "a.jpg"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

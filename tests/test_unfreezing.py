@@ -1,0 +1,226 @@
+"""Gradual unfreezing: the backbone cut at its last stage, cached activations, schedules, runs, memory.
+
+Most tests use the tiny seeded backbone (32 px) on a few ORL people, so whole schedules run in
+well under a second; the cut of the real backbones (EfficientNet-Lite0, ResNet-18) is checked
+numerically on a handful of photos.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import load_backbone
+from helpers import unfreezing as U
+from helpers.model import build_model, count_parameters, set_trainable_stages
+from tiny_backbone import tiny_backbone
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(orl):
+    """5 known ORL people (25/10/15 photos), 5 strangers (50 photos), tiny backbone at 32 px."""
+    faces = orl.subset(np.flatnonzero(orl.labels < 10), relabel=True)
+    return U.prepare_data(tiny_backbone(), faces, n_known=5, size=32, seed=0, n_threads=1)
+
+
+def _fresh(data):
+    """A copy of the data object with its own (empty) caches and an untouched backbone."""
+    return U.UnfreezeData(copy.deepcopy(data.backbone), data.known, data.strangers, data.split, data.size,
+                          threads=1, batch_size=data.batch_size)
+
+
+def _state(module: nn.Module) -> dict:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+# ---------------------------------------------------------------------- the cut
+
+
+@pytest.mark.parametrize("which", ["efficientnet_lite0", "resnet18", "tiny"])
+def test_tail_of_cached_inputs_equals_the_whole_backbone(which, effnet, orl):
+    bb = {"efficientnet_lite0": lambda: effnet, "tiny": tiny_backbone,
+          "resnet18": lambda: load_backbone("resnet18", pretrained=False, verbose=False)}[which]()
+    size = 32 if which == "tiny" else 64
+    images = orl.images[:3]
+    stage = U.last_stage(bb)
+    tf = bb.transform(size=size)
+    x = torch.stack([tf(im) for im in images])
+    with torch.no_grad():
+        whole = bb.eval()(x)
+        inputs = U.stage_inputs(bb, images, stage, tf)
+        tail = U.BackboneTail(bb, stage).eval()(inputs)
+    assert inputs.dim() == 4 and inputs.shape[0] == 3
+    assert torch.allclose(tail, whole, atol=1e-5), (tail - whole).abs().max()
+
+
+def test_tail_shares_and_owns_only_the_last_stage(effnet):
+    bb = copy.deepcopy(effnet)
+    tail = U.BackboneTail(bb, "layer4")
+    stage_ids = {id(p) for p in bb.stage_parameters("layer4")}
+    assert {id(p) for p in tail.parameters()} == stage_ids      # only layer4's weights, the same objects
+    assert tail.stage_names == ["layer4"]
+    assert list(tail.stage_parameters("layer3")) == []
+    with pytest.raises(ValueError, match="first stage"):
+        U.BackboneTail(bb, "stem")
+    with pytest.raises(KeyError):
+        U.BackboneTail(bb, "layer9")
+
+
+def test_tail_follows_the_frozen_batchnorm_rule(effnet):
+    bb = copy.deepcopy(effnet)
+    set_trainable_stages(bb, [])
+    tail = U.BackboneTail(bb, "layer4").train()
+    bns = [m for m in tail.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert bns and not any(m.training for m in bns)            # frozen: eval mode
+    set_trainable_stages(bb, ["layer4"])
+    tail.train()
+    assert all(m.training for m in bns)                          # trainable: train mode (unless FineTuneModel says no)
+
+
+# ---------------------------------------------------------------------- runs
+
+
+def test_frozen_run_never_touches_the_pretrained_backbone(tiny_data):
+    data = _fresh(tiny_data)
+    before = _state(data.backbone)
+    res = U.run_schedule(data, U.gradual_schedule(data.backbone, epochs=(3, 2, 1)), seed=0)
+    after = _state(data.backbone)
+    assert all(torch.equal(before[k], after[k]) for k in before)   # runs train a copy
+    assert res.trained_stages == tuple(data.backbone.stage_names)  # stage 3 trains everything
+    changed = [k for k, v in _state(res.model.backbone).items() if not torch.equal(v, before[k])]
+    assert any("layer1" in k for k in changed) and any("conv1" in k for k in changed)
+    assert len(res.histories) == 3 and [h.epochs for h in res.histories] == [3, 2, 1]
+
+
+def test_stage_2_on_cached_inputs_trains_only_the_last_stage(tiny_data):
+    data = _fresh(tiny_data)
+    frozen = U.run_schedule(data, U.frozen_schedule(epochs=3))
+    before = _state(frozen.model.backbone)
+    plan = U.StagePlan("stage 2", (U.last_stage(data.backbone),), 2, 1e-2, 1e-2, cache=True)
+    g2 = U.run_schedule(data, [plan], model=copy.deepcopy(frozen.model))
+    after = _state(g2.model.backbone)
+    moved = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
+    assert moved == {"layer1"}, moved                            # the tiny backbone's last stage
+    assert g2.trained_stages == ("layer1",)
+    # evaluation through the cached inputs equals evaluation through the whole fine-tuned backbone
+    via_cache = U.model_features(g2, data, "test")
+    g2.bn_stats_changed = True                                   # forces the whole-photo path
+    via_photos = U.model_features(g2, data, "test")
+    assert torch.allclose(via_cache, via_photos, atol=1e-5)
+
+
+def test_cached_stages_are_refused_when_they_would_be_wrong(tiny_data):
+    data = _fresh(tiny_data)
+    last = U.last_stage(data.backbone)
+    with pytest.raises(ValueError, match="cannot be augmented"):
+        U.run_schedule(data, [U.StagePlan("x", (last,), 1, 1e-2, cache=True, augment=True)])
+    with pytest.raises(ValueError, match="out of date"):
+        U.run_schedule(data, [U.StagePlan("x", (last,), 1, 1e-2, cache=True)], trained_stages=["stem"])
+    with pytest.raises(ValueError, match="last stage"):
+        U.run_schedule(data, [U.StagePlan("x", ("stem",), 1, 1e-2, cache=True)])
+
+
+def test_runs_are_reproducible(tiny_data):
+    data = _fresh(tiny_data)
+    plans = U.gradual_schedule(data.backbone, epochs=(3, 2, 2))
+    a = U.run_schedule(data, plans, seed=3)
+    b = U.run_schedule(data, plans, seed=3)
+    assert a.combined_history().loss == b.combined_history().loss
+    assert U.evaluate_run(a, data) == U.evaluate_run(b, data)
+
+
+def test_trainable_parameters_grow_with_each_stage(effnet):
+    plans = U.gradual_schedule(effnet)
+    counts = []
+    for plan in plans:
+        model = build_model(9, backbone=copy.deepcopy(effnet))
+        set_trainable_stages(model.backbone, plan.stages)
+        counts.append(count_parameters(model).trainable)
+    assert counts[0] < counts[1] < counts[2]
+    assert counts[0] == 1280 * 512 + 512 + 2 * 512 + 9 * 512       # embedding + BN1d + ArcFace weights
+    assert counts[1] - counts[0] == sum(p.numel() for p in effnet.stage_parameters("layer4"))
+    assert plans[2].augment and not plans[2].cache and plans[1].cache and not plans[1].augment
+    assert plans[2].backbone_lr < plans[1].backbone_lr                 # stage 3: a lower learning rate
+
+
+def test_finetune_model_keeps_backbone_batchnorm_statistics(tiny_data):
+    data = _fresh(tiny_data)
+    model = build_model(data.num_classes, backbone=data.backbone, freeze_backbone=False)
+    ft = U.FineTuneModel(model.embedding, model.head, model.backbone, bn_train=False).train()
+    assert not data.backbone.body.bn1.training and ft.embedding.bn.training
+    ft.bn_train = True
+    ft.train()
+    assert data.backbone.body.bn1.training
+
+
+def test_frozen_bn_pitfall_moves_statistics_not_weights(tiny_data):
+    data = _fresh(tiny_data)
+    out = U.frozen_bn_pitfall(data, epochs=2)
+    assert set(out) == {"bn eval", "bn train"}
+    assert out["bn eval"]["bn_stats_moved"] == 0 and not out["bn eval"]["weights_changed"]
+    assert out["bn train"]["bn_stats_moved"] > 0 and not out["bn train"]["weights_changed"]
+
+
+def test_compare_methods_on_one_split(tiny_data):
+    data = _fresh(tiny_data)
+    res = U.compare_methods(data, U.gradual_schedule(data.backbone, epochs=(3, 2, 1)),
+                            U.full_schedule(data.backbone, epochs=2))
+    assert [r.method for r in res] == ["frozen (stage 1 only)", "gradual, stages 1-2", "gradual, stages 1-3",
+                                       "full fine-tuning"]
+    assert [r.epochs for r in res] == [3, 5, 6, 2]
+    for r in res:
+        m = r.metrics
+        for v in (m.train_acc, m.val_acc, m.test_acc, m.new_people_1shot, m.strangers_eer):
+            assert 0.0 <= v <= 1.0
+        assert len(r.seconds_per_epoch()) == len(r.histories)
+    table = U.comparison_table(res)
+    assert table.count("\n") == 5 and "full fine-tuning" in table and "MB" in table
+    assert U.accuracy_table(res).count("|") == 8 * 6
+    raw = U.raw_feature_metrics(data)
+    assert 0 <= raw["strangers_eer"] <= 1
+
+
+def test_train_stages_checks_its_arguments(tiny_data):
+    data = _fresh(tiny_data)
+    with pytest.raises(ValueError, match="unknown stage"):
+        U.train_stages(data, ["layer9"])
+    with pytest.raises(ValueError, match="at least 1"):
+        U.train_stages(data, [], epochs=0)
+    res = U.train_stages(data, ["layer1"], epochs=2)
+    assert res.plans[0].cache and res.trained_stages == ("layer1",)
+    assert U.describe_result(res).startswith("Result: test acc ")
+
+
+# ---------------------------------------------------------------------- measures
+
+
+def test_one_shot_identification_on_clear_clusters():
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)
+    labels = np.repeat(np.arange(4), 5)
+    emb = centres[labels] + 0.01 * rng.normal(size=(20, 4))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    assert U.one_shot_identification(emb, labels) == 1.0
+    assert U.one_shot_identification(emb, rng.permutation(labels)) < 0.6
+
+
+def test_peak_memory_sees_a_large_allocation():
+    with U.PeakMemory("cpu") as small:
+        x = torch.ones(10)
+    with U.PeakMemory("cpu") as big:
+        y = torch.ones(50 * 2**20 // 4)  # 50 MB, touched
+        y += 1
+        del y
+    assert big.method and big.peak_mb is not None
+    assert big.peak_mb >= 40, big.peak_mb
+    assert small.peak_mb < 40
+    del x
+
+
+def test_even_batches():
+    assert U._even_batch(45, 16) == 15 and U._even_batch(10, 16) == 10 and U._even_batch(64, 16) == 16
