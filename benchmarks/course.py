@@ -1,0 +1,133 @@
+"""The whole course, headless: every notebook executed in order with nbclient, as a learner would.
+
+Copies of `notebooks/*.ipynb` run in a temporary folder (the committed notebooks are never
+rewritten; `data/` is linked beside them so relative paths work) with a fresh, empty feature
+cache (FACE_COURSE_CACHE), i.e. a first-time learner's run. For each notebook: wall time of
+its execution (kernel start included) and the kernel's peak resident memory, read from the
+kernel process itself (`ru_maxrss`, plus any child processes it started) by a cell appended to
+the copy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from helpers.runtime import REPO_ROOT
+
+from .common import Figure, Section, fmt_s
+
+MARK = "__BENCH_PEAK_RSS__"
+PEAK_CELL = (
+    "import resource, json\n"
+    "_s = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+    "_c = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    f"print('{MARK}' + json.dumps({{'self_kb': _s, 'children_kb': _c}}))"
+)
+TARGET_TOTAL_S = 8 * 60
+TARGET_KERNEL_GB = 3.0
+
+SMOKE_NOTEBOOK = [
+    "from helpers import load_orl, set_seed\nset_seed(0)\nfaces = load_orl()\nprint(len(faces))",
+    "import numpy as np\nprint(np.asarray(faces.images[0]).shape)",
+]
+
+
+def execute(path: Path, workdir: Path, env: dict[str, str], timeout: int) -> dict:
+    """Run one notebook copy; return seconds and the kernel's peak RSS in MB."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(workdir)}})
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
+    t0 = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+    except Exception as e:  # a failing notebook is reported with its time so far
+        error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
+    finally:
+        seconds = time.perf_counter() - t0
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    peak = {}
+    for out in nb.cells[-1].get("outputs", []):
+        text = out.get("text", "")
+        if MARK in text:
+            peak = json.loads(text.split(MARK, 1)[1].strip().splitlines()[0])
+    mb = (peak.get("self_kb", 0) + peak.get("children_kb", 0)) / 1024 if peak else None
+    return {"seconds": round(seconds, 1), "peak_rss_mb": round(mb, 1) if mb else None,
+            "kernel_rss_mb": round(peak["self_kb"] / 1024, 1) if peak else None, "error": error}
+
+
+def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: list[str] | None = None) -> Section:
+    with tempfile.TemporaryDirectory(prefix="bench-course-") as tmp:
+        tmp = Path(tmp)
+        nbdir = tmp / "notebooks"
+        nbdir.mkdir()
+        if smoke:
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_code_cell(c) for c in SMOKE_NOTEBOOK]
+            nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+            nbformat.write(nb, nbdir / "00_smoke.ipynb")
+            paths = [nbdir / "00_smoke.ipynb"]
+        else:
+            sources = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb")) if notebooks is None \
+                else [Path(p) for p in notebooks]
+            paths = []
+            for src in sources:
+                shutil.copy2(src, nbdir / src.name)
+                paths.append(nbdir / src.name)
+        if (REPO_ROOT / "data").exists():
+            (tmp / "data").symlink_to(REPO_ROOT / "data")
+        runs: list[dict[str, dict]] = []
+        for r in range(max(1, repeats)):
+            cache = tmp / f"cache-{r}"  # a first-time learner's run: empty caches
+            env = {"FACE_COURSE_CACHE": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba"),
+                   "MPLBACKEND": "module://matplotlib_inline.backend_inline", "FACE_COURSE_OFFLINE": "1"}
+            res = {}
+            for p in paths:
+                work = tmp / f"run-{r}"
+                work.mkdir(exist_ok=True)
+                copy = work / p.name
+                shutil.copy2(p, copy)
+                res[p.name] = execute(copy, work, env, timeout)
+                print(f"  [course] run {r + 1}: {p.name}: {fmt_s(res[p.name]['seconds'])}, kernel peak "
+                      f"{res[p.name]['peak_rss_mb']} MB{'  ERROR ' + res[p.name]['error'] if res[p.name]['error'] else ''}",
+                      flush=True)
+            runs.append(res)
+    names = list(runs[0])
+    per_nb = {n: {"seconds": statistics.median(r[n]["seconds"] for r in runs),
+                  "peak_rss_mb": max((r[n]["peak_rss_mb"] or 0) for r in runs),
+                  "runs_s": [r[n]["seconds"] for r in runs],
+                  "errors": sorted({r[n]["error"] for r in runs if r[n]["error"]})} for n in names}
+    totals = [sum(r[n]["seconds"] for n in names) for r in runs]
+    total = statistics.median(totals)
+    peak_mb = max(v["peak_rss_mb"] for v in per_nb.values()) if per_nb else 0.0
+    worst = max(per_nb, key=lambda n: per_nb[n]["peak_rss_mb"]) if per_nb else ""
+    failed = [n for n, v in per_nb.items() if v["errors"]]
+    sec = Section("Whole course", config={"notebooks": names, "repeats": repeats, "cache": "empty (first run)",
+                                          "executor": "nbclient, kernel python3", "timeout_s": timeout})
+    sec.details = {"notebooks": per_nb, "totals_s": [round(t, 1) for t in totals]}
+    sec.figures = [
+        Figure("course.total", f"All {len(names)} notebooks, executed in order", total, "s",
+               "target 8 min", TARGET_TOTAL_S, TARGET_TOTAL_S / total if total else None, "× under target",
+               "≤ 8 min on 2 CPU cores", total <= TARGET_TOTAL_S and not failed),
+        Figure("course.peak_kernel", f"Largest kernel peak memory ({worst})", peak_mb / 1024, "GB",
+               "target 3 GB", TARGET_KERNEL_GB, TARGET_KERNEL_GB / (peak_mb / 1024) if peak_mb else None,
+               "× under target", "≤ 3 GB per kernel", peak_mb / 1024 <= TARGET_KERNEL_GB),
+    ]
+    if failed:
+        sec.notes.append(f"notebooks that raised: {', '.join(failed)}")
+    return sec

@@ -1,0 +1,158 @@
+"""The accuracy protocol's data: ORL faces, deterministic degradations and augmented views,
+per-seed splits, and frozen features cached on disk.
+
+Splits (per seed, per person, 10 ORL photos each):
+  * identification: the person's photos are shuffled with the seed; the first 5 are test
+    photos, the next k (1, 3 or 5) are the training ("enrolment") photos. The test photos are
+    the same for every k, so k = 1, 3, 5 differ only by the training photos.
+  * 9 known people: 9 people drawn with the seed (as in the guide), same per-person split.
+  * strangers: the people are shuffled with the seed; the first half is for training, the
+    second half ("strangers") is never trained on; verification uses every pair of the
+    strangers' photos.
+
+Degraded test set (DEGRADE, applied to test photos only, deterministic per seed and photo):
+rotation uniform in ±10° (bilinear, corners filled with the photo's mean grey), brightness
+and contrast each × uniform 0.75–1.25, Gaussian blur radius (sigma) uniform 0–1 px, JPEG
+quality uniform integer 60–90.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter
+
+from helpers.data import FaceSet, load_orl
+
+DEGRADE = {
+    "rotation_deg": 10.0,          # uniform in [-10, 10]
+    "brightness": (0.75, 1.25),    # PIL ImageEnhance.Brightness factor
+    "contrast": (0.75, 1.25),      # PIL ImageEnhance.Contrast factor
+    "blur_sigma": (0.0, 1.0),      # PIL GaussianBlur radius
+    "jpeg_quality": (60, 90),      # inclusive
+}
+
+# augmented training views: the helpers' training augmentation, applied to PIL images
+VIEWS = {"crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1), "hflip": 0.5, "rotation_deg": 10.0,
+         "brightness": 0.3, "contrast": 0.3}
+
+
+def degrade(img: Image.Image, seed: int, index: int) -> Image.Image:
+    """One mildly degraded copy of `img`, the same for the same (seed, index)."""
+    rng = np.random.default_rng([seed, index, 7])
+    d = DEGRADE
+    grey = tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0))
+    out = img.rotate(float(rng.uniform(-d["rotation_deg"], d["rotation_deg"])),
+                     resample=Image.BILINEAR, fillcolor=grey)
+    out = ImageEnhance.Brightness(out).enhance(float(rng.uniform(*d["brightness"])))
+    out = ImageEnhance.Contrast(out).enhance(float(rng.uniform(*d["contrast"])))
+    out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*d["blur_sigma"]))))
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=int(rng.integers(d["jpeg_quality"][0], d["jpeg_quality"][1] + 1)))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
+    """Training view number `view` of photo `index`: random crop, flip, rotation, brightness/contrast."""
+    from torchvision.transforms import v2
+
+    v = VIEWS
+    w, h = img.size
+    tf = v2.Compose([
+        v2.RandomResizedCrop((h, w), scale=v["crop_scale"], ratio=v["crop_ratio"], antialias=True),
+        v2.RandomHorizontalFlip(v["hflip"]),
+        v2.RandomRotation(v["rotation_deg"]),
+        v2.ColorJitter(brightness=v["brightness"], contrast=v["contrast"]),
+    ])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1_000_003 * (view + 1) + index)
+    try:
+        return tf(img)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def flipped(img: Image.Image) -> Image.Image:
+    return img.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+# ------------------------------------------------------------------------------ splits
+
+@dataclass
+class IdSplit:
+    train: np.ndarray  # indices into the 400 photos
+    test: np.ndarray
+    labels: np.ndarray  # labels of all photos, relabelled 0..P-1 over the people in this split (-1 elsewhere)
+    people: np.ndarray  # ORL person ids in this split
+
+
+def identification_split(labels: np.ndarray, k: int, seed: int, people: Sequence[int] | None = None,
+                         n_test: int = 5) -> IdSplit:
+    """k training photos and `n_test` test photos per person (test photos do not depend on k)."""
+    labels = np.asarray(labels)
+    people = np.unique(labels) if people is None else np.sort(np.asarray(people))
+    rng = np.random.default_rng([seed, 11])
+    order = {int(p): rng.permutation(np.flatnonzero(labels == p)) for p in np.unique(labels)}
+    train, test = [], []
+    for p in people:
+        idx = order[int(p)]
+        if len(idx) < n_test + k:
+            raise ValueError(f"person {p} has {len(idx)} photos; needs {n_test} test + {k} training")
+        test += idx[:n_test].tolist()
+        train += idx[n_test:n_test + k].tolist()
+    relabel = -np.ones(labels.max() + 1, dtype=int)
+    relabel[people] = np.arange(len(people))
+    return IdSplit(np.array(train), np.array(test), relabel[labels], np.asarray(people))
+
+
+def known_people(num_people: int, n_known: int, seed: int) -> np.ndarray:
+    """The `n_known` people drawn for this seed (9 as in the guide)."""
+    return np.sort(np.random.default_rng([seed, 13]).choice(num_people, size=n_known, replace=False))
+
+
+def strangers_split(num_people: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training people, strangers): the people halved at random with the seed."""
+    perm = np.random.default_rng([seed, 17]).permutation(num_people)
+    half = num_people // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
+
+
+# ------------------------------------------------------------------------------ data
+
+class ProtocolData:
+    """ORL photos with their degraded copies (per seed) and augmented views, created lazily."""
+
+    def __init__(self, faces: FaceSet | None = None, n_views: int = 8):
+        self.faces = faces or load_orl()
+        self.n_views = n_views
+        self._degraded: dict[int, list[Image.Image]] = {}
+        self._views: dict[int, list[Image.Image]] = {}
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return self.faces.images
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.faces.labels
+
+    def degraded(self, seed: int) -> list[Image.Image]:
+        if seed not in self._degraded:
+            self._degraded[seed] = [degrade(im, seed, i) for i, im in enumerate(self.images)]
+        return self._degraded[seed]
+
+    def views(self, view: int) -> list[Image.Image]:
+        if view not in self._views:
+            self._views[view] = [augmented_view(im, view, i) for i, im in enumerate(self.images)]
+        return self._views[view]
+
+
+def raw_pixels(images: Sequence[Image.Image], size: int = 32) -> np.ndarray:
+    """Grey 32×32 thumbnails, flattened and mean-centred per photo: the 'no learning' baseline."""
+    x = np.stack([np.asarray(im.convert("L").resize((size, size), Image.BILINEAR), dtype=np.float32).ravel()
+                  for im in images])
+    return x - x.mean(1, keepdims=True)

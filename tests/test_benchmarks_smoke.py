@@ -1,0 +1,120 @@
+"""The benchmarks still run: `python -m benchmarks --smoke` (tiny sizes) into a temporary folder.
+
+Checks the pipeline and the files it writes, never the speed (speed figures come from the
+full run, `bash course.sh bench`). The committed results file must not be touched.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "benchmarks" / "results.json"
+SECTIONS = ("course", "head_fit", "extraction", "accuracy", "scaling")
+README = "# Title\n\nbefore\n\n<!-- perf:start -->\nold table\n<!-- perf:end -->\n\nafter\n"
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    (tmp / "README.md").write_text(README)
+    committed = COMMITTED.read_bytes() if COMMITTED.exists() else None
+    env = {**os.environ, "FACE_COURSE_CACHE": str(tmp / "cache"), "FACE_COURSE_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp / "results.json"),
+                           "--readme", str(tmp / "README.md")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, proc, committed
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_results_file_is_well_formed(smoke):
+    tmp, _, _ = smoke
+    res = json.loads((tmp / "results.json").read_text())
+    assert res["mode"] == "smoke"
+    assert set(res["sections"]) == set(SECTIONS)
+    keys = []
+    for name, sec in res["sections"].items():
+        m = sec["machine"]
+        assert m["cores"] >= 1 and m["torch"]
+        assert m["device"] == "CPU" or m["device"].startswith("GPU")
+        assert len(sec["loadavg_before"]) == 3 and sec["started"]
+        assert sec["figures"], f"{name}: no figures"
+        for f in sec["figures"]:
+            assert _finite(f["value"]), (name, f)
+            assert f["vs_value"] is None or _finite(f["vs_value"]), (name, f)
+            keys.append(f["key"])
+    assert len(keys) == len(set(keys)), "figure keys must be unique"
+
+
+def test_each_benchmark_measured_its_comparison(smoke):
+    tmp, _, _ = smoke
+    s = json.loads((tmp / "results.json").read_text())["sections"]
+    nb = s["course"]["details"]["notebooks"]
+    assert nb and all(v["peak_rss_mb"] > 50 and v["seconds"] > 0 and not v["errors"] for v in nb.values())
+    hf = {f["key"]: f for f in s["head_fit"]["figures"]}
+    assert hf["head_fit.seconds"]["vs_value"] > hf["head_fit.seconds"]["value"] > 0  # guide's loop is slower
+    for backbone in s["extraction"]["details"].values():
+        rates = [r["images_per_s"] for r in backbone["recipes"].values() if r.get("images_per_s")]
+        assert len(rates) >= 3 and backbone["fastest"] in backbone["recipes"]
+    acc = s["accuracy"]["details"]
+    methods = {m["key"] for m in acc["methods"]}
+    assert {"raw", "frozen", "probe", "arcface", "tuned", "arcface+", "gradual", "full"} <= methods
+    for key in methods:
+        row = acc["table"][key]
+        assert row, key
+        assert all(0 <= v["mean"] <= 100 for v in row.values()), key
+    assert "eer" not in acc["table"]["probe"]  # a classifier has no embedding for strangers
+    assert set(acc["table"]["raw"]) >= {c["key"] for c in acc["columns"]}
+    assert acc["ablation"] and acc["chosen_on_dev"]
+    rows = s["scaling"]["details"]["rows"]
+    assert [r["n"] for r in rows] == sorted(r["n"] for r in rows) and len(rows) >= 2
+
+
+def test_readme_table_generated_between_markers_only(smoke):
+    tmp, _, _ = smoke
+    text = (tmp / "README.md").read_text()
+    res = json.loads((tmp / "results.json").read_text())
+    assert "old table" not in text
+    assert text.startswith("# Title\n\nbefore\n\n<!-- perf:start -->\n## Performance")
+    assert text.endswith("<!-- perf:end -->\n\nafter\n")
+    assert "| Benchmark | Measured |" in text and "| Method |" in text
+    assert res["sections"]["head_fit"]["machine"]["torch"] in text
+    md = (tmp / "RESULTS.md").read_text()
+    assert "## Whole course" in md and "## Scaling" in md and "### Protocol" in md
+
+
+def test_committed_results_untouched(smoke):
+    _, _, before = smoke
+    after = COMMITTED.read_bytes() if COMMITTED.exists() else None
+    assert after == before
+
+
+def test_update_readme_without_markers_leaves_file(tmp_path):
+    p = tmp_path / "README.md"
+    p.write_text("no markers here\n")
+    assert report.update_readme(p, {"sections": {}}) is False
+    assert p.read_text() == "no markers here\n"
+
+
+def test_report_regenerates_from_results_file(smoke, tmp_path):
+    tmp, _, _ = smoke
+    out = tmp_path / "results.json"
+    out.write_text((tmp / "results.json").read_text())
+    (tmp_path / "README.md").write_text(README)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--report-only", "--out", str(out),
+                           "--readme", str(tmp_path / "README.md")], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "README.md").read_text() == (tmp / "README.md").read_text()
