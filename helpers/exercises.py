@@ -168,3 +168,182 @@ def check_onnx_batch(path, rec, images, tol: float = 1e-4) -> bool:
     if out.shape != ref.shape or diff > tol:
         return _verdict(False, "", f"shape {out.shape} vs {ref.shape}, max difference {diff:.2e}")
     return _verdict(True, f"{len(images)} photos, max difference {diff:.1e} (below {tol:g})", "")
+
+
+# ============================================================================ notebooks 00 (data), 01 (pretrained), 02 (frozen training)
+
+def _num_0x(answer, what: str):
+    """`answer` as a float, or None after saying what is missing."""
+    if answer is None:
+        print(f"not yet: replace None with your {what}")
+        return None
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        print(f"not yet: {what} should be a number, got {type(answer).__name__} {answer!r}")
+        return None
+    if value != value:
+        print(f"not yet: {what} is NaN")
+        return None
+    return value
+
+
+def check_person_split(train, val, test, photos: int = 7, val_frac: float = 0.2, test_frac: float = 0.3) -> bool:
+    """00, exercise 1: how split_per_person divides one person's `photos` photos (train, val, test)."""
+    from .data import split_per_person
+
+    if None in (train, val, test):
+        print("not yet: replace each None with a number of photos")
+        return False
+    got = [_num_0x(v, f"number of {k} photos") for k, v in (("train", train), ("val", val), ("test", test))]
+    if None in got:
+        return False
+    s = split_per_person([0] * photos, val=val_frac, test=test_frac, seed=0).sizes()
+    want = (s["train"], s["val"], s["test"])
+    if tuple(got) == want:
+        return _verdict(True, f"{photos} photos -> train {want[0]}, val {want[1]}, test {want[2]}: test = "
+                              f"round({test_frac} x {photos}), val = round({val_frac} x {photos}), the rest trains", "")
+    if sum(got) != photos:
+        return _verdict(False, "", f"the three add up to {sum(got):g}, but the person has {photos} photos: "
+                                   "every photo goes to exactly one part")
+    if (got[1], got[2]) == (want[2], want[1]):
+        return _verdict(False, "", "val and test are swapped: test takes 30 %, val 20 %")
+    return _verdict(False, "", f"each part is rounded to the nearest whole photo: test = round({test_frac} x "
+                               f"{photos}), val = round({val_frac} x {photos}), train = the rest")
+
+
+def check_fixed_folder(root) -> bool:
+    """00, exercise 2: the problem folder, fixed so it loads with nothing skipped and 4 people."""
+    from pathlib import Path
+
+    from .data import FaceDataError, load_folder
+
+    if root is None:
+        print("not yet: make the folder with make_problem_folder(path), fix it, then pass its path")
+        return False
+    root = Path(root)
+    try:
+        faces = load_folder(root, verbose=False)
+    except FaceDataError as e:
+        return _verdict(False, "", f"the folder does not load: {str(e).splitlines()[0]}")
+    rep = faces.report
+    if rep.skipped:
+        first = rep.skipped[0]
+        return _verdict(False, "", f"{len(rep.skipped)} file(s) still skipped, e.g. {first[0]}: {first[1]}")
+    if rep.notes:
+        return _verdict(False, "", f"the loader still notes: {rep.notes[0]}")
+    counts = faces.counts()
+    if counts.get("s4", 0) < 2:
+        return _verdict(False, "", "s4 is left out: it needs a second photo of the same man (look at "
+                                   "loose_photo.jpg)")
+    if sum(counts.values()) < 12:
+        return _verdict(False, "", f"{sum(counts.values())} photos load; the 12 good photos should all "
+                                   "stay (remove only what cannot be used)")
+    return _verdict(True, f"{faces.num_people} people, {len(faces)} photos, nothing skipped: "
+                          f"{', '.join(f'{n} {c}' for n, c in counts.items())}", "")
+
+
+def check_trainable_params(answer, people: int = 20, feature_dim: int = 512) -> bool:
+    """01, exercise 1: trainable parameters of the frozen model (embedding + BatchNorm + head)."""
+    value = _num_0x(answer, "parameter count")
+    if value is None:
+        return False
+    lin, bn, head = feature_dim * 512 + 512, 2 * 512, people * 512
+    want = lin + bn + head
+    if value == want:
+        return _verdict(True, f"{want:,} = Linear {feature_dim}x512 + 512 bias ({lin:,}) + BatchNorm weight and "
+                              f"bias ({bn:,}) + one 512-D centre per person ({head:,})", "")
+    if value == want - bn:
+        return _verdict(False, "", "BatchNorm1d(512) also learns a weight and a bias per channel")
+    if value == want - 512:
+        return _verdict(False, "", "the Linear layer has a bias of 512 as well")
+    if value == lin + bn + 9 * 512 and people != 9:
+        return _verdict(False, "", f"that is for 9 people; the head holds one 512-D centre per person ({people})")
+    if value > 1_000_000:
+        return _verdict(False, "", "frozen backbone parameters are not trainable: count only the new layers")
+    return _verdict(False, "", f"{value:,.0f} is off: Linear({feature_dim}->512) with bias, BatchNorm1d(512), "
+                               f"and an ArcFace head of {people} x 512")
+
+
+def check_few_shot_answer(answer, features, labels, shots: int = 2, method: str = "1-NN") -> bool:
+    """01, exercise 2: mean accuracy (fraction or %) with `shots` photos per person, 5 splits."""
+    from .baselines import few_shot_table
+
+    value = _num_0x(answer, "accuracy")
+    if value is None:
+        return False
+    want = few_shot_table({"f": features}, labels, shots=(shots,), methods=(method,)).get("f", method, shots)
+    if value > 1.0:
+        value = value / 100
+    if abs(value - want) <= 0.005:
+        return _verdict(True, f"{100 * want:.1f} % with {shots} photos per person ({method})", "")
+    return _verdict(False, "", f"{100 * value:.1f} % is off by {100 * abs(value - want):.1f} points: use "
+                               f"few_shot_table(..., shots=({shots},)) on the frozen features, {method}")
+
+
+def check_biggest_gain(answer, table, better: str, worse: str, method: str = "1-NN") -> bool:
+    """01, exercise 3: the number of photos per person where `better` features gain most over `worse`."""
+    value = _num_0x(answer, "number of photos per person")
+    if value is None:
+        return False
+    gains = {k: table.get(better, method, k) - table.get(worse, method, k) for k in table.shots}
+    best = max(gains, key=gains.get)
+    text = ", ".join(f"{k}: {100 * g:+.1f}" for k, g in gains.items())
+    if int(value) == best:
+        return _verdict(True, f"k = {best} (gain in points: {text}): pretrained features matter most when "
+                              "there are few photos; with many, even pixels find a close neighbour", "")
+    if int(value) not in gains:
+        return _verdict(False, "", f"choose one of {table.shots}")
+    return _verdict(False, "", f"subtract the two rows of the table for each k; at k = {int(value)} the "
+                               f"gain is {100 * gains[int(value)]:+.1f} points, another k gains more")
+
+
+def check_unfrozen_params(answer, backbone, people: int = 9) -> bool:
+    """02, exercise 1: trainable parameters with freeze_backbone=False for `backbone`."""
+    import copy
+
+    from .model import build_model, count_parameters
+
+    value = _num_0x(answer, "parameter count")
+    if value is None:
+        return False
+    model = build_model(people, backbone=copy.deepcopy(backbone), freeze_backbone=False)
+    want = count_parameters(model).trainable
+    frozen = count_parameters(build_model(people, feature_dim=backbone.feature_dim)).trainable
+    if value == want:
+        return _verdict(True, f"{want:,}: with the switch off every backbone weight trains too, "
+                              f"{want / frozen:.1f}x the frozen model's {frozen:,}", "")
+    if value == frozen:
+        return _verdict(False, "", "that is the frozen count; build the model with freeze_backbone=False")
+    if value == want - frozen:
+        return _verdict(False, "", "that is the backbone alone; the embedding and head train as well")
+    return _verdict(False, "", f"{value:,.0f} is off: count_parameters(build_model({people}, backbone=..., "
+                               "freeze_backbone=False)).trainable")
+
+
+def check_first_perfect_epoch(answer, features, labels, split, lr: float = 1e-4, epochs: int = 50,
+                              seed: int = 0) -> bool:
+    """02, exercise 2: the first epoch at which validation accuracy reaches 100 % with learning rate `lr`."""
+    import numpy as np
+    import torch
+
+    from .training import train_head_on_features
+
+    value = _num_0x(answer, "epoch number")
+    if value is None:
+        return False
+    x = features if isinstance(features, torch.Tensor) else torch.as_tensor(np.asarray(features))
+    y = torch.as_tensor(np.asarray(labels)).long()
+    _, hist = train_head_on_features(x[split.train], y[split.train], x[split.val], y[split.val], lr=lr,
+                                     epochs=epochs, seed=seed, progress=False)
+    hits = [i + 1 for i, a in enumerate(hist.val_acc) if a >= 1.0 - 1e-9]
+    if not hits:
+        return _verdict(value == -1, "validation never reaches 100 % in these epochs",
+                        f"validation never reaches 100 % in {epochs} epochs with lr={lr:g}: answer -1")
+    want = hits[0]
+    if int(value) == want:
+        return _verdict(True, f"epoch {want} with lr={lr:g} (the default lr=0.01 gets there much sooner)", "")
+    if int(value) == want - 1:
+        return _verdict(False, "", "history.val_acc[0] is epoch 1: add one to the index")
+    return _verdict(False, "", f"not epoch {int(value)}: look for the first value 1.0 in result.history.val_acc "
+                               f"(lr={lr:g}, {epochs} epochs, seed {seed})")

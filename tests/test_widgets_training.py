@@ -1,0 +1,150 @@
+"""The training panel of notebook 02, driven as the learner drives it: set widget values, click Train.
+
+Synthetic, well-separated features (3 people x 10 photos) keep each click to a fraction of a
+second; the fine-tuning path uses the tiny test backbone on small random photos.
+"""
+from __future__ import annotations
+
+import base64
+
+import ipywidgets as W
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.data import split_per_person
+from helpers.experiments import TrainResult
+from helpers.widgets import training_panel
+from tiny_backbone import tiny_backbone
+
+matplotlib.use("Agg", force=True)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """30 feature vectors (16-D) of 3 people, far apart; split 5 train / 2 val / 3 test per person."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 16, generator=gen) * 4
+    labels = np.repeat(np.arange(3), 10)
+    x = centres[labels] + 0.3 * torch.randn(30, 16, generator=gen)
+    return x, labels, split_per_person(labels, seed=0)
+
+
+def _figures(out: W.Output) -> list[bytes]:
+    return [base64.b64decode(o["data"]["image/png"]) for o in out.outputs
+            if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
+
+
+def _text(out: W.Output, stream: str = "stdout") -> str:
+    return "".join(o["text"] for o in out.outputs if o.get("output_type") == "stream" and o["name"] == stream)
+
+
+def test_panel_follows_the_browser_contract(clusters):
+    panel = training_panel(*clusters)
+    c = panel.controls
+    assert "course-panel" in panel._dom_classes
+    assert isinstance(c.train, W.Button) and c.train.description == "Train" and "course-run" in c.train._dom_classes
+    assert isinstance(c.lr, W.FloatLogSlider) and c.lr.description == "lr" and "course-lr" in c.lr._dom_classes
+    assert (c.lr.base, c.lr.min, c.lr.max, c.lr.value) == (10, -4, 0, pytest.approx(1e-2))
+    assert isinstance(c.output, W.Output) and "course-output" in c.output._dom_classes
+    assert isinstance(c.freeze, W.Checkbox) and c.freeze.value is True
+    assert c.head.value == "arcface" and set(c.head.options) >= {("ArcFace", "arcface")}
+    # all controls and the output are inside the panel
+    def descendants(w):
+        yield w
+        for child in getattr(w, "children", ()):
+            yield from descendants(child)
+    inside = list(descendants(panel))
+    assert all(any(w is d for d in inside) for w in (c.lr, c.epochs, c.freeze, c.head, c.train, c.output))
+
+
+def test_building_the_panel_trains_nothing(clusters):
+    panel = training_panel(*clusters)
+    assert panel.results == [] and panel.controls.output.outputs == ()
+
+
+def test_click_trains_with_the_widget_values_and_shows_figure_and_result(clusters):
+    panel = training_panel(*clusters)
+    c = panel.controls
+    c.lr.value, c.epochs.value, c.head.value = 0.1, 7, "softmax"
+    c.train.click()
+    res = panel.results[-1]
+    assert isinstance(res, TrainResult)
+    assert (res.lr, res.head, res.history.epochs, res.frozen) == (pytest.approx(0.1), "softmax", 7, True)
+    assert res.test_acc == 1.0 and res.val_acc == 1.0          # separable clusters: learnt
+    figs = _figures(c.output)
+    assert len(figs) == 1 and figs[0].startswith(PNG_MAGIC) and len(figs[0]) > 5_000
+    lines = _text(c.output).strip().splitlines()
+    assert lines[-1].startswith("Result: softmax (no margin) head, frozen backbone")
+    assert "lr=0.1," in lines[-1] and "7 epochs" in lines[-1] and "test 100.0 %" in lines[-1]
+    assert not c.train.disabled
+
+
+def test_second_click_replaces_the_output_and_keeps_every_result(clusters):
+    panel = training_panel(*clusters)
+    c = panel.controls
+    c.epochs.value = 3
+    c.train.click()
+    c.lr.value = 1e-3
+    c.train.click()
+    assert [r.lr for r in panel.results] == [pytest.approx(1e-2), pytest.approx(1e-3)]
+    assert len(_figures(c.output)) == 1
+    assert _text(c.output).count("Result:") == 1 and "lr=0.001" in _text(c.output)
+
+
+def test_same_values_give_the_same_result(clusters):
+    a, b = training_panel(*clusters), training_panel(*clusters)
+    for p in (a, b):
+        p.controls.epochs.value = 5
+        p.controls.train.click()
+    assert a.results[-1].history.loss == b.results[-1].history.loss
+
+
+def test_unfreezing_without_photos_says_what_is_missing(clusters):
+    panel = training_panel(*clusters)                     # no images / backbone given
+    c = panel.controls
+    c.freeze.value = False
+    c.train.click()
+    assert isinstance(panel.results[-1], ValueError)
+    err = _text(c.output, "stderr")
+    assert err.startswith("Training failed: freeze=False fine-tunes the backbone") and "images=" in err
+    assert "Traceback" not in err and not c.train.disabled
+
+
+def test_diverging_training_is_reported_not_hidden(clusters):
+    x, y, split = clusters
+    bad = x.clone()
+    bad[split.train[0]] = float("nan")                    # one broken feature row -> NaN loss
+    panel = training_panel(bad, y, split)
+    panel.controls.train.click()
+    res = panel.results[-1]
+    assert res.diverged
+    text = _text(panel.controls.output)
+    assert "Result:" in text and "training diverged: loss became nan at epoch 1" in text
+    assert "training stopped" in text                     # the loop's own message is shown too
+
+
+def test_unfrozen_training_fine_tunes_a_copy_of_the_backbone():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 6)
+    images = [Image.fromarray((rng.integers(0, 60, (32, 32, 3)) + 180 * l).astype(np.uint8))  # dark vs bright
+              for l in labels]
+    split = split_per_person(labels, seed=0)
+    bb = tiny_backbone()
+    before = [p.detach().clone() for p in bb.parameters()]
+    feats = torch.zeros(len(images), bb.feature_dim)      # unused when unfrozen
+    panel = training_panel(feats, labels, split, images=images, backbone=bb, epochs=2)
+    panel.controls.freeze.value = False
+    panel.controls.train.click()
+    res = panel.results[-1]
+    assert isinstance(res, TrainResult) and res.frozen is False and res.history.epochs == 2
+    assert "backbone fine-tuned on the photos" in _text(panel.controls.output)
+    tuned = res.model.backbone
+    assert tuned is not bb
+    assert any(not torch.equal(a, b) for a, b in zip(before, tuned.parameters()))   # the copy trained
+    assert all(torch.equal(a, b) for a, b in zip(before, bb.parameters()))           # the original did not
