@@ -297,7 +297,13 @@ _SCAN_JS = r"""
     if (t.includes('Traceback (most recent call last)') || ename.test(t)) {
       const line = (t.match(ename) || [t.trim().split('\n').pop()])[0];
       const inWidget = el.closest('.course-output') ? ' (inside the panel output)' : '';
-      out.problems.push(`${where(el)}${inWidget} printed a traceback: ${line.trim().slice(0, 200)}`);
+      // The innermost frames ("File ...:LINE, in fn" and "Cell In[N], line L"), for the report.
+      const frames = t.split('\n').filter(s => /^(File |Cell In\[)/.test(s.trim())).slice(-4)
+                      .map(s => s.trim().replace(/^File .*\/site-packages\//, 'File ').slice(0, 140));
+      const c = el.closest('.jp-Cell');
+      if (c) c.dataset.courseFailed = '1';
+      out.problems.push(`${where(el)}${inWidget} printed a traceback: ${line.trim().slice(0, 200)}` +
+                        (frames.length ? `\n  innermost frames: ${frames.join(' <- ')}` : ''));
     }
   }
   out.cells = cells.length;
@@ -315,6 +321,11 @@ _SCAN_JS = r"""
   const ind = nb.querySelector('.jp-Notebook-ExecutionIndicator');
   out.idle = !!ind && ind.getAttribute('data-status') === 'idle';
   out.busy = out.prompts.some(p => p.includes('*'));
+  out.running = '';
+  for (const c of nb.querySelectorAll('.jp-Notebook .jp-CodeCell')) {
+    const p = c.querySelector('.jp-InputPrompt');
+    if (p && p.innerText.includes('*')) { out.running = where(c); break; }
+  }
   return out;
 }
 """
@@ -414,6 +425,7 @@ class PanelReport:
     changed: str
     click_s: float
     result: str
+    layout: list[str] = field(default_factory=list)   # what does not look right at 1280x900
 
 
 @dataclass
@@ -547,7 +559,7 @@ class NotebookSession:
         self.fail(f"the kernel was still busy after {timeout:.0f} s", where)
 
     # -- steps --------------------------------------------------------------------------
-    def open_and_run_all(self, run_timeout: float = 180.0, kernel_timeout: float = 90.0) -> None:
+    def open_and_run_all(self, run_timeout: float = 420.0, kernel_timeout: float = 90.0) -> None:
         """Open the notebook (fresh workspace), clear outputs, Run All, wait for the last cell."""
         model = _get_json(f"{self.base_url}/api/contents/{quote(self.rel_path)}?content=1")
         cells = model["content"]["cells"]
@@ -577,6 +589,7 @@ class NotebookSession:
         deadline = t1 + run_timeout
         stopped_since = None
         while True:
+            self.report.run_all_s = time.monotonic() - t1   # kept up to date for failure reports
             st = self.scan()
             todo = [p for p, code in zip(st["prompts"], has_code) if code]
             done = [p for p in todo if re.fullmatch(r"\[\d+\]:?", p)]
@@ -590,7 +603,8 @@ class NotebookSession:
                 stopped_since = None
             if time.monotonic() > deadline:
                 self.fail(f"Run All did not finish in {run_timeout:.0f} s "
-                          f"({len(done)} of {len(todo)} code cells done)")
+                          f"({len(done)} of {len(todo)} code cells done; still running: "
+                          f"{st['running'] or '-'})")
             page.wait_for_timeout(300)
         self.report.run_all_s = time.monotonic() - t1
 
@@ -619,7 +633,10 @@ class NotebookSession:
         return ""
 
     def exercise_panel(self, i: int, click_timeout: float = 90.0) -> PanelReport:
-        """Check panel i's layout, move its slider, click its run button, wait for the result."""
+        """Move panel i's slider, click its run button, wait for the new figure and Result line.
+
+        Raises on a functional failure; layout problems go to the returned report's `layout`.
+        """
         where = f"{self.name} panel {i + 1}"
         page = self.page
         panel = page.locator(f"{ACTIVE} .course-panel").nth(i)
@@ -630,7 +647,7 @@ class NotebookSession:
         if info["width"] < 50 or info["height"] < 20:
             self.fail(f"the panel is {info['width']:.0f}x{info['height']:.0f} px: not visible",
                       where)
-        # Layout problems are reported after the functional check, so one run shows both.
+        # Layout problems are collected, not raised: every panel still gets its functional check.
         layout = []
         if info["cut"]:
             layout.append("text cut off at 1280x900: " + "; ".join(info["cut"])
@@ -659,9 +676,13 @@ class NotebookSession:
                 return self._nudge_slider(slider, where, what)
             return "no slider to move"
 
+        live = False
         if info["run"]:
+            page.evaluate(_MARK_JS, [ACTIVE, i])
             changed = move_slider()
             self.wait_idle(click_timeout, where)   # a slider may redraw on its own: let it finish
+            after_slider = page.evaluate(_RESULT_JS, [ACTIVE, i])
+            live = bool(after_slider["img"] or after_slider["result"])
             action = f"clicking '{info['runLabel']}'"
         else:   # a live panel (no button): moving the slider itself must redraw
             action = "moving the slider"
@@ -681,10 +702,17 @@ class NotebookSession:
             page.wait_for_timeout(250)
         else:
             seen = (res.get("text") or "").strip().replace("\n", " | ")[:300]
+            hint = ""
+            if live and before.strip() and seen == before.strip().replace("\n", " | ")[:300]:
+                hint = (". Moving the slider had already redrawn the output; the click then sent "
+                        "nothing new to the browser: a callback that sets the same outputs again "
+                        "(same figure, same text) is dropped by traitlets as unchanged, so the "
+                        "button looks dead (clear the output first, add what changed, or drop the "
+                        "button)")
             self.fail(f"{action} gave no new figure and 'Result:' line in "
                       f"the output within {click_timeout:.0f} s (new figures: {res.get('img', 0)}, "
                       f"Result lines: {len(res.get('result', []))}; output now: {seen!r}; "
-                      f"before: {before.strip()[:120]!r})", where)
+                      f"before: {before.strip()[:120]!r}){hint}", where)
         click_s = time.monotonic() - t
         self.wait_idle(click_timeout, where)
         if res["imgWidth"] > res["outputWidth"] + 2:
@@ -693,9 +721,8 @@ class NotebookSession:
         rep = PanelReport(controls=controls + (f", '{info['runLabel']}'" if info["run"] else
                                                ", no run button (live)"),
                           changed=changed, click_s=click_s, result=res["result"][-1][:120])
+        rep.layout = layout   # check_notebook fails on these after trying every panel
         self.report.panels.append(rep)
-        if layout:
-            self.fail("works, but " + "; ".join(layout), where)
         return rep
 
     def screenshot(self, i: int, path: Path) -> Path:
@@ -717,7 +744,7 @@ class NotebookSession:
 
 
 def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path | None,
-                   run_timeout: float = 180.0, click_timeout: float = 90.0) -> NotebookReport:
+                   run_timeout: float = 420.0, click_timeout: float = 120.0) -> NotebookReport:
     """Open, run all, exercise every `course-panel`, screenshot each; raise on any failure."""
     nb = NotebookSession(context, base_url, rel_path)
     try:
@@ -728,10 +755,16 @@ def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path |
                 stem = Path(rel_path).stem + ("" if i == 0 else f"-panel{i + 1}")
                 nb.screenshot(i, screenshot_dir / f"{stem}.png")
         nb.scan()
+        layout = [f"panel {k}: {msg}" for k, p in enumerate(nb.report.panels, 1) for msg in p.layout]
+        if layout:
+            nb.fail("the panels work, but " + "; ".join(layout))
     except WidgetCheckFailed as e:
         if screenshot_dir is not None:   # what the page showed when the check failed
             shot = screenshot_dir / f"{Path(rel_path).stem}-FAILED.png"
             try:
+                nb.page.evaluate("() => { const c = document.querySelector('[data-course-failed]');"
+                                 " if (c) c.scrollIntoView({block: 'start'}); }")
+                nb.page.wait_for_timeout(200)
                 nb.page.screenshot(path=str(shot))
                 nb.report.screenshots.append(str(shot))
             except Exception:
