@@ -13,6 +13,7 @@ callbacks that must be caught (traceback in the output; exception that leaves th
 
 Skipped when Chromium or Playwright is missing, unless FACE_COURSE_REQUIRE_BROWSER=1 (CI sets it).
 Timeouts: FACE_COURSE_BROWSER_TIMEOUT (seconds for Run All per notebook, default 420).
+FACE_COURSE_BROWSER_RUN=to-panel runs each notebook only up to its last panel cell (default: all).
 """
 from __future__ import annotations
 
@@ -30,8 +31,12 @@ NOTEBOOKS = REPO / "notebooks"
 SCREENSHOTS = REPO / "screenshots"
 # A hang guard, not the budget: Run All of one notebook on a busy 2-core machine.
 RUN_TIMEOUT = float(os.environ.get("FACE_COURSE_BROWSER_TIMEOUT", "420"))
+# "all": Run All, as a learner does (default). "to-panel": run only up to the last panel cell
+# (nbval executes every cell anyway; this saves the slow cells below the panels).
+RUN_MODE = os.environ.get("FACE_COURSE_BROWSER_RUN", "all")
 BUILDERS = labdriver.panel_builders(REPO / "helpers" / "widgets.py")
-COURSE_NOTEBOOKS = labdriver.notebooks_with_panels(NOTEBOOKS, labdriver.panel_pattern(BUILDERS))
+PANEL_CODE = labdriver.panel_pattern(BUILDERS)
+COURSE_NOTEBOOKS = labdriver.notebooks_with_panels(NOTEBOOKS, PANEL_CODE)
 
 
 def _unavailable() -> str | None:
@@ -115,7 +120,9 @@ def test_harness_selftest(lab):
     server, context = lab
     nb = labdriver.NotebookSession(context, server.url, "selftest/selftest.ipynb")
     try:
-        nb.open_and_run_all(run_timeout=90)
+        nb.open_and_run_all(run_timeout=90, until=labdriver.panel_pattern(["selftest_panel"]))
+        prompts = nb.scan()["prompts"]   # run up to the last panel: the cell below did not run
+        assert len(prompts) == 5 and prompts[-1] == "[ ]:" and prompts[-2] == "[4]:", prompts
         assert nb.panel_count() == len(labdriver.SELFTEST_PANELS) == 3
         good = nb.exercise_panel(0, click_timeout=30)
         assert good.layout == []
@@ -160,8 +167,10 @@ def test_notebook_widgets_work_in_browser(lab, notebook):
     """Run All, move the learning rate, click the run button: a new figure and Result appear."""
     if notebook is None:
         pytest.skip("no notebook in notebooks/ builds a widget panel yet")
+    if RUN_MODE not in ("all", "to-panel"):
+        pytest.fail(f"FACE_COURSE_BROWSER_RUN={RUN_MODE!r}: use 'all' or 'to-panel'")
     rep = _check(lab, f"notebooks/{notebook.name}", screenshot_dir=SCREENSHOTS,
-                 run_timeout=RUN_TIMEOUT)
+                 run_timeout=RUN_TIMEOUT, until=PANEL_CODE if RUN_MODE == "to-panel" else None)
     assert rep.panels, "no panel was exercised"
     assert all(p.result.startswith("Result:") for p in rep.panels)
 
