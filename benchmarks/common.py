@@ -12,12 +12,10 @@ import datetime as _dt
 import os
 import platform
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-import psutil
 import torch
 
 
@@ -44,7 +42,7 @@ def machine() -> dict[str, Any]:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -94,37 +92,29 @@ def time_repeats(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> Ti
 
 
 class PeakRSS:
-    """Context manager: the peak resident memory of this process above its level at entry.
+    """Context manager: the peak extra memory (MB) of this process inside a block.
 
-    A thread samples RSS every `interval_s` (peaks shorter than that can be missed).
+    Uses the course's own meter (helpers.unfreezing.PeakMemory: the kernel's resident-set
+    high-water mark, reset at entry, after freed memory is handed back to the OS).
     """
 
-    def __init__(self, interval_s: float = 0.005):
-        self.interval_s = interval_s
-        self.proc = psutil.Process()
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            self._stop.wait(self.interval_s)
-
     def __enter__(self):
-        self.start = self.peak = self.proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        from helpers.unfreezing import PeakMemory
+
+        self._meter = PeakMemory("cpu").__enter__()
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+        self._meter.__exit__(*exc)
         return False
 
     @property
     def delta_mb(self) -> float:
-        return (self.peak - self.start) / 2**20
+        return float(self._meter.peak_mb or 0.0)
+
+    @property
+    def method(self) -> str:
+        return self._meter.method
 
 
 # ------------------------------------------------------------------------------ figures

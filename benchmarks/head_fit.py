@@ -59,7 +59,8 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
     with PeakRSS() as mem_head:
         t_head = time_repeats(head_fit, repeats=repeats, warmup=1)
 
-    # the guide: the frozen backbone in the training loop, every image every epoch
+    # the guide: the frozen backbone in the training loop, every image every epoch (plain NCHW)
+    bb.to(memory_format=torch.contiguous_format)
     model = build_model(n_people, backbone=bb, freeze_backbone=True)
     data = ImageDataset(images, labels, bb.transform(train=True, size=size))
     with PeakRSS() as mem_guide, threads(threads_n):

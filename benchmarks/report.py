@@ -157,7 +157,7 @@ def results_markdown(results: dict) -> str:
                 f"- head fit runs (s): {d['head_fit_s']['runs_s']}",
                 f"- one-off extraction runs (s): {d['extraction_s']['runs_s']}",
                 f"- guide's loop, measured epochs (s): {d['guide_epoch_s']} -> "
-                f"{d['guide_50_epochs_s_extrapolated']} s for 50 epochs",
+                f"{d['guide_50_epochs_s_extrapolated']} s for {s['config']['epochs']} epochs",
                 f"- extra memory (MB): {d['peak_rss_mb']}"]
     if "extraction" in secs:
         s = secs["extraction"]
@@ -174,7 +174,11 @@ def results_markdown(results: dict) -> str:
         d = s["details"]
         out += ["", "## Accuracy protocol", "", _meta(s), "", accuracy_table(results)]
         if d.get("ablation"):
-            out += ["", "### What helped (chosen on validation people/photos only)", "",
+            chosen = ", ".join(f"{c}: {m}" for c, m in d.get("chosen_on_dev", {}).items())
+            out += ["", "### Development ablation: each idea in turn", "",
+                    "On development people only (seed 0's training half: identification among them, "
+                    "and EER with half of them as strangers); never on test photos. Methods chosen "
+                    f"from it for the headline figures: {chosen}.", "",
                     "| Variant | " + " | ".join(d["ablation_columns"]) + " |",
                     "|---|" + "---|" * len(d["ablation_columns"])]
             for name, vals in d["ablation"].items():

@@ -118,3 +118,48 @@ def test_report_regenerates_from_results_file(smoke, tmp_path):
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "README.md").read_text() == (tmp / "README.md").read_text()
+
+
+# ------------------------------------------------------------------ the protocol's building blocks
+
+def test_protocol_splits_and_degradations_are_deterministic():
+    import numpy as np
+    from PIL import Image
+
+    from benchmarks.protocol import degrade, identification_split, known_people, strangers_split
+
+    labels = np.repeat(np.arange(6), 10)
+    a1, a3 = identification_split(labels, 1, seed=3), identification_split(labels, 3, seed=3)
+    assert np.array_equal(a1.test, a3.test)  # test photos do not depend on k
+    assert set(a1.train) <= set(a3.train) and not set(a3.train) & set(a3.test)
+    assert np.bincount(labels[a3.train]).tolist() == [3] * 6 and np.bincount(labels[a3.test]).tolist() == [5] * 6
+    assert not np.array_equal(identification_split(labels, 1, seed=4).test, a1.test)
+    tr, st = strangers_split(40, seed=2)
+    assert len(tr) == len(st) == 20 and not set(tr) & set(st)
+    assert len(known_people(40, 9, 1)) == 9
+    img = Image.fromarray((np.arange(92 * 112 * 3) % 251).astype("uint8").reshape(112, 92, 3))
+    d1, d2 = degrade(img, 0, 5), degrade(img, 0, 5)
+    assert np.array_equal(np.asarray(d1), np.asarray(d2)) and d1.size == img.size
+    assert not np.array_equal(np.asarray(degrade(img, 1, 5)), np.asarray(d1))
+
+
+def test_within_class_whitening_shrinks_within_person_variation():
+    import numpy as np
+
+    from benchmarks.accuracy import within_class_whitening
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 20)) * 3
+    noise_dir = np.zeros(20)
+    noise_dir[0] = 1.0  # photos of one person vary along one direction only
+    y = np.repeat(np.arange(5), 30)
+    x = centres[y] + rng.normal(size=(150, 1)) * 10 * noise_dir + rng.normal(size=(150, 20)) * 0.1
+    f = within_class_whitening(x, y, lam=0.01)
+
+    def ratio(z):  # within-person spread along the nuisance direction / spread between people
+        return np.mean([z[y == c].std(0)[0] for c in range(5)]) / z[:, 1:].std()
+
+    assert ratio(x) > 2  # before: the nuisance direction dominates
+    assert ratio(f(x)) < 0.5  # after: shrunk below the differences between people
+    same = f(x[y == 0]) @ f(x[y == 0]).T
+    assert np.isfinite(same).all()
