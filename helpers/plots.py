@@ -82,7 +82,7 @@ def plot_split(labels, split, names: Sequence[str], ax=None, title: str = "train
         bottom += n
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=8)
     ax.set(ylabel="photos", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
