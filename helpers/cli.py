@@ -158,7 +158,8 @@ def cmd_evaluate(args) -> int:
 def run_cli(args: Sequence[str], cwd: str | Path | None = None, timeout_s: float = 600) -> tuple[int, str]:
     """Run `python -m helpers ARGS` in a fresh process (as from a shell); (exit status, transcript).
 
-    The transcript starts with the command line and holds stdout, then stderr.
+    The transcript starts with the command line, then stderr (messages such as which backbone
+    ran, or the error), then stdout (the results).
     """
     import os
     import subprocess
@@ -167,7 +168,7 @@ def run_cli(args: Sequence[str], cwd: str | Path | None = None, timeout_s: float
                                                                     os.environ.get("PYTHONPATH", "")]))}
     r = subprocess.run([sys.executable, "-m", "helpers", *map(str, args)], cwd=cwd, capture_output=True,
                        text=True, timeout=timeout_s, env=env)
-    text = f"$ python -m helpers {' '.join(map(str, args))}\n{r.stdout}{r.stderr}"
+    text = f"$ python -m helpers {' '.join(map(str, args))}\n{r.stderr}{r.stdout}"
     return r.returncode, text.rstrip("\n") + f"\n[exit status {r.returncode}]"
 
 
@@ -175,7 +176,9 @@ def run_cli(args: Sequence[str], cwd: str | Path | None = None, timeout_s: float
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m helpers",
+    invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    prog = invoked if invoked and invoked not in ("__main__.py", "-c") else "python -m helpers"
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Face recognition by transfer learning: the course's recogniser.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,recognize,evaluate}")
 

@@ -68,6 +68,8 @@ class Recognizer(nn.Module):
                  names: Sequence[str] = (), gallery: torch.Tensor | None = None, threshold: float = 0.5):
         super().__init__()
         self.backbone = backbone
+        if embedding is not None:  # on the backbone's device (the gallery stays on the CPU)
+            embedding = embedding.to(next(backbone.parameters()).device)
         self.embedding = embedding
         self.size = int(size or backbone.input_size)
         self.names = list(names)
@@ -91,12 +93,21 @@ class Recognizer(nn.Module):
             f = self.embedding(f)
         return F.normalize(f, dim=1)
 
+    @property
+    def gallery_np(self) -> np.ndarray:
+        """The gallery (people x embedding) as a NumPy array."""
+        return self.gallery.detach().cpu().numpy()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     @torch.inference_mode()
     def embed(self, images: Sequence, batch_size: int = 16) -> np.ndarray:
-        """L2-normalised embeddings of PIL images, in eval mode on the CPU."""
+        """L2-normalised embeddings of PIL images, in eval mode, on whatever device the model is."""
         self.eval()
-        tf = self.transform()
-        out = [self(torch.stack([tf(im) for im in images[i:i + batch_size]]))
+        tf, dev = self.transform(), self.device
+        out = [self(torch.stack([tf(im) for im in images[i:i + batch_size]]).to(dev)).cpu()
                for i in range(0, len(images), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.embedding_dim), np.float32)
 
@@ -126,7 +137,7 @@ class Recognizer(nn.Module):
         """(index of the closest person, cosine score) for each embedding."""
         if not self.names:
             raise ValueError("the gallery is empty: enrol people first")
-        return best_match(self.gallery.numpy(), embeddings)
+        return best_match(self.gallery_np, embeddings)
 
     def answer(self, embeddings: np.ndarray) -> list[Match]:
         idx, score = self.scores(embeddings)
@@ -384,11 +395,13 @@ def export_onnx(rec: Recognizer, path: str | Path, opset: int = 17) -> Path:
 
 
 def _atomic_bytes(data: bytes, path: Path) -> None:
+    """Write `data` to a temporary file next to `path`, then rename it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False) as fh:
-        fh.write(data)
-        tmp = Path(fh.name)
+    fh = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    tmp = Path(fh.name)
     try:
+        with fh:
+            fh.write(data)
         tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -416,8 +429,8 @@ def onnx_session(path: str | Path, n_threads: int = 2):
 @torch.inference_mode()
 def check_exports(rec: Recognizer, images: Sequence, torchscript_path: Path, onnx_path: Path,
                   n_threads: int = 2) -> dict[str, float]:
-    """Max absolute difference of the exported models' embeddings from PyTorch's, on `images`."""
-    rec.eval()
+    """Max absolute difference of the exported models' embeddings from PyTorch's, on `images` (CPU)."""
+    rec.eval().cpu()
     x = torch.stack([rec.transform()(im) for im in images])
     with threads(n_threads):
         ref = rec(x).numpy()
@@ -443,7 +456,7 @@ def _median_ms(fn, runs: int, warmup: int) -> float:
 def measure_latency(rec: Recognizer, torchscript_path: Path, onnx_path: Path, image, runs: int = 20,
                     warmup: int = 3, n_threads: int = 2) -> dict[str, float]:
     """Median milliseconds per single image (batch 1, preprocessing excluded) on the CPU."""
-    rec.eval()
+    rec.eval().cpu()
     x = rec.transform()(image).unsqueeze(0)
     out = {}
     with threads(n_threads):
@@ -502,7 +515,7 @@ def embed_features(rec: Recognizer, feats: torch.Tensor) -> np.ndarray:
     f = torch.as_tensor(feats).float()
     if rec.embedding is not None:
         rec.embedding.eval()
-        f = rec.embedding(f)
+        f = rec.embedding(f.to(next(rec.embedding.parameters()).device)).cpu()
     return F.normalize(f, dim=1).numpy()
 
 
@@ -544,11 +557,11 @@ def train_recognizer(faces, backbone: Backbone, size: int | None = None, method:
         strangers = stand_in_strangers(faces)
     if strangers is not None and len(strangers):
         s_emb = embed_features(rec, features_for(backbone, strangers.images, size, n_threads))
-        rec.threshold = threshold_from_strangers(rec.gallery.numpy(), held_emb, labels[held], s_emb)
+        rec.threshold = threshold_from_strangers(rec.gallery_np, held_emb, labels[held], s_emb)
         source = (f"equal error between {len(held)} held-out photos of these people and {len(strangers)} photos "
                   f"of {strangers.num_people} strangers ({'ORL' if 'ORL' in strangers.source else 'given'})")
     else:
-        rec.threshold = threshold_without_strangers(rec.gallery.numpy(), held_emb, labels[held])
+        rec.threshold = threshold_without_strangers(rec.gallery_np, held_emb, labels[held])
         source = (f"equal error on {len(held)} held-out photos, each also scored against the other people only "
                   "(no strangers available: optimistic)")
     rec.enrol([], labels, faces.names, embeddings=embed_features(rec, feats))  # final gallery: every photo
@@ -595,7 +608,7 @@ def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | 
     kf = features_for(backbone, known.images, size, n_threads)
     y = np.asarray(known.labels)
     rec = fit_recognizer(backbone, kf[split.train], y[split.train], known.names, size, method, epochs, seed)
-    gallery = rec.gallery.numpy()
+    gallery = rec.gallery_np
     val_e, test_e = embed_features(rec, kf[split.val]), embed_features(rec, kf[split.test])
     idx, _ = best_match(gallery, test_e)
     accuracy = float((idx == y[split.test]).mean())
@@ -638,7 +651,7 @@ def show_answers(images: Sequence, matches: Sequence[Match], truth: Sequence[str
 
     n = len(images)
     rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.35), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.5 + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, img, m, t in zip(axes.flat, images, matches, truth):
@@ -653,8 +666,38 @@ def show_answers(images: Sequence, matches: Sequence[Match], truth: Sequence[str
             side.set_linewidth(3)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.2)
     return fig
+
+
+def pick_examples(matches: Sequence[Match], truth: Sequence[str | None], n: int = 6) -> tuple[list[int], list[int]]:
+    """Up to `n` right answers (known people and strangers alternately, spread over the list) and up
+    to `n` mistakes (wrong name, known person called unknown, stranger taken for someone, in turn;
+    strangers taken for the same person are shown once)."""
+    right = [(m.name == t) if t is not None else not m.known for m, t in zip(matches, truth)]
+    wins = {k: [i for i, ok in enumerate(right) if ok and (truth[i] is not None) == k] for k in (True, False)}
+    spread = {k: v[::max(1, len(v) // max(1, n // 2))] for k, v in wins.items()}
+    picked_wins = [i for pair in zip(spread[True], spread[False]) for i in pair][:n]
+    if len(picked_wins) < n:
+        rest = [i for v in spread.values() for i in v if i not in picked_wins]
+        picked_wins += rest[: n - len(picked_wins)]
+    kinds = {"wrong name": [], "called unknown": [], "stranger named": []}
+    seen_names = set()
+    for i, (m, t, ok) in enumerate(zip(matches, truth, right)):
+        if ok:
+            continue
+        if t is None:
+            if m.name not in seen_names:
+                seen_names.add(m.name)
+                kinds["stranger named"].append(i)
+        else:
+            kinds["wrong name" if m.known else "called unknown"].append(i)
+    mistakes = []
+    while len(mistakes) < n and any(kinds.values()):
+        for v in kinds.values():
+            if v and len(mistakes) < n:
+                mistakes.append(v.pop(0))
+    return picked_wins, mistakes
 
 
 def write_demo_folder(faces, people: Sequence[int], dest: str | Path, per_person: int | None = None) -> Path:

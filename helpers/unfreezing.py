@@ -418,11 +418,19 @@ class Metrics:
     test_acc: float       # known people, test photos (closed set, the head's answer)
     new_people_1shot: float  # strangers enrolled from 1 photo each, the others identified (1-NN)
     strangers_eer: float  # same/different person over all stranger pairs
+    train_cos: float = float("nan")  # mean cosine between a photo's embedding and its own person's weight
+    val_cos: float = float("nan")
 
     @property
     def gap(self) -> float:
         """Train minus validation accuracy: how much the model overfits."""
         return self.train_acc - self.val_acc
+
+    @property
+    def cos_gap(self) -> float:
+        """Train minus validation cosine to the own person: how much more tightly the training photos
+        sit on their person than new photos do. Still measures overfitting at 100 % accuracy."""
+        return self.train_cos - self.val_cos
 
 
 @dataclass
@@ -589,11 +597,11 @@ def model_features(result: RunResult, data: UnfreezeData, part: str) -> torch.Te
 
 
 @torch.inference_mode()
-def _embed_and_predict(model: FaceModel, feats: torch.Tensor, device) -> tuple[np.ndarray, np.ndarray]:
+def _embed_and_logits(model: FaceModel, feats: torch.Tensor, device) -> tuple[np.ndarray, torch.Tensor]:
     model.eval()
     emb_raw = model.embedding.to(device)(feats.to(device))
     logits = model.head.to(device)(emb_raw)
-    return F.normalize(emb_raw, dim=1).cpu().numpy(), logits.argmax(1).cpu().numpy()
+    return F.normalize(emb_raw, dim=1).cpu().numpy(), logits.cpu()
 
 
 def one_shot_identification(emb: np.ndarray, labels, seed: int = 0) -> float:
@@ -612,18 +620,20 @@ def evaluate_run(result: RunResult, data: UnfreezeData, seed: int = 0, strangers
 
     `strangers=False` skips the stranger measures (NaN), which saves a pass over 310 photos.
     """
-    acc = {}
+    acc, cos = {}, {}
     for part in ("train", "val", "test"):
-        _, pred = _embed_and_predict(result.model, model_features(result, data, part), data.device)
-        acc[part] = float((pred == data.labels(part).numpy()).mean())
+        _, logits = _embed_and_logits(result.model, model_features(result, data, part), data.device)
+        y = data.labels(part)
+        acc[part] = float((logits.argmax(1) == y).float().mean())
+        cos[part] = float((logits[torch.arange(len(y)), y] / result.model.head.s).mean())  # eval: s * cos
     s_feats = model_features(result, data, "strangers") if strangers else None
     if s_feats is not None:
-        s_emb, _ = _embed_and_predict(result.model, s_feats, data.device)
+        s_emb, _ = _embed_and_logits(result.model, s_feats, data.device)
         s_lab = data.labels("strangers").numpy()
         one_shot, eer = one_shot_identification(s_emb, s_lab, seed), verification(s_emb, s_lab).eer
     else:
         one_shot = eer = float("nan")
-    result.metrics = Metrics(acc["train"], acc["val"], acc["test"], one_shot, eer)
+    result.metrics = Metrics(acc["train"], acc["val"], acc["test"], one_shot, eer, cos["train"], cos["val"])
     result.model.cpu()
     return result.metrics
 
@@ -692,11 +702,12 @@ def _pct(x: float) -> str:
 
 def accuracy_table(results: Sequence[RunResult]) -> str:
     """Accuracy columns only (deterministic for fixed seeds and threads), one line per method."""
-    head = "| method | train acc | val acc | gap | test acc (known) | 1-shot new people | strangers' EER |"
+    head = ("| method | train acc | val acc | cos to own person, train / val | test acc (known) | "
+            "1-shot new people | strangers' EER |")
     lines = [head, "|" + "---|" * 7]
     for r in results:
         m = r.metrics
-        lines.append(f"| {r.method} | {_pct(m.train_acc)} | {_pct(m.val_acc)} | {100 * m.gap:+.1f} pts | "
+        lines.append(f"| {r.method} | {_pct(m.train_acc)} | {_pct(m.val_acc)} | {m.train_cos:.2f} / {m.val_cos:.2f} | "
                      f"{_pct(m.test_acc)} | {_pct(m.new_people_1shot)} | {_pct(m.strangers_eer)} |")
     return "\n".join(lines)
 
@@ -704,25 +715,27 @@ def accuracy_table(results: Sequence[RunResult]) -> str:
 def comparison_table(results: Sequence[RunResult]) -> str:
     """The whole comparison: parameters, time per epoch, memory and accuracy (pipe table)."""
     head = ("| method | trainable params | epochs | s/epoch by stage | training time | one-off caching | "
-            "peak extra memory | train-val gap | test acc (known) | 1-shot new people | strangers' EER |")
+            "peak extra memory | train-val gap (acc / cos) | test acc (known) | 1-shot new people | strangers' EER |")
     lines = [head, "|" + "---|" * 11]
     for r in results:
         m = r.metrics
         spe = " / ".join(f"{s:.2f} s" for s in r.seconds_per_epoch())
         mem = "n/a" if r.peak_mb is None else f"{r.peak_mb:.0f} MB"
         lines.append(f"| {r.method} | {r.trainable:,} | {r.epochs} | {spe} | {r.train_seconds:.1f} s | "
-                     f"{r.one_off_seconds:.1f} s | {mem} | {100 * m.gap:+.1f} pts | {_pct(m.test_acc)} | "
+                     f"{r.one_off_seconds:.1f} s | {mem} | {100 * m.gap:+.1f} pts / {m.cos_gap:+.2f} | "
+                     f"{_pct(m.test_acc)} | "
                      f"{_pct(m.new_people_1shot)} | {_pct(m.strangers_eer)} |")
     return "\n".join(lines)
 
 
 def plot_comparison(results: Sequence[RunResult], raw: dict | None = None):
-    """One figure: accuracy measures, strangers' EER, seconds per epoch (last stage) and peak memory."""
+    """One figure: accuracy measures, cosine to the own person (overfitting), strangers' EER, seconds per epoch
+    (last stage) and peak memory, one bar group per method."""
     import matplotlib.pyplot as plt
 
     names = [r.method.replace(", ", "\n").replace(" (", "\n(") for r in results]
     x = np.arange(len(results))
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6))
     w = 0.27
     for k, (attr, label) in enumerate([("train_acc", "train"), ("test_acc", "test (known)"),
                                        ("new_people_1shot", "1-shot new people")]):
@@ -730,17 +743,22 @@ def plot_comparison(results: Sequence[RunResult], raw: dict | None = None):
     axes[0].axhspan(85, 92, color="tab:gray", alpha=0.15, label="guide: frozen 85-92 %")
     axes[0].set(title="accuracy (%)", ylim=(0, 105))
     axes[0].legend(fontsize=7, loc="lower left")
-    axes[1].bar(x, [100 * r.metrics.strangers_eer for r in results], color="tab:red")
+    for k, (attr, label) in enumerate([("train_cos", "train"), ("val_cos", "validation")]):
+        axes[1].bar(x + (k - 0.5) * 0.4, [getattr(r.metrics, attr) for r in results], 0.4, label=label)
+    axes[1].set(title="cosine to own person (gap = overfitting)", ylim=(0, 1))
+    axes[1].legend(fontsize=7)
+    axes[2].bar(x, [100 * r.metrics.strangers_eer for r in results], color="tab:red")
     if raw:
-        axes[1].axhline(100 * raw["strangers_eer"], ls="--", color="k", label="raw frozen features")
-        axes[1].legend(fontsize=7)
-    axes[1].set(title="strangers' EER (%, lower is better)")
-    axes[2].bar(x, [r.seconds_per_epoch()[-1] for r in results], color="tab:green")
-    axes[2].set(title="seconds per epoch (last stage)", yscale="log")
-    axes[3].bar(x, [r.peak_mb or 0 for r in results], color="tab:purple")
-    axes[3].set(title="peak extra memory (MB)")
+        axes[2].axhline(100 * raw["strangers_eer"], ls="--", color="k", label="raw frozen features")
+        axes[2].legend(fontsize=7)
+    axes[2].set(title="strangers' EER (%, lower is better)")
+    axes[3].bar(x, [r.seconds_per_epoch()[-1] for r in results], color="tab:green")
+    axes[3].set(title="seconds per epoch (last stage)", yscale="log")
+    axes[4].bar(x, [r.peak_mb or 0 for r in results], color="tab:purple")
+    axes[4].set(title="peak extra memory (MB)")
     for ax in axes:
-        ax.set_xticks(x, names, fontsize=7)
+        ax.set_xticks(x, names, fontsize=6.5)
+        ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
 
@@ -800,7 +818,12 @@ def frozen_bn_pitfall(data: UnfreezeData, epochs: int = 10, lr: float = 1e-2, se
 def imagenet_top1(backbone: Backbone, image, size: int = 224) -> tuple[str, float]:
     """The backbone's ImageNet top-1 (class, probability) for one PIL image (its classifier, unchanged)."""
     x = backbone.transform(size=size)(image).unsqueeze(0)
-    return backbone.predict_imagenet(x, k=1)[0][0]
+    device = next(backbone.parameters()).device
+    backbone.cpu()  # its ImageNet classifier is not a registered module: it stays on the CPU
+    try:
+        return backbone.predict_imagenet(x, k=1)[0][0]
+    finally:
+        backbone.to(device)
 
 
 def feature_drift(result: RunResult, data: UnfreezeData) -> float:
@@ -830,7 +853,7 @@ def frozen_report(model: FaceModel, pretrained: Backbone | None = None) -> str:
         line = (f"{stage:7s} trainable {trainable:>9,} of {sum(p.numel() for p in params):>9,} parameters; "
                 f"BatchNorm in train mode {sum(m.training for m in bns):>2} of {len(bns):>2}")
         if ref:
-            prefixes = tuple("body." + path for path in bb.stage_paths[stage])
+            prefixes = tuple(f"body.{path}." for path in bb.stage_paths[stage])
             keys = [k for k in mine if k.startswith(prefixes) and "num_batches" not in k]
             same = all(torch.equal(mine[k].detach().cpu(), ref[k].detach().cpu()) for k in keys)
             line += f"; identical to the pretrained weights: {'yes' if same else 'NO'}"
@@ -889,6 +912,6 @@ def describe_result(res: RunResult) -> str:
     m = res.metrics
     mem = "n/a" if res.peak_mb is None else f"{res.peak_mb:.0f} MB"
     return (f"Result: test acc {_pct(m.test_acc)}, val acc {_pct(m.val_acc)}, train-val gap "
-            f"{100 * m.gap:+.1f} pts, strangers' EER {_pct(m.strangers_eer)}; "
+            f"{100 * m.gap:+.1f} pts (cos {m.cos_gap:+.2f}), strangers' EER {_pct(m.strangers_eer)}; "
             f"{res.seconds_per_epoch()[-1]:.2f} s/epoch, {res.trainable:,} trainable parameters, "
             f"peak extra memory {mem}")

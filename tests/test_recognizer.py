@@ -225,3 +225,13 @@ def test_show_answers_and_demo_folder(rec, three, tmp_path):
     root = R.write_demo_folder(faces, [0, 2], tmp_path / "people", per_person=3)
     assert sorted(p.name for p in root.iterdir()) == ["s1", "s3"]
     assert sorted(p.name for p in (root / "s3").iterdir()) == ["1.png", "2.png", "3.png"]
+
+
+def test_pick_examples_mixes_kinds_of_answers():
+    M = R.Match
+    matches = [M("a", "a", 0.9, 0.5), M("b", "b", 0.9, 0.5), M(None, "a", 0.2, 0.5), M(None, "b", 0.3, 0.5),
+               M("b", "b", 0.8, 0.5), M(None, "a", 0.4, 0.5), M("a", "a", 0.7, 0.5), M("a", "a", 0.6, 0.5)]
+    truth = ["a", "b", None, None, "a", "b", None, None]
+    wins, mistakes = R.pick_examples(matches, truth, n=4)
+    assert wins == [0, 2, 1, 3]                     # known and strangers alternately
+    assert mistakes == [4, 5, 6]                    # wrong name, called unknown, one stranger named "a"

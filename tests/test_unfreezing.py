@@ -224,3 +224,15 @@ def test_peak_memory_sees_a_large_allocation():
 
 def test_even_batches():
     assert U._even_batch(45, 16) == 15 and U._even_batch(10, 16) == 10 and U._even_batch(64, 16) == 16
+
+
+def test_frozen_report_names_exactly_the_changed_stage(effnet):
+    model = build_model(9, backbone=copy.deepcopy(effnet))
+    with torch.no_grad():
+        model.backbone.body._blocks[11]._project_conv.weight.add_(1e-3)   # layer4's first block only
+    lines = U.frozen_report(model, effnet).splitlines()
+    assert [ln.split()[0] for ln in lines] == ["stem", "layer1", "layer2", "layer3", "layer4"]
+    assert [ln.endswith("NO") for ln in lines] == [False, False, False, False, True]
+    assert all("trainable         0 of" in ln and "train mode  0 of" in ln for ln in lines)
+    set_trainable_stages(model.backbone, ["layer4"])
+    assert "train mode 16 of 16" in U.frozen_report(model).splitlines()[4]
