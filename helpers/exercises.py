@@ -4,6 +4,8 @@ One section per notebook; each check returns True/False and prints its verdict.
 """
 from __future__ import annotations
 
+import math
+
 
 def _verdict(ok: bool, good: str, bad: str) -> bool:
     print(("correct: " + good) if ok else ("not yet: " + bad))
@@ -347,3 +349,128 @@ def check_first_perfect_epoch(answer, features, labels, split, lr: float = 1e-4,
         return _verdict(False, "", "history.val_acc[0] is epoch 1: add one to the index")
     return _verdict(False, "", f"not epoch {int(value)}: look for the first value 1.0 in result.history.val_acc "
                                f"(lr={lr:g}, {epochs} epochs, seed {seed})")
+
+
+# ============================================================================ notebooks 03 (margins) and 04 (embedding maps)
+
+def _as_number(answer, what: str):
+    """The answer as a float, or None after saying what is missing (never reveals the solution)."""
+    if answer is None:
+        print(f"not yet: replace None with your {what}")
+        return None
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        print(f"not yet: {what} should be a number, got {type(answer).__name__} {answer!r}")
+        return None
+    if value != value:  # NaN
+        print(f"not yet: {what} is NaN")
+        return None
+    return value
+
+
+def check_scale_bound(answer, num_classes: int = 40, p: float = 0.99) -> bool:
+    """03, exercise 1: the smallest s that lets `num_classes` people reach probability p."""
+    from .margins import s_lower_bound
+
+    value = _as_number(answer, "lower bound on s")
+    if value is None:
+        return False
+    want = s_lower_bound(num_classes, p)
+    if abs(value - want) <= 0.05:
+        return _verdict(True, f"s >= {value:.2f} for {num_classes} people at p = {p:g}", "")
+    if abs(value - num_classes / (num_classes - 1) * want) <= 0.05 or abs(value - math.log((num_classes - 1) * p / (1 - p))) <= 0.05:
+        return _verdict(False, "", "close: check the factor (C - 1) / C in front of the logarithm")
+    if abs(value - (num_classes - 1) / num_classes * math.log10((num_classes - 1) * p / (1 - p))) <= 0.05:
+        return _verdict(False, "", "the formula uses the natural logarithm (math.log), not log10")
+    return _verdict(False, "", f"{value:.3g} is off; use C = {num_classes}, p = {p:g} in "
+                               "(C - 1) / C * log((C - 1) * p / (1 - p))")
+
+
+def check_arcface_logit(answer, theta_deg: float = 60.0, m: float = 0.5) -> bool:
+    """03, exercise 2: cos(theta + m) for a photo theta degrees from its centre."""
+    value = _as_number(answer, "logit")
+    if value is None:
+        return False
+    want = math.cos(math.radians(theta_deg) + m)
+    if abs(value - want) <= 1e-3:
+        return _verdict(True, f"cos({theta_deg:g}° + {m:g} rad) = {value:.4f}: far below cos {theta_deg:g}° = "
+                              f"{math.cos(math.radians(theta_deg)):.2f}, so this photo still costs loss", "")
+    if abs(value - math.cos(theta_deg + m)) <= 1e-3:
+        return _verdict(False, "", "θ went into math.cos in degrees: convert it with math.radians first")
+    if abs(value - math.cos(math.radians(theta_deg + m))) <= 1e-3:
+        return _verdict(False, "", "m is already in radians: add it after converting θ")
+    if abs(value - (math.cos(math.radians(theta_deg)) - m)) <= 1e-3:
+        return _verdict(False, "", "that is CosFace's cos θ - m; ArcFace adds m to the angle")
+    return _verdict(False, "", f"{value:.4g} is off; ArcFace's target logit is cos(θ + m)")
+
+
+def check_max_margin(answer, num_classes: int = 6) -> bool:
+    """03, exercise 3: largest m with which a photo on its centre still wins, for evenly spread centres."""
+    value = _as_number(answer, "margin in radians")
+    if value is None:
+        return False
+    want = 2 * math.pi / num_classes
+    if abs(value - want) <= 0.02:
+        return _verdict(True, f"m < 2π/{num_classes} = {want:.3f} rad ({math.degrees(want):.0f}°): on its centre "
+                              "the photo needs 0 + m < the angle to the next centre", "")
+    if abs(value - want / 2) <= 0.02:
+        return _verdict(False, "", "half of it: that is where the sectors of two neighbours would meet without a "
+                                   "margin; the photo sits on its own centre, 0° from it")
+    if abs(value - math.degrees(want)) <= 1:
+        return _verdict(False, "", "that is in degrees; give radians")
+    return _verdict(False, "", f"{value:.3g} is off; on its own centre θ = 0, the next centre is "
+                               f"360°/{num_classes} away")
+
+
+def check_rejection_threshold(answer, scores, target: float = 0.95, step: float = 0.01) -> bool:
+    """04, exercise 1: the smallest threshold (to `step`) that rejects at least `target` of the strangers."""
+    value = _as_number(answer, "threshold")
+    if value is None:
+        return False
+    r = scores.rates(value)
+    if r.strangers_rejected < target:
+        return _verdict(False, "", f"at {value:.2f} only {100 * r.strangers_rejected:.1f} % of the strangers are "
+                                   f"rejected; raise the threshold")
+    if scores.rates(value - step - 1e-9).strangers_rejected >= target:
+        return _verdict(False, "", f"{value:.2f} works, but a lower threshold still rejects {100 * target:g} %: "
+                                   "lower it until it stops working")
+    return _verdict(True, f"threshold {value:.2f}: strangers rejected {100 * r.strangers_rejected:.1f} %, known "
+                          f"people accepted {100 * r.known_accepted:.1f} %", "")
+
+
+def check_unseen_eer(answer, features, faces, n_known: int = 9, s: float = 64.0, m: float = 0.5, seed: int = 0,
+                     epochs: int = 30, lr: float = 1e-2) -> bool:
+    """04, exercise 2: the strangers' EER (%) of an ArcFace embedding trained with (s, m) on n_known people
+    (recomputed here, a few seconds)."""
+    from .verification_plots import seen_vs_unseen
+
+    value = _as_number(answer, "EER in percent")
+    if value is None:
+        return False
+    row = seen_vs_unseen(features, faces, (n_known,), seed=seed, s=s, m=m, epochs=epochs, lr=lr)[0]
+    want = 100 * row.eer_arcface
+    if abs(value - want) <= 0.3:
+        other = "higher" if want > 100 * row.eer_raw else "lower"
+        return _verdict(True, f"EER {want:.1f} % with s={s:g}, m={m:g}: {other} than the raw features' "
+                              f"{100 * row.eer_raw:.1f} %", "")
+    if abs(100 * value - want) <= 0.3:
+        return _verdict(False, "", "give it in percent (multiply the fraction by 100)")
+    if abs(value - 100 * row.eer_raw) <= 0.3:
+        return _verdict(False, "", "that is the raw features' EER; the question asks for the ArcFace one")
+    return _verdict(False, "", f"{value:.3g} % is off; pass s={s:g}, m={m:g} and n_known_values=({n_known},)")
+
+
+def check_equal_rates_threshold(answer, scores, tol: float = 0.03) -> bool:
+    """04, exercise 3: a threshold where known-accepted and strangers-rejected are within `tol`."""
+    value = _as_number(answer, "threshold")
+    if value is None:
+        return False
+    r = scores.rates(value)
+    gap = r.known_accepted - r.strangers_rejected
+    if abs(gap) <= tol:
+        return _verdict(True, f"threshold {value:.2f}: known accepted {100 * r.known_accepted:.1f} %, strangers "
+                              f"rejected {100 * r.strangers_rejected:.1f} %", "")
+    move = "raise" if gap > 0 else "lower"
+    return _verdict(False, "", f"at {value:.2f}: known accepted {100 * r.known_accepted:.1f} %, strangers rejected "
+                               f"{100 * r.strangers_rejected:.1f} %; {move} the threshold")

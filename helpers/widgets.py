@@ -70,3 +70,204 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
     panel.controls = SimpleNamespace(lr=lr_w, epochs=epochs_w, freeze=freeze_w, head=head_w, train=run, output=out)
     panel.results = results
     return panel
+
+
+# ============================================================================ margins and embedding maps (notebooks 03, 04)
+# Panels: margin_panel (03: s, m, easy margin redraw; Train retrains the 2-D toy), umap_panel (04: Compute
+# recomputes a UMAP), threshold_panel (04: the threshold slider redraws; Compute redraws at the value).
+# Each callback writes a figure and a "Result:" line into the panel's Output; errors become one line.
+
+def _panel_parts():
+    import ipywidgets as W
+    wide = {"description_width": "initial"}
+    return W, wide
+
+
+def _panel_run_button(W, label: str, tooltip: str):
+    run = W.Button(description=label, tooltip=tooltip, button_style="primary", layout=W.Layout(width="110px"))
+    run.add_class("course-run")
+    return run
+
+
+def _panel_output(W):
+    # no width="100%": with its border and margin that is 4 px wider than the panel (a scroll bar);
+    # in the panel's column the output stretches to the panel's width by itself
+    out = W.Output(layout=W.Layout(border="1px solid #ddd", min_height="60px"))
+    out.add_class("course-output")
+    return out
+
+
+def _panel_show(out, fig, text: str, alt: str = "[figure]") -> None:
+    """Replace the Output's content with the figure (PNG) and the text lines."""
+    from .experiments import figure_bundle
+    out.outputs = ({"output_type": "display_data", "data": figure_bundle(fig, alt), "metadata": {}},
+                   {"output_type": "stream", "name": "stdout", "text": text.rstrip("\n") + "\n"})
+
+
+def _panel_say(out, text: str, stream: str = "stdout", append: bool = False) -> None:
+    item = {"output_type": "stream", "name": stream, "text": text.rstrip("\n") + "\n"}
+    out.outputs = (*out.outputs, item) if append else (item,)
+
+
+def margin_panel(toy, lr: float | None = None):
+    """03: sliders for scale s and margin m and an easy-margin box redraw the target-logit curves and
+    the 2-D toy's decision regions (no training); Train retrains the toy with these s, m and the
+    learning rate (about a second). `panel.state.toy` is the toy drawn; `panel.results` each message."""
+    from types import SimpleNamespace
+
+    from .margins import margin_view, retrain_toy
+
+    W, wide = _panel_parts()
+    s_w = W.FloatLogSlider(value=toy.s, base=2, min=0, max=7, step=0.25, description="scale s",
+                           readout_format=".3g", style=wide, layout=W.Layout(width="270px"))
+    m_w = W.FloatSlider(value=toy.m, min=0.0, max=1.5, step=0.05, description="margin m (rad)",
+                        readout_format=".2f", style=wide, layout=W.Layout(width="290px"))
+    easy_w = W.Checkbox(value=toy.easy_margin, description="easy margin", indent=False, style=wide,
+                        layout=W.Layout(width="130px"))
+    lr_w = W.FloatLogSlider(value=lr or toy.lr, base=10, min=-4, max=0, step=0.25, description="learning rate",
+                            readout_format=".1e", style=wide, layout=W.Layout(width="320px"))
+    lr_w.add_class("course-lr")
+    run = _panel_run_button(W, "Train", "retrain the 2-D toy with these s, m and learning rate")
+    out = _panel_output(W)
+    hint = W.HTML("<small>s, m, easy margin: redraw only &middot; Train: retrain the 2-D toy (~1 s)</small>")
+    panel = W.VBox([hint, W.HBox([s_w, m_w, easy_w]), W.HBox([lr_w, run]), out],
+                   layout=W.Layout(width="100%", max_width="820px"))
+    panel.add_class("course-panel")
+    state = SimpleNamespace(toy=toy)
+    results: list = []
+
+    def redraw(_=None):
+        try:
+            fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
+            _panel_show(out, fig, msg, "[target logits, target probability and the toy's decision regions]")
+            results.append(msg)
+        except Exception as e:  # shown to the learner, never swallowed
+            _panel_say(out, f"Drawing failed: {e} ({type(e).__name__})", "stderr")
+            results.append(e)
+
+    def on_train(_=None):
+        run.disabled = True
+        _panel_say(out, f"training the 2-D toy (s={s_w.value:.3g}, m={m_w.value:.2f}, lr={lr_w.value:.2g}) ...")
+        try:
+            new = retrain_toy(state.toy, s_w.value, m_w.value, easy_w.value, lr=lr_w.value)
+            if new.history.diverged:
+                line = f"Result: training diverged ({new.history.diverged}); the toy keeps its previous weights"
+            else:
+                state.toy = new
+                line = (f"Result: retrained the 2-D toy: loss {new.history.loss[-1]:.3f}, train "
+                        f"{100 * new.accuracy('train'):.1f} %, test {100 * new.accuracy('test'):.1f} %")
+            fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
+            _panel_show(out, fig, line + "\n" + msg.replace("Result: ", "Regions: ", 1),
+                        "[the retrained toy's decision regions]")
+            results.append(line)
+        except Exception as e:
+            _panel_say(out, f"Training failed: {e} ({type(e).__name__})", "stderr", append=True)
+            results.append(e)
+        finally:
+            run.disabled = False
+
+    for w in (s_w, m_w, easy_w):
+        w.observe(redraw, "value")
+    run.on_click(on_train)
+    panel.controls = SimpleNamespace(s=s_w, m=m_w, easy_margin=easy_w, lr=lr_w, train=run, output=out)
+    panel.state, panel.results = state, results
+    return panel
+
+
+def umap_panel(sets, view: str | None = None, split: str = "test + strangers", n_neighbors: int = 15,
+               min_dist: float = 0.1, seed: int = 0):
+    """04: UMAP's n_neighbors and min_dist, which photos (train / test / strangers ...) and which
+    embedding; Compute recomputes the map (about a second once numba has compiled UMAP)."""
+    from types import SimpleNamespace
+
+    from .embedding_maps import SPLITS, map_view
+
+    W, wide = _panel_parts()
+    nn_w = W.IntSlider(value=n_neighbors, min=2, max=50, step=1, description="n_neighbors", style=wide,
+                       layout=W.Layout(width="280px"))
+    md_w = W.FloatSlider(value=min_dist, min=0.0, max=1.0, step=0.05, description="min_dist", readout_format=".2f",
+                         style=wide, layout=W.Layout(width="260px"))
+    split_w = W.Dropdown(options=list(SPLITS), value=split, description="photos", style=wide,
+                         layout=W.Layout(width="230px"))
+    view_w = W.Dropdown(options=list(sets.views), value=view or list(sets.views)[-1], description="embedding",
+                        style=wide, layout=W.Layout(width="260px"))
+    run = _panel_run_button(W, "Compute", "recompute the UMAP with these settings")
+    out = _panel_output(W)
+    panel = W.VBox([W.HBox([nn_w, md_w]), W.HBox([split_w, view_w, run]), out],
+                   layout=W.Layout(width="100%", max_width="820px"))
+    panel.add_class("course-panel")
+    results: list = []
+
+    def on_compute(_=None):
+        run.disabled = True
+        _panel_say(out, f"computing UMAP of '{split_w.value}' ({view_w.value}) ...")
+        try:
+            fig, msg = map_view(sets, view_w.value, split_w.value, nn_w.value, md_w.value, seed)
+            _panel_show(out, fig, msg, "[UMAP map]")
+            results.append(msg)
+        except Exception as e:
+            _panel_say(out, f"UMAP failed: {e} ({type(e).__name__})", "stderr", append=True)
+            results.append(e)
+        finally:
+            run.disabled = False
+
+    run.on_click(on_compute)
+    panel.controls = SimpleNamespace(n_neighbors=nn_w, min_dist=md_w, split=split_w, view=view_w, compute=run,
+                                     output=out)
+    panel.results = results
+    return panel
+
+
+def threshold_panel(scores, threshold: float | None = None):
+    """04: a threshold slider (redraws at once) over the open-set scores; `scores` is an
+    OpenSetScores or a {embedding name: OpenSetScores} dict (then a dropdown picks one).
+    Compute redraws and adds a table of the rates at thresholds around the slider's value."""
+    from types import SimpleNamespace
+
+    from .verification_plots import threshold_view
+
+    W, wide = _panel_parts()
+    table = scores if isinstance(scores, dict) else {"embedding": scores}
+    first = list(table)[-1]
+    t_w = W.FloatSlider(value=round(table[first].threshold if threshold is None else threshold, 2), min=-0.2, max=1.0,
+                        step=0.01, description="threshold (cosine)", readout_format=".2f", style=wide,
+                        layout=W.Layout(width="360px"))
+    view_w = W.Dropdown(options=list(table), value=first, description="embedding", style=wide,
+                        layout=W.Layout(width="260px"))
+    run = _panel_run_button(W, "Compute", "redraw and tabulate the rates at thresholds around this one")
+    out = _panel_output(W)
+    panel = W.VBox([W.HBox([t_w, view_w, run]), out], layout=W.Layout(width="100%", max_width="820px"))
+    panel.add_class("course-panel")
+    results: list = []
+
+    def redraw(_=None):
+        try:
+            fig, msg = threshold_view(table[view_w.value], t_w.value)
+            _panel_show(out, fig, msg, "[open-set scores and the threshold]")
+            results.append(msg)
+        except Exception as e:
+            _panel_say(out, f"Drawing failed: {e} ({type(e).__name__})", "stderr")
+            results.append(e)
+
+    def on_compute(_=None):
+        _panel_say(out, "computing the rates ...")       # a visible change even when nothing else changed
+        try:
+            import numpy as np
+
+            from .verification_plots import rate_table
+            t = t_w.value
+            fig, msg = threshold_view(table[view_w.value], t)
+            around = np.round(np.clip(t + np.array([-0.1, -0.05, 0.0, 0.05, 0.1]), -1, 1), 2)
+            _panel_show(out, fig, msg + "\n" + rate_table(table[view_w.value], around),
+                        "[open-set scores and the threshold]")
+            results.append(msg)
+        except Exception as e:
+            _panel_say(out, f"Computing failed: {e} ({type(e).__name__})", "stderr")
+            results.append(e)
+
+    t_w.observe(redraw, "value")
+    view_w.observe(redraw, "value")
+    run.on_click(on_compute)
+    panel.controls = SimpleNamespace(threshold=t_w, view=view_w, compute=run, output=out)
+    panel.results = results
+    return panel

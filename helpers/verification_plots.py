@@ -1,0 +1,187 @@
+"""Verification and open set in pictures (notebook 04).
+
+- ROC curves with their equal error rate (EER) for same/different-person pairs;
+- "seen vs unseen": the EER among strangers of the raw frozen features and of an ArcFace embedding
+  trained on k known people, for several k;
+- open set: each photo's best match against the known people's centres, and at a threshold the
+  share of known people accepted vs strangers rejected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from .data import FaceSet, split_known_strangers, split_per_person
+from .evaluation import (OpenSet, Verification, best_match, choose_threshold, class_centroids, embed,
+                         l2_normalize, predict, accuracy, verification)
+from .training import train_head_on_features
+
+
+def plot_roc(results: dict[str, Verification], ax=None, title: str = "strangers: same person or not?") -> plt.Axes:
+    """ROC curves (log false-accept axis) with each curve's EER point."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.6, 3.6))
+    for k, (name, v) in enumerate(results.items()):
+        line, = ax.plot(np.clip(v.fpr, 1e-4, 1), v.tpr, label=f"{name}: EER {100 * v.eer:.1f} %")
+        fnr = 1 - v.tpr
+        i = int(np.nanargmin(np.abs(fnr - v.fpr)))
+        ax.plot(max(v.fpr[i], 1e-4), v.tpr[i], "o", color=line.get_color())
+    ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accepts (different people called same)",
+           ylabel="true accepts (same person)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def split_people(labels, frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two disjoint groups of people (e.g. strangers for choosing a threshold / for testing)."""
+    labels = np.asarray(labels)
+    people = np.unique(labels)
+    if len(people) < 2:
+        raise ValueError("need at least two people to split them into two groups")
+    rng = np.random.default_rng(seed)
+    first = rng.choice(people, size=max(1, int(round(frac * len(people)))), replace=False)
+    a = np.isin(labels, first)
+    return np.flatnonzero(a), np.flatnonzero(~a)
+
+
+@dataclass
+class UnseenRow:
+    """EER among strangers before (raw frozen features) and after (ArcFace) training on n_known people."""
+
+    n_known: int
+    n_strangers: int
+    stranger_pairs: int
+    known_test_acc: float
+    eer_raw: float
+    eer_arcface: float
+
+    def __str__(self) -> str:
+        return (f"trained on {self.n_known:>2} people | {self.n_strangers:>2} strangers "
+                f"({self.stranger_pairs:,} pairs) | known test acc {100 * self.known_test_acc:5.1f} % | "
+                f"strangers' EER: raw features {100 * self.eer_raw:4.1f} %, ArcFace {100 * self.eer_arcface:4.1f} %")
+
+
+def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Sequence[int] = (9, 20),
+                   seed: int = 0, s: float = 16.0, m: float = 0.5, epochs: int = 30, lr: float = 1e-2) -> list[UnseenRow]:
+    """For each k: pick k known people (seeded, as the course does), train the ArcFace embedding on
+    their train photos (cached features of all photos in `features`), and measure verification
+    among the remaining people, who were never trained on."""
+    from .experiments import indices_in
+
+    rows = []
+    for k in n_known_values:
+        known, strangers = split_known_strangers(faces, n_known=k, seed=seed)
+        if strangers is None or strangers.num_people < 2:
+            raise ValueError(f"n_known={k} leaves fewer than 2 strangers out of {faces.num_people} people")
+        kx = features[indices_in(faces, known)]
+        sx = features[indices_in(faces, strangers)]
+        sp = split_per_person(known.labels, seed=seed)
+        model, hist = train_head_on_features(kx[sp.train], known.labels[sp.train], s=s, m=m, epochs=epochs,
+                                             lr=lr, seed=seed, progress=False)
+        if hist.diverged:
+            raise RuntimeError(f"training on {k} people diverged: {hist.diverged}")
+        raw = verification(sx.numpy(), strangers.labels)
+        arc = verification(embed(model, sx), strangers.labels)
+        acc = accuracy(known.labels[sp.test], predict(model, kx[sp.test]))
+        rows.append(UnseenRow(k, strangers.num_people, raw.num_pairs, acc, raw.eer, arc.eer))
+    return rows
+
+
+# ---------------------------------------------------------------------- open set
+
+@dataclass
+class OpenSetScores:
+    """Best-match cosine against the known people's centres, for known test photos and strangers."""
+
+    known_score: np.ndarray
+    known_right: np.ndarray      # the best match is the right person
+    stranger_score: np.ndarray
+    threshold: float             # chosen on held-out data (see open_set_scores)
+
+    def __post_init__(self):
+        self._check()
+
+    def _check(self) -> None:
+        if len(self.known_score) == 0 or len(self.stranger_score) == 0:
+            raise ValueError(f"open set needs photos of known people and of strangers; got {len(self.known_score)} "
+                             f"known and {len(self.stranger_score)} stranger photo(s)")
+
+    @property
+    def auc(self) -> float:
+        """Chance that a known test photo scores higher than a stranger (threshold-free; 1 = perfect)."""
+        from sklearn.metrics import roc_auc_score
+        y = np.r_[np.ones(len(self.known_score)), np.zeros(len(self.stranger_score))]
+        return float(roc_auc_score(y, np.r_[self.known_score, self.stranger_score]))
+
+    def rates(self, threshold: float | None = None) -> OpenSet:
+        self._check()
+        t = self.threshold if threshold is None else float(threshold)
+        ok = self.known_score >= t
+        return OpenSet(t, float(ok.mean()), float((ok & self.known_right).mean()),
+                       float((self.stranger_score < t).mean()))
+
+
+def open_set_scores(gallery_emb, gallery_labels, known_emb, known_labels, stranger_emb,
+                    val_emb=None, val_labels=None, val_stranger_emb=None) -> OpenSetScores:
+    """Enrol each known person as the mean of their `gallery_emb` photos; score every query by its
+    best match. The default threshold is where known-accepted = strangers-rejected on the
+    validation photos (`val_emb` + `val_stranger_emb`), or on the test photos if none are given."""
+    gallery = class_centroids(gallery_emb, gallery_labels)
+    idx, score = best_match(gallery, known_emb)
+    _, s_score = best_match(gallery, stranger_emb)
+    if val_emb is not None and val_stranger_emb is not None:
+        t = choose_threshold(gallery, val_emb, val_stranger_emb)
+    else:
+        t = choose_threshold(gallery, known_emb, stranger_emb)
+    return OpenSetScores(score, idx == np.asarray(known_labels), s_score, t)
+
+
+def threshold_view(scores: OpenSetScores, threshold: float | None = None) -> tuple[plt.Figure, str]:
+    """What the threshold panel draws: score histograms with the threshold, and the trade-off curve
+    (known accepted vs strangers rejected) with the chosen point. Returns (figure, "Result: ...")."""
+    t = scores.threshold if threshold is None else float(threshold)
+    if not -1.0 <= t <= 1.0:
+        raise ValueError(f"threshold {t}: cosine similarities lie between -1 and 1")
+    r = scores.rates(t)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.6, 3.1))
+    bins = np.linspace(-0.2, 1, 49)
+    a1.hist(scores.known_score, bins, alpha=0.7, density=True, label="known people (test photos)", color="tab:green")
+    a1.hist(scores.stranger_score, bins, alpha=0.6, density=True, label="strangers", color="tab:red")
+    a1.axvline(t, color="k", lw=1.2)
+    a1.set(xlabel="best-match cosine to a known person's centre", ylabel="density")
+    a1.set_title(f"threshold {t:.2f}", fontsize=9)
+    a1.legend(fontsize=7)
+    grid = np.linspace(-0.2, 1, 241)
+    acc = [(scores.known_score >= g).mean() for g in grid]
+    rej = [(scores.stranger_score < g).mean() for g in grid]
+    a2.plot(100 * np.array(rej), 100 * np.array(acc), color="0.3")
+    a2.plot(100 * r.strangers_rejected, 100 * r.known_accepted, "o", color="k")
+    a2.set(xlabel="strangers rejected (%)", ylabel="known people accepted (%)", xlim=(-2, 102), ylim=(-2, 102))
+    a2.set_title("moving the threshold trades one for the other", fontsize=9)
+    fig.tight_layout()
+    return fig, f"Result: {r}"
+
+
+def open_set_for(sets, view: str, seed: int = 0) -> OpenSetScores:
+    """Open-set scores of one view of embedding_maps.EmbeddingSets: the known people are enrolled from their
+    train photos; the threshold is chosen on the val photos and half of the strangers (by person); the
+    rates are measured on the test photos and the other half of the strangers."""
+    val_s, test_s = split_people(sets.labels["strangers"], 0.5, seed)
+    v = sets.views[view]
+    return open_set_scores(v["train"], sets.labels["train"], v["test"], sets.labels["test"], v["strangers"][test_s],
+                           val_emb=v["val"], val_labels=sets.labels["val"], val_stranger_emb=v["strangers"][val_s])
+
+
+def rate_table(scores: OpenSetScores, thresholds) -> str:
+    """Text table: known people accepted / named right and strangers rejected at each threshold."""
+    lines = [f"{'threshold':>9} {'known accepted':>15} {'named right':>12} {'strangers rejected':>19}"]
+    for t in thresholds:
+        r = scores.rates(float(t))
+        lines.append(f"{t:>9.2f} {100 * r.known_accepted:>13.1f} % {100 * r.known_correct:>10.1f} % "
+                     f"{100 * r.strangers_rejected:>17.1f} %")
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""helpers.embedding_maps and helpers.verification_plots (notebook 04) on synthetic faces: projections,
+the data sets shown, neighbours, heatmaps, galleries, ROC / seen-vs-unseen, open set; and 04's exercise checks.
+
+Synthetic data keeps this fast and exact: people are tight clusters of random 'features' in 48-D.
+One UMAP fit pays numba's compile time (~10 s on 2 idle cores) for the whole module.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import embedding_maps as E
+from helpers import exercises
+from helpers import verification_plots as V
+from helpers.data import FaceSet, split_known_strangers, split_per_person
+from helpers.evaluation import verification
+from helpers.experiments import CourseData, indices_in
+
+DIM = 48
+
+
+def _faces(people: int = 12, per: int = 10, spread: float = 0.35, seed: int = 0):
+    """A FaceSet of tiny grey images + one cluster of 'features' per person (the FaceSet's order)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, DIM))
+    labels = np.repeat(np.arange(people), per)
+    feats = centres[labels] + spread * rng.normal(size=(len(labels), DIM))
+    images = [Image.new("RGB", (8, 8), (int(10 * p), 0, 0)) for p in labels]
+    paths = [f"p{p}/{i}.pgm" for i, p in enumerate(labels)]
+    faces = FaceSet(images, labels, [f"p{p}" for p in range(people)], paths, "synthetic")
+    return faces, torch.tensor(feats, dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    faces, feats = _faces()
+    known, strangers = split_known_strangers(faces, n_known=5, seed=0)
+    data = CourseData(faces, known, strangers, indices_in(faces, known), indices_in(faces, strangers),
+                      split_per_person(known.labels, seed=0), 0)
+    return data, feats
+
+
+@pytest.fixture(scope="module")
+def sets(synthetic):
+    data, feats = synthetic
+    s = E.course_sets(data, feats)            # raw features only
+    rng = np.random.default_rng(1)            # a second view: the same photos, scrambled (no structure)
+    s.add_view("noise", {k: rng.normal(size=v.shape) for k, v in s.views["raw features"].items()})
+    return s
+
+
+# ---------------------------------------------------------------------- projections
+
+def test_umap_is_deterministic_and_times_are_reported():
+    t = E.warm_up_umap(n=40, dim=8)
+    assert t.import_s >= 0 and t.first_fit_s > 0 and "numba compiles" in str(t)
+    x = np.random.default_rng(0).normal(size=(60, 16))
+    a, b = E.project(x, "umap", seed=3), E.project(x, "umap", seed=3)
+    assert a.shape == (60, 2) and np.array_equal(a, b)
+
+
+def test_umap_and_tsne_keep_clusters_apart(sets):
+    x, y, _, _ = sets.select("raw features", "strangers")
+    for method in ("umap", "tsne"):
+        xy = E.project(x, method, seed=0, n_neighbors=8)
+        assert E.same_person_neighbours(xy, y, 5) > 0.9, method   # random maps: about 0.13
+
+
+def test_pca_and_tsne_are_what_they_claim():
+    from sklearn.decomposition import PCA
+    x = np.random.default_rng(0).normal(size=(30, 10))
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(np.abs(E.project(x, "pca")), np.abs(PCA(2).fit_transform(xn)), atol=1e-8)
+    np.testing.assert_array_equal(E.project(x, "tsne", seed=1), E.project(x, "tsne", seed=1))
+
+
+def test_project_rejects_bad_input():
+    x = np.random.default_rng(0).normal(size=(20, 5))
+    with pytest.raises(ValueError, match="unknown method"):
+        E.project(x, "mds")
+    with pytest.raises(ValueError, match="at least 4 points"):
+        E.project(x[:3], "pca")
+    with pytest.raises(ValueError, match="n_neighbors"):
+        E.project(x, "umap", n_neighbors=1)
+    with pytest.raises(ValueError, match="min_dist"):
+        E.project(x, "umap", min_dist=2.0)
+
+
+# ---------------------------------------------------------------------- the data shown
+
+def test_course_sets_and_select(synthetic, sets):
+    data, feats = synthetic
+    assert sets.names == data.known.names
+    assert {k: len(v) for k, v in sets.labels.items()} == {"train": 25, "val": 10, "test": 15, "strangers": 70}
+    np.testing.assert_array_equal(sets.views["raw features"]["strangers"], feats[data.stranger_idx].numpy())
+    x, y, stranger, test = sets.select("raw features", "test + strangers")
+    assert len(x) == 85 and stranger.sum() == 70 and test.sum() == 15 and not (stranger & test).any()
+    assert len(sets.select("raw features", "all")[0]) == 25 + 15 + 70
+    with pytest.raises(ValueError, match="unknown split"):
+        sets.select("raw features", "everything")
+    with pytest.raises(ValueError, match="unknown view"):
+        sets.select("ArcFace", "test")
+    with pytest.raises(ValueError, match="rows for"):
+        sets.add_view("bad", {"train": np.zeros((3, 2))})
+
+
+def test_course_sets_with_a_model_embeds_every_split(synthetic, one_thread):
+    from helpers.training import train_head_on_features
+    data, feats = synthetic
+    x, sp = feats[data.known_idx], data.split
+    model, _ = train_head_on_features(x[sp.train], data.known.labels[sp.train], epochs=3, progress=False)
+    s = E.course_sets(data, feats, model)
+    emb = s.views["ArcFace"]["strangers"]
+    assert emb.shape == (70, 512) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+
+
+def test_palette_never_uses_grey():
+    for n in (3, 9, 15, 30):
+        cols = E.palette(n)
+        assert len(cols) == n and len(set(cols)) == n
+        assert not any(abs(c[0] - c[1]) < 1e-3 and abs(c[1] - c[2]) < 1e-3 for c in cols), n
+
+
+def test_neighbour_measures_tell_structure_from_noise(sets):
+    table = E.neighbour_table(sets).splitlines()
+    raw = [r for r in table if r.startswith("raw features")][0]
+    noise = [r for r in table if r.startswith("noise")][0]
+    assert raw.count("100.0 %") == 2
+    assert float(noise.split()[-2]) < 40     # random vectors: neighbours rarely the same person
+    y = np.repeat(np.arange(4), 5)
+    assert E.same_person_neighbours(np.eye(4)[y] + 0.01 * np.random.default_rng(0).normal(size=(20, 4)), y, k=4) == 1.0
+
+
+def test_plot_maps_and_map_view(sets):
+    fig = E.plot_maps(sets, views=["raw features"], methods=("pca",), split="test + strangers")
+    assert len(fig.axes) == 1
+    plt.close(fig)
+    fig, msg = E.map_view(sets, "raw features", "strangers", n_neighbors=8, min_dist=0.2)
+    assert msg.startswith("Result: UMAP of 70 photos (strangers, raw features)") and "100 %" in msg
+    plt.close(fig)
+
+
+def test_heatmap_contrast_and_galleries(sets):
+    same, diff = E.block_contrast(sets.views["raw features"]["test"], sets.labels["test"])
+    assert same > 0.8 and abs(diff) < 0.3
+    assert "difference" in E.contrast_table(sets)
+    fig = E.plot_heatmaps(sets, "test")
+    assert len(fig.axes) == 4              # two heatmaps + two colour bars
+    plt.close(fig)
+    queries = E.gallery_queries(sets, "noise", n_known=2, n_strangers=1)
+    assert [q[0] for q in queries] == ["test", "test", "strangers"]
+    fig, nb = E.neighbour_gallery(sets, "raw features", queries, k=4)
+    assert nb.index.shape == (3, 4)
+    gy = sets.labels["train"]
+    for (split, i), idx in zip(queries, nb.index):
+        if split == "test":        # clean clusters: the 4 closest are the same person
+            assert (gy[idx] == sets.labels["test"][i]).all()
+    plt.close(fig)
+
+
+def test_hardest_queries_puts_a_wrong_match_first():
+    g = np.array([[1, 0], [0, 1.0]])
+    q = np.array([[1, 0.1], [0.9, 0.5], [0.2, 1.0]])
+    # query 1 is labelled 1 but is closer to gallery 0: the only wrong 1-NN answer
+    assert E.hardest_queries(g, [0, 1], q, [0, 1, 1], n=1)[0] == 1
+
+
+# ---------------------------------------------------------------------- verification and open set
+
+def test_seen_vs_unseen_rows(synthetic, one_thread):
+    data, feats = synthetic
+    rows = V.seen_vs_unseen(feats, data.faces, n_known_values=(4, 8), epochs=5)
+    assert [(r.n_known, r.n_strangers) for r in rows] == [(4, 8), (8, 4)]
+    assert rows[0].stranger_pairs == 80 * 79 // 2
+    assert all(r.eer_raw < 0.01 for r in rows)   # clean clusters: raw features already separate everyone
+    assert "strangers' EER" in str(rows[0])
+    with pytest.raises(ValueError, match="fewer than 2 strangers"):
+        V.seen_vs_unseen(feats, data.faces, n_known_values=(11,))
+
+
+def test_roc_plot_has_eer_in_legend(sets):
+    v = {"raw": verification(sets.views["raw features"]["strangers"], sets.labels["strangers"]),
+         "noise": verification(sets.views["noise"]["strangers"], sets.labels["strangers"])}
+    assert v["raw"].eer < 0.01 < 0.3 < v["noise"].eer
+    ax = V.plot_roc(v)
+    assert [t.get_text() for t in ax.get_legend().get_texts()][0].startswith("raw: EER 0.")
+    plt.close(ax.figure)
+
+
+def test_split_people_is_disjoint_and_complete():
+    labels = np.repeat(np.arange(7), 3)
+    a, b = V.split_people(labels, 0.5, seed=0)
+    assert set(labels[a]).isdisjoint(labels[b]) and len(a) + len(b) == 21
+    with pytest.raises(ValueError):
+        V.split_people(np.zeros(4), 0.5)
+
+
+def test_open_set_rates_auc_and_view(sets):
+    raw = V.open_set_for(sets, "raw features")
+    noise = V.open_set_for(sets, "noise")
+    assert raw.auc > 0.99 and 0.2 < noise.auc < 0.8
+    r = raw.rates()
+    assert r.known_accepted > 0.9 and r.strangers_rejected > 0.9 and r.known_correct <= r.known_accepted
+    low, high = raw.rates(-1.0), raw.rates(1.0)
+    assert (low.known_accepted, low.strangers_rejected) == (1.0, 0.0)
+    assert high.strangers_rejected == 1.0
+    fig, msg = V.threshold_view(raw, 0.5)
+    assert msg.startswith("Result: threshold 0.50: known people accepted")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="between -1 and 1"):
+        V.threshold_view(raw, 1.5)
+
+
+# ---------------------------------------------------------------------- exercise checks (04)
+
+def test_check_rejection_threshold(sets, capsys):
+    scores = V.open_set_for(sets, "noise")
+    grid = np.round(np.arange(-0.2, 1.0001, 0.01), 2)
+    smallest = next(t for t in grid if scores.rates(t).strangers_rejected >= 0.95)
+    assert exercises.check_rejection_threshold(smallest, scores) is True
+    assert exercises.check_rejection_threshold(smallest + 0.1, scores) is False
+    assert "lower it" in capsys.readouterr().out
+    assert exercises.check_rejection_threshold(smallest - 0.05, scores) is False
+    assert "raise the threshold" in capsys.readouterr().out
+    assert exercises.check_rejection_threshold(None, scores) is False
+
+
+def test_check_equal_rates_threshold(sets, capsys):
+    scores = V.open_set_for(sets, "noise")
+    grid = np.linspace(-0.5, 1, 301)
+    gaps = [abs(scores.rates(t).known_accepted - scores.rates(t).strangers_rejected) for t in grid]
+    best = grid[int(np.argmin(gaps))]
+    assert exercises.check_equal_rates_threshold(best, scores, tol=0.1) is True
+    assert exercises.check_equal_rates_threshold(-1.0, scores) is False
+    assert "raise the threshold" in capsys.readouterr().out
+
+
+def test_check_unseen_eer(synthetic, capsys, one_thread):
+    data, feats = synthetic
+    row = V.seen_vs_unseen(feats, data.faces, (5,), s=64, m=0.5, epochs=5)[0]
+    ok = exercises.check_unseen_eer(100 * row.eer_arcface, feats, data.faces, n_known=5, s=64, m=0.5, epochs=5)
+    assert ok is True
+    if abs(row.eer_arcface - row.eer_raw) > 0.01:
+        assert exercises.check_unseen_eer(100 * row.eer_raw, feats, data.faces, n_known=5, epochs=5) is False
