@@ -271,3 +271,81 @@ def threshold_panel(scores, threshold: float | None = None):
     panel.controls = SimpleNamespace(threshold=t_w, view=view_w, compute=run, output=out)
     panel.results = results
     return panel
+
+
+# ============================================================================ gradual unfreezing (notebook 05)
+# unfreezing_panel: tick the backbone stages to train, learning rates for the head and the backbone,
+# epochs; Train runs `unfreezing.train_stages` from the pretrained backbone and shows the curves and a
+# "Result:" line. Head only / last stage only train on cached activations (seconds).
+
+def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1e-3, epochs: int = 3,
+                     seed: int = 0):
+    """05: checkboxes for the backbone stages to unfreeze, lr (head) and backbone lr (log sliders),
+    epochs and Train. Nothing trains on display. `panel.results` holds each RunResult (or the error)."""
+    from types import SimpleNamespace
+
+    from .unfreezing import describe_result, last_stage, train_stages
+
+    W, wide = _panel_parts()
+    order = [s for s in data.backbone.stage_names if data.backbone.stage_paths[s]]
+    chosen = set([last_stage(data.backbone)] if stages is None else stages)
+    boxes = {s: W.Checkbox(value=s in chosen, description=s, indent=False, style=wide,
+                           layout=W.Layout(width="auto", margin="0 12px 0 0")) for s in order}
+    lr_w = W.FloatLogSlider(value=lr, base=10, min=-5, max=0, step=0.25, description="lr", readout_format=".1e",
+                            style=wide, layout=W.Layout(width="300px"))
+    lr_w.add_class("course-lr")
+    blr_w = W.FloatLogSlider(value=backbone_lr, base=10, min=-6, max=-1, step=0.25, description="backbone lr",
+                             readout_format=".1e", style=wide, layout=W.Layout(width="340px"))
+    epochs_w = W.IntSlider(value=epochs, min=1, max=20, step=1, description="epochs", style=wide,
+                           layout=W.Layout(width="260px"))
+    run = _panel_run_button(W, "Train", "train the head and the ticked stages from the pretrained backbone")
+    out = _panel_output(W)
+    hint = W.HTML("<small>none ticked: head only (cached features) &middot; only the last stage: cached "
+                  "activations (seconds) &middot; anything else: whole photos, augmented (slow on a CPU)</small>")
+    panel = W.VBox([W.HBox([W.Label("unfreeze:"), *boxes.values()]), W.HBox([lr_w, blr_w]),
+                    W.HBox([epochs_w, run]), hint, out], layout=W.Layout(width="100%", max_width="820px"))
+    panel.add_class("course-panel")
+    results: list = []
+
+    def on_click(_=None):
+        run.disabled = True
+        ticked = [s for s, b in boxes.items() if b.value]
+        _panel_say(out, f"training head + {', '.join(ticked) or 'no backbone stage'} for {epochs_w.value} "
+                        f"epoch(s), lr {lr_w.value:.1e}, backbone lr {blr_w.value:.1e} ...")
+        try:
+            res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value,
+                               seed=seed)
+            fig = _unfreezing_figure(res)
+            _panel_show(out, fig, describe_result(res), "[loss and accuracy per epoch]")
+            results.append(res)
+        except Exception as e:  # shown to the learner, never swallowed
+            _panel_say(out, f"Training failed: {e} ({type(e).__name__})", "stderr", append=True)
+            results.append(e)
+        finally:
+            run.disabled = False
+
+    run.on_click(on_click)
+    panel.controls = SimpleNamespace(stages=boxes, lr=lr_w, backbone_lr=blr_w, epochs=epochs_w, train=run,
+                                     output=out)
+    panel.results = results
+    return panel
+
+
+def _unfreezing_figure(res):
+    """Loss and accuracy per epoch of one panel run (7.5 x 2.6 inches)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    h = res.combined_history()
+    ep = np.arange(1, h.epochs + 1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 2.6))
+    a1.plot(ep, h.loss, marker="o")
+    a1.set(xlabel="epoch", ylabel="loss", title="training loss")
+    a2.plot(ep, 100 * np.array(h.train_acc), "--", marker="o", label="train (train mode)")
+    if h.val_acc:
+        a2.plot(ep, 100 * np.array(h.val_acc), marker="o", label="validation")
+    a2.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 102), title=res.method[:60])
+    a2.title.set_fontsize(8)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
