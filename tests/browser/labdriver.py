@@ -763,10 +763,18 @@ class NotebookSession:
         return path
 
     def close(self) -> NotebookReport:
-        """Close the tab without saving (autosave is off; the change is dropped)."""
+        """Close the tab without saving (autosave is off; the copy is dropped); stop its kernel."""
         self.report.total_s = time.monotonic() - self.t0
         self.report.console_allowed = list(self.console.allowed)
         self.page.close(run_before_unload=False)
+        try:   # and shut its kernel down: the next notebook gets the CPU and memory
+            for sess in _get_json(f"{self.base_url}/api/sessions"):
+                if sess.get("path") == self.rel_path:
+                    req = urllib.request.Request(f"{self.base_url}/api/sessions/{sess['id']}",
+                                                 method="DELETE")
+                    urllib.request.urlopen(req, timeout=30).close()
+        except OSError:
+            pass
         return self.report
 
 

@@ -12,7 +12,7 @@ A self-test first runs the same check on generated notebooks: one correct panel,
 callbacks that must be caught (traceback in the output; exception that leaves the output empty).
 
 Skipped when Chromium or Playwright is missing, unless FACE_COURSE_REQUIRE_BROWSER=1 (CI sets it).
-Timeouts: FACE_COURSE_BROWSER_TIMEOUT (seconds for Run All per notebook, default 420).
+Timeouts: FACE_COURSE_BROWSER_TIMEOUT (seconds for Run All per notebook, default 900).
 FACE_COURSE_BROWSER_RUN=to-panel runs each notebook only up to its last panel cell (default: all).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 SCREENSHOTS = REPO / "screenshots"
 # A hang guard, not the budget: Run All of one notebook on a busy 2-core machine.
-RUN_TIMEOUT = float(os.environ.get("FACE_COURSE_BROWSER_TIMEOUT", "420"))
+RUN_TIMEOUT = float(os.environ.get("FACE_COURSE_BROWSER_TIMEOUT", "900"))
 # "all": Run All, as a learner does (default). "to-panel": run only up to the last panel cell
 # (nbval executes every cell anyway; this saves the slow cells below the panels).
 RUN_MODE = os.environ.get("FACE_COURSE_BROWSER_RUN", "all")
