@@ -381,7 +381,7 @@ class StagePlan:
     def describe(self) -> str:
         what = "head only" if not self.stages else "head + " + " + ".join(self.stages)
         how = "cached activations" if self.cache else ("augmented photos" if self.augment else "photos")
-        lrs = f"lr {self.lr:g}" + (f", backbone lr {self.backbone_lr:g}" if self.stages else "")
+        lrs = f"lr {self.lr:.2g}" + (f", backbone lr {self.backbone_lr:.2g}" if self.stages else "")
         return f"{self.name}: {what}, {self.epochs} epochs, {lrs}, on {how}"
 
 
