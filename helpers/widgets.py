@@ -37,8 +37,8 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
                         style=wide, layout=W.Layout(width="240px"))
     run = W.Button(description="Train", icon="play", button_style="primary", layout=W.Layout(width="110px"))
     run.add_class("course-run")
-    out = W.Output(layout=W.Layout(border="1px solid #ddd", min_height="60px", width="100%"))
-    out.add_class("course-output")
+    out = W.Output(layout=W.Layout(border="1px solid #ddd", min_height="60px"))  # no width: a border on
+    out.add_class("course-output")                                                # 100 % would overflow
     panel = W.VBox([W.HBox([lr_w, epochs_w]), W.HBox([head_w, freeze_w, run]), out],
                    layout=W.Layout(width="100%", max_width="820px"))
     panel.add_class("course-panel")
