@@ -1,7 +1,20 @@
-"""Prints the browser check's per-notebook timings and findings at the end of the pytest run."""
+"""The browser check runs last in a session and prints its timings and findings at the end."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import labdriver
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Move the browser tests after everything else (nbval included): by then the feature and
+    numba caches are warm, so the browser's Run All does not pay for them (the total is the same:
+    whichever runs first computes them)."""
+    here = Path(__file__).resolve().parent
+    browser = [it for it in items if here in Path(str(it.path)).resolve().parents]
+    if browser and len(browser) < len(items):
+        ids = {id(it) for it in browser}
+        items[:] = [it for it in items if id(it) not in ids] + browser
 
 
 def pytest_terminal_summary(terminalreporter):
