@@ -435,13 +435,15 @@ class NotebookReport:
     open_s: float = 0.0
     ran: str = "run all"
     run_all_s: float = 0.0
+    slowest: str = ""
     total_s: float = 0.0
     panels: list[PanelReport] = field(default_factory=list)
     screenshots: list[str] = field(default_factory=list)
     console_allowed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"{self.notebook}: open {self.open_s:.1f} s, {self.ran} {self.run_all_s:.1f} s"]
+        parts = [f"{self.notebook}: open {self.open_s:.1f} s, {self.ran} {self.run_all_s:.1f} s"
+                 + (f" (slowest: {self.slowest})" if self.slowest else "")]
         for k, p in enumerate(self.panels, 1):
             parts.append(f"panel {k} [{p.controls}] {p.changed}; click -> result {p.click_s:.1f} s"
                          f" ({p.result})")
@@ -494,6 +496,18 @@ def _kernel_state(base_url: str, rel_path: str) -> str:
 
 
 _ENAME = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)(:.*)?$", re.M)
+
+
+def _slowest(finished: dict[int, float], t0: float, code_idx: list[int], cells: list,
+             n: int = 3) -> str:
+    """The n slowest cells so far (cells run in order: each took from the previous one's end)."""
+    spans, last = [], t0
+    for j, t in sorted(finished.items(), key=lambda kv: kv[1]):
+        src = "".join(cells[code_idx[j]]["source"]).strip().splitlines()
+        spans.append((t - last, code_idx[j] + 1, (src[0] if src else "")[:50]))
+        last = t
+    top = sorted(spans, reverse=True)[:n]
+    return ", ".join(f"cell {k} {sec:.0f} s ({first})" for sec, k, first in top if sec >= 1)
 
 
 class NotebookSession:
@@ -615,9 +629,15 @@ class NotebookSession:
             self.report.ran = f"ran cells 1-{last + 1} of {len(cells)} (to the last panel)"
         deadline = t1 + run_timeout
         stopped_since = None
+        finished: dict[int, float] = {}   # code cell ordinal -> when its count appeared
+        code_idx = [k for k, c in enumerate(cells) if c["cell_type"] == "code"]
         while True:
             self.report.run_all_s = time.monotonic() - t1   # kept up to date for failure reports
             st = self.scan()
+            for j, (p, code) in enumerate(zip(st["prompts"], has_code)):
+                if code and j not in finished and re.fullmatch(r"\[\d+\]:?", p):
+                    finished[j] = time.monotonic()
+            self.report.slowest = _slowest(finished, t1, code_idx, cells)
             todo = [p for p, code in zip(st["prompts"], has_code) if code]
             done = [p for p in todo if re.fullmatch(r"\[\d+\]:?", p)]
             if not st["busy"] and st["idle"] and len(done) == len(todo):
