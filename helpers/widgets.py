@@ -109,6 +109,25 @@ def _panel_say(out, text: str, stream: str = "stdout", append: bool = False) -> 
     out.outputs = (*out.outputs, item) if append else (item,)
 
 
+def _panel_run(out, results: list, work, alt: str, failed: str, busy: str = "", button=None) -> None:
+    """Show `busy`, run `work()` -> (figure, text, result) and show the figure and text in `out`;
+    an exception becomes one stderr line (after `busy`, if any). `button` is disabled meanwhile."""
+    if button is not None:
+        button.disabled = True
+    if busy:
+        _panel_say(out, busy)
+    try:
+        fig, text, result = work()
+        _panel_show(out, fig, text, alt)
+        results.append(result)
+    except Exception as e:  # shown to the learner, never swallowed
+        _panel_say(out, f"{failed} failed: {e} ({type(e).__name__})", "stderr", append=bool(busy))
+        results.append(e)
+    finally:
+        if button is not None:
+            button.disabled = False
+
+
 def margin_panel(toy, lr: float | None = None):
     """03: sliders for scale s and margin m and an easy-margin box redraw the target-logit curves and
     the 2-D toy's decision regions (no training); Train retrains the toy with these s, m and the
@@ -136,35 +155,28 @@ def margin_panel(toy, lr: float | None = None):
     state = SimpleNamespace(toy=toy)
     results: list = []
 
+    def draw():
+        fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
+        return fig, msg, msg
+
+    def train():
+        new = retrain_toy(state.toy, s_w.value, m_w.value, easy_w.value, lr=lr_w.value)
+        if new.history.diverged:
+            line = f"Result: training diverged ({new.history.diverged}); the toy keeps its previous weights"
+        else:
+            state.toy = new
+            line = (f"Result: retrained the 2-D toy: loss {new.history.loss[-1]:.3f}, train "
+                    f"{100 * new.accuracy('train'):.1f} %, test {100 * new.accuracy('test'):.1f} %")
+        fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
+        return fig, line + "\n" + msg.replace("Result: ", "Regions: ", 1), line
+
     def redraw(_=None):
-        try:
-            fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
-            _panel_show(out, fig, msg, "[target logits, target probability and the toy's decision regions]")
-            results.append(msg)
-        except Exception as e:  # shown to the learner, never swallowed
-            _panel_say(out, f"Drawing failed: {e} ({type(e).__name__})", "stderr")
-            results.append(e)
+        _panel_run(out, results, draw, "[target logits, target probability and the toy's decision regions]",
+                   "Drawing")
 
     def on_train(_=None):
-        run.disabled = True
-        _panel_say(out, f"training the 2-D toy (s={s_w.value:.3g}, m={m_w.value:.2f}, lr={lr_w.value:.2g}) ...")
-        try:
-            new = retrain_toy(state.toy, s_w.value, m_w.value, easy_w.value, lr=lr_w.value)
-            if new.history.diverged:
-                line = f"Result: training diverged ({new.history.diverged}); the toy keeps its previous weights"
-            else:
-                state.toy = new
-                line = (f"Result: retrained the 2-D toy: loss {new.history.loss[-1]:.3f}, train "
-                        f"{100 * new.accuracy('train'):.1f} %, test {100 * new.accuracy('test'):.1f} %")
-            fig, msg = margin_view(state.toy, s_w.value, m_w.value, easy_w.value)
-            _panel_show(out, fig, line + "\n" + msg.replace("Result: ", "Regions: ", 1),
-                        "[the retrained toy's decision regions]")
-            results.append(line)
-        except Exception as e:
-            _panel_say(out, f"Training failed: {e} ({type(e).__name__})", "stderr", append=True)
-            results.append(e)
-        finally:
-            run.disabled = False
+        _panel_run(out, results, train, "[the retrained toy's decision regions]", "Training",
+                   f"training the 2-D toy (s={s_w.value:.3g}, m={m_w.value:.2f}, lr={lr_w.value:.2g}) ...", run)
 
     for w in (s_w, m_w, easy_w):
         w.observe(redraw, "value")
@@ -198,18 +210,13 @@ def umap_panel(sets, view: str | None = None, split: str = "test + strangers", n
     panel.add_class("course-panel")
     results: list = []
 
+    def compute():
+        fig, msg = map_view(sets, view_w.value, split_w.value, nn_w.value, md_w.value, seed)
+        return fig, msg, msg
+
     def on_compute(_=None):
-        run.disabled = True
-        _panel_say(out, f"computing UMAP of '{split_w.value}' ({view_w.value}) ...")
-        try:
-            fig, msg = map_view(sets, view_w.value, split_w.value, nn_w.value, md_w.value, seed)
-            _panel_show(out, fig, msg, "[UMAP map]")
-            results.append(msg)
-        except Exception as e:
-            _panel_say(out, f"UMAP failed: {e} ({type(e).__name__})", "stderr", append=True)
-            results.append(e)
-        finally:
-            run.disabled = False
+        _panel_run(out, results, compute, "[UMAP map]", "UMAP",
+                   f"computing UMAP of '{split_w.value}' ({view_w.value}) ...", run)
 
     run.on_click(on_compute)
     panel.controls = SimpleNamespace(n_neighbors=nn_w, min_dist=md_w, split=split_w, view=view_w, compute=run,
@@ -240,30 +247,25 @@ def threshold_panel(scores, threshold: float | None = None):
     panel.add_class("course-panel")
     results: list = []
 
+    def draw():
+        fig, msg = threshold_view(table[view_w.value], t_w.value)
+        return fig, msg, msg
+
+    def rates():
+        import numpy as np
+
+        from .verification_plots import rate_table
+        t = t_w.value
+        fig, msg = threshold_view(table[view_w.value], t)
+        around = np.round(np.clip(t + np.array([-0.1, -0.05, 0.0, 0.05, 0.1]), -1, 1), 2)
+        return fig, msg + "\n" + rate_table(table[view_w.value], around), msg
+
     def redraw(_=None):
-        try:
-            fig, msg = threshold_view(table[view_w.value], t_w.value)
-            _panel_show(out, fig, msg, "[open-set scores and the threshold]")
-            results.append(msg)
-        except Exception as e:
-            _panel_say(out, f"Drawing failed: {e} ({type(e).__name__})", "stderr")
-            results.append(e)
+        _panel_run(out, results, draw, "[open-set scores and the threshold]", "Drawing")
 
-    def on_compute(_=None):
-        _panel_say(out, "computing the rates ...")       # a visible change even when nothing else changed
-        try:
-            import numpy as np
-
-            from .verification_plots import rate_table
-            t = t_w.value
-            fig, msg = threshold_view(table[view_w.value], t)
-            around = np.round(np.clip(t + np.array([-0.1, -0.05, 0.0, 0.05, 0.1]), -1, 1), 2)
-            _panel_show(out, fig, msg + "\n" + rate_table(table[view_w.value], around),
-                        "[open-set scores and the threshold]")
-            results.append(msg)
-        except Exception as e:
-            _panel_say(out, f"Computing failed: {e} ({type(e).__name__})", "stderr")
-            results.append(e)
+    def on_compute(_=None):  # "computing ..." first: a visible change even when nothing else changed
+        _panel_run(out, results, rates, "[open-set scores and the threshold]", "Computing",
+                   "computing the rates ...")
 
     t_w.observe(redraw, "value")
     view_w.observe(redraw, "value")
@@ -307,22 +309,16 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
     panel.add_class("course-panel")
     results: list = []
 
-    def on_click(_=None):
-        run.disabled = True
+    def train():
         ticked = [s for s, b in boxes.items() if b.value]
-        _panel_say(out, f"training head + {', '.join(ticked) or 'no backbone stage'} for {epochs_w.value} "
-                        f"epoch(s), lr {lr_w.value:.1e}, backbone lr {blr_w.value:.1e} ...")
-        try:
-            res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value,
-                               seed=seed)
-            fig = _unfreezing_figure(res)
-            _panel_show(out, fig, describe_result(res), "[loss and accuracy per epoch]")
-            results.append(res)
-        except Exception as e:  # shown to the learner, never swallowed
-            _panel_say(out, f"Training failed: {e} ({type(e).__name__})", "stderr", append=True)
-            results.append(e)
-        finally:
-            run.disabled = False
+        res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value, seed=seed)
+        return _unfreezing_figure(res), describe_result(res), res
+
+    def on_click(_=None):
+        ticked = [s for s, b in boxes.items() if b.value]
+        _panel_run(out, results, train, "[loss and accuracy per epoch]", "Training",
+                   f"training head + {', '.join(ticked) or 'no backbone stage'} for {epochs_w.value} "
+                   f"epoch(s), lr {lr_w.value:.1e}, backbone lr {blr_w.value:.1e} ...", run)
 
     run.on_click(on_click)
     panel.controls = SimpleNamespace(stages=boxes, lr=lr_w, backbone_lr=blr_w, epochs=epochs_w, train=run,
