@@ -1,8 +1,10 @@
-"""python -m benchmarks [--smoke] [--only SECTION,...] [--out FILE] [--readme FILE]
+"""python -m benchmarks [--smoke] [--only SECTION,...] [--methods KEY,...] [--out FILE] [--readme FILE]
 
 Runs the benchmarks, prints every figure beside its comparison, writes the results file
 (default benchmarks/results.json) and regenerates benchmarks/RESULTS.md and the README's
 performance table from it. `--only` reruns some sections and keeps the others' results.
+`--methods` reruns some methods of the accuracy protocol and keeps the other methods' rows
+(each row records when it was measured).
 `--smoke` runs everything at tiny sizes (under a minute) into a temporary file: it checks
 that the benchmarks still work and measures nothing worth quoting.
 """
@@ -39,6 +41,8 @@ def parse(argv=None) -> argparse.Namespace:
                    "(default README.md; smoke: none)")
     p.add_argument("--results-md", type=Path, help="full markdown report (default next to the results file)")
     p.add_argument("--seeds", type=int, default=5, help="accuracy protocol seeds")
+    p.add_argument("--methods", help="accuracy: rerun only these method keys (comma-separated), keeping the "
+                   "other rows of the previous accuracy run in the results file")
     p.add_argument("--course-repeats", type=int, default=1, help="times to run the whole course")
     p.add_argument("--report-only", action="store_true", help="only regenerate the markdown from the results file")
     return p.parse_args(argv)
@@ -71,6 +75,9 @@ def main(argv=None) -> int:
     if not args.report_only:
         print(f"[bench] {mode} run of {', '.join(only)}; machine: {machine()}; load {loadavg()}", flush=True)
         kwargs = {"accuracy": {"seeds": args.seeds}, "course": {"repeats": args.course_repeats}}
+        if args.methods:
+            kwargs["accuracy"].update(methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+                                      previous=results["sections"].get("accuracy"))
         t0 = time.perf_counter()
         for name in only:
             print(f"[bench] -- {name}", flush=True)

@@ -34,6 +34,9 @@ PEAK_CELL = (
 TARGET_TOTAL_S = 8 * 60
 TARGET_KERNEL_GB = 3.0
 
+BASELINE_NOTEBOOK = [  # what every kernel pays before a notebook does anything: the imports
+    "import helpers, torch, torchvision, matplotlib.pyplot as plt, numpy as np\nprint(torch.__version__)",
+]
 SMOKE_NOTEBOOK = [
     "from helpers import load_orl, set_seed\nset_seed(0)\nfaces = load_orl()\nprint(len(faces))",
     "import numpy as np\nprint(np.asarray(faces.images[0]).shape)",
@@ -68,7 +71,15 @@ def execute(path: Path, workdir: Path, env: dict[str, str], timeout: int) -> dic
             peak = json.loads(text.split(MARK, 1)[1].strip().splitlines()[0])
     mb = (peak.get("self_kb", 0) + peak.get("children_kb", 0)) / 1024 if peak else None
     return {"seconds": round(seconds, 1), "peak_rss_mb": round(mb, 1) if mb else None,
-            "kernel_rss_mb": round(peak["self_kb"] / 1024, 1) if peak else None, "error": error}
+            "kernel_rss_mb": round(peak["self_kb"] / 1024, 1) if peak else None,
+            "children_rss_mb": round(peak["children_kb"] / 1024, 1) if peak else None, "error": error}
+
+
+def _notebook(cells: list[str]):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
 
 
 def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: list[str] | None = None) -> Section:
@@ -76,11 +87,9 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
         tmp = Path(tmp)
         nbdir = tmp / "notebooks"
         nbdir.mkdir()
+        nbformat.write(_notebook(BASELINE_NOTEBOOK), tmp / "baseline.ipynb")
         if smoke:
-            nb = nbformat.v4.new_notebook()
-            nb.cells = [nbformat.v4.new_code_cell(c) for c in SMOKE_NOTEBOOK]
-            nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-            nbformat.write(nb, nbdir / "00_smoke.ipynb")
+            nbformat.write(_notebook(SMOKE_NOTEBOOK), nbdir / "00_smoke.ipynb")
             paths = [nbdir / "00_smoke.ipynb"]
         else:
             sources = sorted((REPO_ROOT / "notebooks").glob("[0-9]*.ipynb")) if notebooks is None \
@@ -92,6 +101,10 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
         if (REPO_ROOT / "data").exists():
             (tmp / "data").symlink_to(REPO_ROOT / "data")
         runs: list[dict[str, dict]] = []
+        baseline = execute(tmp / "baseline.ipynb", tmp, {"MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+                           timeout)
+        print(f"  [course] baseline kernel (imports only): {fmt_s(baseline['seconds'])}, "
+              f"peak {baseline['peak_rss_mb']} MB", flush=True)
         for r in range(max(1, repeats)):
             cache = tmp / f"cache-{r}"  # a first-time learner's run: empty caches
             env = {"FACE_COURSE_CACHE": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba"),
@@ -110,6 +123,8 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
     names = list(runs[0])
     per_nb = {n: {"seconds": statistics.median(r[n]["seconds"] for r in runs),
                   "peak_rss_mb": max((r[n]["peak_rss_mb"] or 0) for r in runs),
+                  "kernel_rss_mb": max((r[n]["kernel_rss_mb"] or 0) for r in runs),
+                  "children_rss_mb": max((r[n]["children_rss_mb"] or 0) for r in runs),
                   "runs_s": [r[n]["seconds"] for r in runs],
                   "errors": sorted({r[n]["error"] for r in runs if r[n]["error"]})} for n in names}
     totals = [sum(r[n]["seconds"] for n in names) for r in runs]
@@ -119,7 +134,8 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
     failed = [n for n, v in per_nb.items() if v["errors"]]
     sec = Section("Whole course", config={"notebooks": names, "repeats": repeats, "cache": "empty (first run)",
                                           "executor": "nbclient, kernel python3", "timeout_s": timeout})
-    sec.details = {"notebooks": per_nb, "totals_s": [round(t, 1) for t in totals]}
+    sec.details = {"notebooks": per_nb, "totals_s": [round(t, 1) for t in totals],
+                   "baseline_kernel": baseline}
     sec.figures = [
         Figure("course.total", f"All {len(names)} notebooks, executed in order", total, "s",
                "target 8 min", TARGET_TOTAL_S, TARGET_TOTAL_S / total if total else None, "× under target",
@@ -128,6 +144,9 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
                "target 3 GB", TARGET_KERNEL_GB, TARGET_KERNEL_GB / (peak_mb / 1024) if peak_mb else None,
                "× under target", "≤ 3 GB per kernel", peak_mb / 1024 <= TARGET_KERNEL_GB),
     ]
+    sec.notes.append(f"A kernel that only imports helpers, torch, torchvision and matplotlib peaks at "
+                     f"{baseline['peak_rss_mb']:,.0f} MB (torch {__import__('torch').__version__}); "
+                     "each notebook's peak includes that.")
     if failed:
         sec.notes.append(f"notebooks that raised: {', '.join(failed)}")
     return sec

@@ -146,10 +146,12 @@ def results_markdown(results: dict) -> str:
     if "course" in secs:
         s = secs["course"]
         out += ["", "## Whole course", "", _meta(s),
-                "", "| Notebook | Wall time (median) | Runs | Kernel peak memory | Errors |", "|---|---|---|---|---|"]
+                "", "| Notebook | Wall time (median) | Runs | Kernel peak memory | of which child processes | Errors |",
+                "|---|---|---|---|---|---|"]
         for name, v in s["details"]["notebooks"].items():
             out.append(f"| {name} | {fmt_s(v['seconds'])} | {', '.join(fmt_s(x) for x in v['runs_s'])} | "
-                       f"{v['peak_rss_mb']:,.0f} MB | {'; '.join(v['errors']) or ''} |")
+                       f"{v['peak_rss_mb']:,.0f} MB | {v.get('children_rss_mb', 0) or 0:,.0f} MB | "
+                       f"{'; '.join(v['errors']) or ''} |")
     if "head_fit" in secs:
         s = secs["head_fit"]
         d = s["details"]
@@ -167,8 +169,9 @@ def results_markdown(results: dict) -> str:
                     "| Recipe | images/s | runs |", "|---|---|---|"]
             for name, r in v["recipes"].items():
                 rate = r.get("images_per_s")
-                out.append(f"| {name} | {rate if rate is not None else 'failed: ' + r.get('error', '')} | "
-                           f"{r.get('runs', '')} |")
+                shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
+                                                       else "failed: " + r.get("error", ""))
+                out.append(f"| {name} | {shown} | {r.get('runs', '')} |")
     if "accuracy" in secs:
         s = secs["accuracy"]
         d = s["details"]

@@ -163,3 +163,34 @@ def test_within_class_whitening_shrinks_within_person_variation():
     assert ratio(f(x)) < 0.5  # after: shrunk below the differences between people
     same = f(x[y == 0]) @ f(x[y == 0]).T
     assert np.isfinite(same).all()
+
+
+def test_rerunning_some_accuracy_methods_keeps_the_others_rows():
+    from benchmarks.accuracy import _kept_rows
+
+    row = {"id40_k1": {"mean": 80.0, "std": 1.0, "seeds": 5, "runs": [80.0] * 5}}
+    previous = {"started": "2026-01-01T00:00:00", "details": {
+        "seeds": 5, "table": {"raw": row, "frozen": row, "dlib": row},
+        "seconds": {"raw": 1.0, "frozen": 2.0, "dlib": 3.0}, "measured": {"frozen": "2026-01-02T00:00:00"}}}
+    kept = _kept_rows(previous, ["dlib"], ["raw", "frozen", "dlib"], seeds=5)
+    assert sorted(kept) == ["frozen", "raw"]  # dlib is rerun, the others come from `previous`
+    assert kept["frozen"] == (row, 2.0, "2026-01-02T00:00:00") and kept["raw"][2] == "2026-01-01T00:00:00"
+    assert _kept_rows(previous, None, ["raw", "frozen", "dlib"], seeds=5) == {}  # a full run keeps nothing
+    for bad in (dict(only=["nope"], seeds=5), dict(only=["dlib"], seeds=3)):  # unknown key; other seeds
+        with pytest.raises(ValueError):
+            _kept_rows(previous, bad["only"], ["raw", "frozen", "dlib"], seeds=bad["seeds"])
+    with pytest.raises(ValueError):  # a row that the earlier run lacks cannot be kept
+        _kept_rows(previous, ["dlib"], ["raw", "frozen", "probe", "dlib"], seeds=5)
+
+
+def test_share_of_the_gap_to_dlib_only_when_dlib_is_ahead():
+    from benchmarks.accuracy import target_figures
+
+    def table(frozen, tuned, dlib):
+        return {k: {"id40_k1": {"mean": v, "std": 0.0}} for k, v in
+                (("frozen", frozen), ("tuned", tuned), ("dlib", dlib))}
+
+    ahead = target_figures(table(80.0, 90.0, 100.0), {"id40_k1": "tuned"}, True)[0]
+    assert "50 % of the way" in ahead.ratio_label
+    behind = target_figures(table(80.0, 90.0, 70.0), {"id40_k1": "tuned"}, True)[0]
+    assert "of the way" not in behind.ratio_label and "not ahead" in behind.ratio_label
