@@ -2,18 +2,22 @@
 
 Every recipe goes from the same PIL images to the same (N, D) features, preprocessing
 included (the same transform), so images/s is what a learner waits for:
-  * helpers: `helpers.features.compute_features` (eval, inference_mode, channels_last) at its
-    default batch size -- what `extract_features` runs on a cache miss;
+  * helpers: `helpers.features.compute_features` at its default batch size and engine (on a CPU
+    with onnxruntime: the backbone exported to ONNX once and run by ONNX Runtime; else PyTorch
+    eval + inference_mode + channels_last) -- what `extract_features` runs on a cache miss;
+    also its PyTorch engine at each batch size;
   * plain: `model.eval()` and `torch.no_grad()`, contiguous NCHW tensors, the same batch;
   * the search for the fastest recipe: batch sizes, inference_mode / channels_last alone,
-    one thread, TorchScript (trace + freeze), ONNX Runtime. Export/compile time is not counted.
+    one thread, TorchScript (trace + freeze), ONNX Runtime (exported here, independently of the
+    helpers) at each batch size. Export/compile time is not in images/s; the ONNX export's one-off
+    seconds are reported beside it.
 Each recipe: one untimed warm-up batch, then the median of `repeats` timed passes.
 """
 from __future__ import annotations
 
-import inspect
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -22,12 +26,14 @@ import torch
 from PIL import Image
 
 from helpers.backbones import BackboneUnavailable, load_backbone
-from helpers.features import compute_features
+from helpers.features import compute_features, default_batch_size
+from helpers.onnx_backbone import resolve_engine
 from helpers.runtime import threads
 
 from .common import Figure, Section, time_repeats
 
-HELPERS_BATCH = inspect.signature(compute_features).parameters["batch_size"].default
+ENGINE = resolve_engine(None, torch.device("cpu"))  # what compute_features runs on this CPU by default
+HELPERS_BATCH = default_batch_size(ENGINE, torch.device("cpu"))  # ... and its default batch there
 
 
 def _stack(images, transform, start, bs, channels_last=False):
@@ -74,14 +80,20 @@ def torchscript_runner(net, transform, bs, size) -> Callable:
     return run
 
 
-def onnx_runner(net, transform, bs, size, n_threads) -> Callable:
-    import onnxruntime as ort
-
+def onnx_export(net, size) -> Path:
+    """The network exported to a temporary ONNX file (independently of the helpers' own export)."""
     net = _contiguous_format(net.eval())
     path = Path(tempfile.mkdtemp(prefix="bench-onnx-")) / "backbone.onnx"
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(net, torch.randn(1, 3, size, size), str(path), input_names=["x"], output_names=["f"],
                           dynamic_axes={"x": {0: "n"}, "f": {0: "n"}}, opset_version=17, dynamo=False)
+    return path
+
+
+def onnx_runner(path, transform, bs, n_threads) -> Callable:
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = n_threads
     opts.inter_op_num_threads = 1
@@ -117,30 +129,36 @@ def measure_backbone(bb, images, size, repeats, batches, smoke) -> dict:
         print(f"    {name:<44} {'failed: ' + rows[name]['error'] if r is None else f'{r:7.1f} images/s'}",
               flush=True)
 
-    hb = HELPERS_BATCH
+    hb, engine = HELPERS_BATCH, ENGINE
     add(f"helpers extractor (batch {hb})",
         lambda ims: compute_features(bb, ims, batch_size=hb, transform=transform, progress=False),
-        recipe="helpers", batch=hb)
+        recipe="helpers", batch=hb, engine=engine)
     add(f"plain eval + no_grad (batch {hb})",
         lambda ims: plain_loop(_contiguous_format(bb.body), ims, transform, hb), recipe="plain", batch=hb)
     for b in batches:
         if b != hb:
             add(f"helpers extractor (batch {b})",
                 lambda ims, b=b: compute_features(bb, ims, batch_size=b, transform=transform, progress=False),
-                recipe="helpers", batch=b)
+                recipe="helpers", batch=b, engine=engine)
+    if engine != "torch":  # the helpers' PyTorch path, used on a GPU or without onnxruntime
+        for b in batches:
+            add(f"helpers extractor, PyTorch engine (batch {b})",
+                lambda ims, b=b: compute_features(bb, ims, batch_size=b, transform=transform, progress=False,
+                                                  engine="torch"), recipe="helpers-torch", batch=b)
     if not smoke:
         add(f"inference_mode only (batch {hb})",
             lambda ims: variant_loop(_contiguous_format(bb.body), ims, transform, hb, True, False),
             recipe="inference_mode", batch=hb)
         add(f"channels_last only (batch {hb})",
             lambda ims: variant_loop(bb.body, ims, transform, hb, False, True), recipe="channels_last", batch=hb)
-    helpers_rows = {k: v for k, v in rows.items() if v.get("recipe") == "helpers" and v["images_per_s"]}
-    best_b = max(helpers_rows.values(), key=lambda r: r["images_per_s"])["batch"] if helpers_rows else hb
+    torch_rows = {k: v for k, v in rows.items() if v.get("recipe") in ("helpers-torch", "helpers")
+                  and v.get("engine", "torch") == "torch" and v["images_per_s"]}
+    best_b = max(torch_rows.values(), key=lambda r: r["images_per_s"])["batch"] if torch_rows else hb
     if n_threads > 1:
         def one_thread(ims, b=best_b):
             with threads(1):
-                return compute_features(bb, ims, batch_size=b, transform=transform, progress=False)
-        add(f"helpers extractor, 1 thread (batch {best_b})", one_thread, recipe="1 thread", batch=best_b)
+                return compute_features(bb, ims, batch_size=b, transform=transform, progress=False, engine="torch")
+        add(f"PyTorch, 1 thread (batch {best_b})", one_thread, recipe="1 thread", batch=best_b)
     try:
         if smoke:
             raise RuntimeError("not run in smoke mode")
@@ -149,10 +167,15 @@ def measure_backbone(bb, images, size, repeats, batches, smoke) -> dict:
     except Exception as e:
         rows[f"TorchScript trace+freeze (batch {best_b})"] = {"images_per_s": None, "error": str(e)[:160]}
     try:
-        ox = onnx_runner(bb.body, transform, best_b, size, n_threads)
-        add(f"ONNX Runtime, {n_threads} threads (batch {best_b})", ox, recipe="onnxruntime", batch=best_b)
+        t0 = time.perf_counter()
+        path = onnx_export(bb.body, size)
+        rows["(ONNX export, once)"] = {"images_per_s": None, "seconds": round(time.perf_counter() - t0, 2),
+                                       "recipe": "export"}
+        for b in batches:
+            add(f"ONNX Runtime, {n_threads} threads (batch {b})", onnx_runner(path, transform, b, n_threads),
+                recipe="onnxruntime", batch=b)
     except Exception as e:
-        rows[f"ONNX Runtime (batch {best_b})"] = {"images_per_s": None, "error": f"{type(e).__name__}: {str(e)[:160]}"}
+        rows["ONNX Runtime export"] = {"images_per_s": None, "error": f"{type(e).__name__}: {str(e)[:160]}"}
     # preprocessing alone (PIL -> normalised tensor), shared by every recipe
     t = time_repeats(lambda: [transform(im) for im in images], repeats=repeats, warmup=0)
     rows["(preprocessing alone)"] = {"images_per_s": round(len(images) / t.median, 1), "recipe": "preprocessing"}
@@ -170,7 +193,8 @@ def run(smoke: bool = False, backbones=("efficientnet_lite0", "resnet18"), sizes
     images = [faces.images[i % len(faces)] for i in range(n_images)]
     sec = Section("Feature extraction", config={"images": n_images, "repeats": repeats, "batches": list(batches),
                                                 "threads": torch.get_num_threads(),
-                                                "helpers_default_batch": HELPERS_BATCH})
+                                                "helpers_default_batch": HELPERS_BATCH,
+                                                "helpers_engine": ENGINE})
     for name in backbones:
         try:
             bb = load_backbone(name, allow_download=False, verbose=False)
@@ -188,7 +212,7 @@ def run(smoke: bool = False, backbones=("efficientnet_lite0", "resnet18"), sizes
             best_rate = best["images_per_s"]
             sec.details[key]["fastest"] = best_name
             sec.figures.append(Figure(
-                f"extraction.{key}.vs_plain", f"{name} {size}px: helpers extractor (batch {HELPERS_BATCH})",
+                f"extraction.{key}.vs_plain", f"{name} {size}px: helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
                 helpers, "images/s", f"plain eval loop (same batch)", plain, helpers / plain, "× plain"))
             sec.figures.append(Figure(
                 f"extraction.{key}.vs_fastest", f"{name} {size}px: helpers extractor vs fastest recipe",

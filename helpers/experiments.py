@@ -78,7 +78,7 @@ def load_course_data(source: str = "orl", n_known: int = 9, seed: int = 0,
     return CourseData(faces, known, strangers, known_idx, stranger_idx, split, seed)
 
 
-def course_features(backbone: Backbone, faces: FaceSet, batch_size: int = 16) -> torch.Tensor:
+def course_features(backbone: Backbone, faces: FaceSet, batch_size: int | None = None) -> torch.Tensor:
     """Features of every photo in `faces`: computed once per backbone, then read from the cache.
 
     Silent either way (so a notebook prints the same thing on a cold or a warm cache).
@@ -103,7 +103,7 @@ def temporary_cache():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def cache_demo(backbone: Backbone, images: Sequence, batch_size: int = 16) -> tuple[float, float]:
+def cache_demo(backbone: Backbone, images: Sequence, batch_size: int | None = None) -> tuple[float, float]:
     """Extract features twice into a fresh, throw-away cache; print and return both times (s).
 
     The first call always computes (the cache is new), the second always reads the file back,

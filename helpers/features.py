@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .images import image_digest
+from .onnx_backbone import OnnxUnavailable, backbone_session, resolve_engine
 from .runtime import cache_dir, pick_device
 
 
@@ -44,31 +45,65 @@ def atomic_save(obj, path: str | Path) -> None:
         raise
 
 
-def compute_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 32,
-                     transform=None, device: torch.device | str | None = None,
-                     progress: bool = True) -> torch.Tensor:
-    """Features (N, feature_dim) of `images`, in eval mode, inference mode and channels_last.
+def default_batch_size(engine: str, device: torch.device) -> int:
+    """Images per batch that ran fastest in benchmarks/extraction.py: ONNX Runtime and GPUs like big
+    batches (64); eager PyTorch on a CPU is fastest at small ones (8-16: the activations stay in cache)."""
+    return 16 if engine == "torch" and device.type == "cpu" else 64
 
-    The result is an ordinary tensor (like a cache hit), not an inference tensor, so in-place
-    edits and autograd work on it the first time too.
+
+def compute_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int | None = None,
+                     transform=None, device: torch.device | str | None = None,
+                     progress: bool = True, engine: str | None = None) -> torch.Tensor:
+    """Features (N, feature_dim) of `images`, the backbone in eval mode.
+
+    `engine`: 'torch' (inference mode, channels_last) or 'onnxruntime' (the backbone exported
+    once, see `helpers.onnx_backbone`); default: ONNX Runtime on a CPU when it is installed
+    (or $FACE_COURSE_ENGINE). If ONNX Runtime cannot run the backbone, PyTorch does, and one
+    line says why. The result is an ordinary tensor (like a cache hit), not an inference tensor.
     """
     device = pick_device(device)
     transform = transform or backbone.transform()
-    was_training = backbone.training
-    net = backbone.to(device).eval().to(memory_format=torch.channels_last)
+    engine = resolve_engine(engine, device)
+    batch_size = batch_size or default_batch_size(engine, device)
+    run = None
     out = []
-    with torch.inference_mode():
+    was_training = backbone.training
+    try:
         for start in tqdm(range(0, len(images), batch_size), desc=f"features ({backbone.name})",
                           disable=not progress, leave=False):
             batch = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            batch = batch.to(device).contiguous(memory_format=torch.channels_last)
-            out.append(net(batch).float().cpu())
-    backbone.train(was_training)
+            if run is None:
+                run = _runner(backbone, engine, device, batch.shape[-2], batch.shape[-1])
+            out.append(run(batch))
+    finally:
+        backbone.train(was_training)
     # torch.cat outside inference mode turns the inference tensors into an ordinary one
     return torch.cat(out) if out else torch.empty(0, backbone.feature_dim)
 
 
-def extract_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int = 32,
+def _runner(backbone: Backbone, engine: str, device: torch.device, height: int, width: int):
+    """A function batch -> features (float32, CPU) for the chosen engine."""
+    if engine == "onnxruntime":
+        try:
+            session = backbone_session(backbone, height, width, torch.get_num_threads())
+            return lambda batch: torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+        except OnnxUnavailable as e:
+            if str(e) not in _SAID:
+                _SAID.add(str(e))
+                print(f"features: {e}; using PyTorch instead")
+
+    net = backbone.to(device).eval().to(memory_format=torch.channels_last)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return net(batch.to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
+    return run
+
+
+_SAID: set[str] = set()
+
+
+def extract_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int | None = None,
                      transform=None, cache: bool = True, device=None, progress: bool = True,
                      verbose: bool = True) -> torch.Tensor:
     """Like `compute_features`, but read from / written to the on-disk cache.

@@ -481,7 +481,7 @@ def features_for(backbone: Backbone, images: Sequence, size: int | None = None, 
     from .features import extract_features
 
     with threads(n_threads):
-        return extract_features(backbone, list(images), batch_size=16,
+        return extract_features(backbone, list(images),
                                 transform=backbone.transform(size=size or backbone.input_size),
                                 progress=False, verbose=False)
 
