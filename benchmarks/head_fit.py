@@ -19,7 +19,9 @@ import torch
 from helpers import build_model, fit, load_backbone, split_known_strangers, train_head_on_features
 from helpers.data import load_orl
 from helpers.features import compute_features
+from helpers.onnx_backbone import resolve_engine
 from helpers.runtime import threads
+from helpers.training import SMALL_FIT
 from helpers.training import ImageDataset
 
 from .common import Figure, PeakRSS, Section, fmt_s, time_repeats
@@ -28,7 +30,8 @@ GUIDE_GPU_CLAIM_S = (300.0, 600.0)  # "5-10 minutes on GPU" for frozen training
 
 
 def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epochs: int = 3,
-        epochs: int = 50, n_items: int = 900, n_people: int = 9, size: int | None = None) -> Section:
+        epochs: int = 50, n_items: int = 900, n_people: int = 9, size: int | None = None,
+        batch_size: int = 128) -> Section:
     if smoke:
         repeats, guide_epochs, epochs, n_items, size = 2, 1, 3, 18, 64
     bb = load_backbone(backbone, verbose=False)
@@ -45,7 +48,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
 
     def extract():
         torch.manual_seed(0)
-        box["feats"] = compute_features(bb, images, batch_size=16, progress=False,
+        box["feats"] = compute_features(bb, images, progress=False,
                                         transform=bb.transform(train=True, size=size))
 
     with PeakRSS() as mem_extract:
@@ -54,7 +57,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
 
     # ... then the head fitted on the cached vectors (helpers run it on one thread)
     def head_fit():
-        train_head_on_features(feats, labels, epochs=epochs, progress=False)
+        train_head_on_features(feats, labels, epochs=epochs, batch_size=batch_size, progress=False)
 
     with PeakRSS() as mem_head:
         t_head = time_repeats(head_fit, repeats=repeats, warmup=1)
@@ -72,9 +75,9 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
 
     sec = Section("Frozen head fit", config={
         "backbone": bb.describe(), "input_size": size, "people": n_people, "items": n_items,
-        "epochs": epochs, "head": "Linear+BN embedding (512) + ArcFace (s=16, m=0.3), AdamW, batch 64",
-        "head_threads": 1, "guide_batch": 32, "guide_epochs_measured": guide_epochs, "repeats": repeats,
-        "extraction_batch": 16})
+        "epochs": epochs, "head": f"Linear+BN embedding (512) + ArcFace (s=16), fused AdamW, batch {batch_size}",
+        "head_threads": 1 if n_items < SMALL_FIT else threads_n, "guide_batch": 32, "guide_epochs_measured": guide_epochs, "repeats": repeats,
+        "extraction": f"compute_features defaults ({resolve_engine(None, torch.device('cpu'))})"})
     sec.figures = [
         Figure("head_fit.seconds", f"Frozen head fit, {epochs} epochs on {n_items} cached vectors",
                head, "s", f"guide's loop: backbone every epoch ({epochs} × {fmt_s(guide_epoch)}/epoch)",
