@@ -24,9 +24,8 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-# FACE_COURSE_SKIP_BROWSER=1 leaves the browser check out of a run (CI sets it for now: on a
-# loaded 2-core machine notebooks 02, 04 and 05 did not reach their panels within the time
-# budget; see the open widget-test issue). Run it with: python -m pytest tests/browser -s
+# FACE_COURSE_SKIP_BROWSER=1 leaves the browser check out of a run (e.g. a quick local run of the
+# other tests); CI runs it and sets FACE_COURSE_REQUIRE_BROWSER=1 so that it cannot skip there.
 import os
 
 if os.environ.get("FACE_COURSE_SKIP_BROWSER") == "1":
