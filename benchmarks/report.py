@@ -169,8 +169,12 @@ def results_markdown(results: dict) -> str:
                     "| Recipe | images/s | runs |", "|---|---|---|"]
             for name, r in v["recipes"].items():
                 rate = r.get("images_per_s")
-                shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
-                                                       else "failed: " + r.get("error", ""))
+                if r.get("recipe") == "head-to-head":
+                    shown = (f"helpers {r['helpers_images_per_s']} vs {r['fastest']} {r['fastest_images_per_s']}, "
+                             f"{r['rounds']} alternating passes each: {100 * r['ratio']:.0f} %")
+                else:
+                    shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
+                                                           else "failed: " + r.get("error", ""))
                 out.append(f"| {name} | {shown} | {r.get('runs', '')} |")
     if "accuracy" in secs:
         s = secs["accuracy"]

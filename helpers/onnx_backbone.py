@@ -14,6 +14,7 @@ import importlib.util
 import io
 import os
 import warnings
+import weakref
 from collections import OrderedDict
 from pathlib import Path
 
@@ -25,6 +26,7 @@ ENGINES = ("auto", "torch", "onnxruntime")
 KEEP_FILES = 6  # exported backbones kept on disk (the most recently used)
 _SESSIONS: "OrderedDict[tuple, object]" = OrderedDict()
 _KEEP_SESSIONS = 3  # sessions kept in memory (each holds a copy of the weights)
+_DIGESTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> (tensor versions, digest)
 
 
 class OnnxUnavailable(RuntimeError):
@@ -43,12 +45,24 @@ def resolve_engine(engine: str | None, device: torch.device) -> str:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """A short hash of every parameter and buffer: a changed (e.g. fine-tuned) weight gives a new one."""
+    """A short hash of every parameter and buffer: a changed (e.g. fine-tuned) weight gives a new one.
+
+    Hashing 16-45 MB of weights costs tens of milliseconds, so the hash is reused while no tensor
+    was replaced or modified in place (each tensor's version counter, which every optimiser step
+    and load_state_dict advance, is unchanged).
+    """
+    state = module.state_dict()
+    signature = tuple((name, id(t), t.data_ptr(), t._version) for name, t in state.items())
+    known = _DIGESTS.get(module)
+    if known is not None and known[0] == signature:
+        return known[1]
     h = hashlib.sha256()
-    for name, t in module.state_dict().items():
+    for name, t in state.items():
         h.update(name.encode())
         h.update(t.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    _DIGESTS[module] = (signature, digest)
+    return digest
 
 
 def backbone_session(backbone, height: int, width: int, n_threads: int):

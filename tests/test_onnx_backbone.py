@@ -101,3 +101,18 @@ def test_old_exports_are_pruned(orl, fresh, monkeypatch):
     for seed in range(4):
         _features(tiny_backbone(seed), orl.images[:1], "onnxruntime", size=32)
     assert len(list(fresh.glob("*.onnx"))) == 2
+
+
+def test_weights_digest_follows_in_place_changes_and_replaced_tensors():
+    bb = tiny_backbone(0)
+    first = onnx_backbone.weights_digest(bb)
+    assert onnx_backbone.weights_digest(bb) == first  # unchanged: the remembered hash
+    original = bb.body.layer1.bias.detach().clone()
+    with torch.no_grad():
+        bb.body.layer1.bias.add_(1.0)  # in place, as an optimiser step
+    second = onnx_backbone.weights_digest(bb)
+    assert second != first
+    bb.body.layer1.bias = torch.nn.Parameter(original)  # a new tensor holding the old values
+    assert onnx_backbone.weights_digest(bb) == first
+    bb.load_state_dict(tiny_backbone(1).state_dict())  # copied in place
+    assert onnx_backbone.weights_digest(bb) == onnx_backbone.weights_digest(tiny_backbone(1))
