@@ -146,7 +146,7 @@ def results_markdown(results: dict) -> str:
     if "course" in secs:
         s = secs["course"]
         out += ["", "## Whole course", "", _meta(s),
-                "", "| Notebook | Wall time (median) | Runs | Kernel peak memory | of which child processes | Errors |",
+                "", "| Notebook | Wall time (median) | Runs | Kernel peak memory | Child processes (upper bound) | Errors |",
                 "|---|---|---|---|---|---|"]
         for name, v in s["details"]["notebooks"].items():
             out.append(f"| {name} | {fmt_s(v['seconds'])} | {', '.join(fmt_s(x) for x in v['runs_s'])} | "
