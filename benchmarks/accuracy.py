@@ -586,9 +586,11 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, finetune_seeds, f
     sec.details["chosen_on_dev"] = chosen
     sec.figures = target_figures(table, chosen, "dlib" in table)
     dl = next((m for m in methods if isinstance(m, Dlib)), None)
-    if dl is not None:
-        sec.details["dlib_no_face_found"] = dl.fallbacks
-        notes.append(f"dlib found no face (whole photo used as the box) in: {dl.fallbacks} photos")
+    no_face = dl.fallbacks if dl is not None and "dlib" not in kept else \
+        (previous or {}).get("details", {}).get("dlib_no_face_found")
+    if no_face:  # photos per version (clean, degraded per seed) where the HOG detector found no face
+        sec.details["dlib_no_face_found"] = no_face
+        notes.append(f"dlib found no face (whole photo used as the box) in: {no_face} photos")
     if kept:
         notes.append(f"rows kept from an earlier run of the same protocol (accuracy is deterministic per seed): "
                      f"{', '.join(sorted(kept))}; rerun here: {', '.join(k for k in table if k not in kept)}")
