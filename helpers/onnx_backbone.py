@@ -1,4 +1,4 @@
-"""Backbone features through ONNX Runtime on a CPU: the same features as PyTorch (to ~1e-6), faster.
+"""Backbone features through ONNX Runtime on a CPU: the same features as PyTorch (within 2e-5), faster.
 
 On this course's CPUs ONNX Runtime runs EfficientNet-Lite0 about 3x faster than eager PyTorch
 (its depthwise convolutions especially); `benchmarks/extraction.py` measures it. The backbone

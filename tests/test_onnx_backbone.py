@@ -33,7 +33,7 @@ def test_onnxruntime_gives_pytorchs_features(effnet, orl, fresh):
     images = orl.images[:6]
     a, b = _features(effnet, images, "torch"), _features(effnet, images, "onnxruntime")
     assert a.shape == b.shape == (6, 1280) and b.dtype == torch.float32 and not b.is_inference()
-    assert (a - b).abs().max().item() < 1e-3 * a.abs().max().item()
+    assert (a - b).abs().max().item() < 1e-4  # measured: 9e-6 at 224 px, 2e-5 at 112 px (features up to ~6)
     assert len(list(fresh.glob("*.onnx"))) == 1  # exported once ...
     _features(effnet, images[:2], "onnxruntime")
     assert len(list(fresh.glob("*.onnx"))) == 1  # ... and reused
