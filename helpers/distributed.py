@@ -1,0 +1,268 @@
+"""Process groups for torchrun: one code path for 1 process, N processes and N machines.
+
+`torchrun --nproc_per_node=N [--nnodes=M --rdzv-backend=c10d --rdzv-endpoint=HOST:PORT] -m MODULE`
+starts N processes per machine and gives each one RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
+MASTER_ADDR and MASTER_PORT. `init_distributed()` reads them (gloo on CPU, nccl on CUDA); without
+them the program is one plain process and no process group exists. Every collective has a bounded
+timeout, so a rank that dies or hangs ends the run with a message instead of a silent wait.
+
+torch's `nn.SyncBatchNorm` runs on GPUs only; `SyncBatchNorm` here does the same on any device
+(CPU + gloo included), so the CPU tests exercise what a multi-GPU run does.
+"""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .runtime import pick_device
+
+DEFAULT_TIMEOUT_S = 600.0  # NCCL's own default; a collective waiting longer means a rank is gone
+
+
+class DistributedSetupError(RuntimeError):
+    """torchrun's environment cannot be used as asked (e.g. more processes than GPUs)."""
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands: its rank among `world_size`, its device and the backend ('' = none)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str = ""
+    device: torch.device = torch.device("cpu")
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0: the process that logs, evaluates and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def describe(self) -> str:
+        if not self.distributed:
+            return f"1 process on {self.device}"
+        return f"rank {self.rank} of {self.world_size} ({self.backend}, {self.device})"
+
+
+def torchrun_env() -> tuple[int, int, int]:
+    """(RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's variables; (0, 1, 0) when they are absent."""
+    def read(name: str, default: int) -> int:
+        value = os.environ.get(name, "")
+        try:
+            return int(value) if value else default
+        except ValueError:
+            raise DistributedSetupError(f"{name}={value!r} is not an integer; start the program "
+                                        "with torchrun, which sets it") from None
+    return read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
+
+
+def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+    """Join torchrun's process group if there is one; return this process's DistContext.
+
+    `device`: None picks CUDA when present (cuda:LOCAL_RANK under torchrun), else CPU; 'cpu'
+    forces CPU + gloo. `timeout_s` bounds every collective (and the start-up rendezvous).
+    """
+    rank, world, local_rank = torchrun_env()
+    if device is None:
+        want_cuda = torch.cuda.is_available()
+    else:
+        want_cuda = device.startswith("cuda")
+    if world <= 1:
+        return DistContext(device=pick_device(device), timeout_s=timeout_s)
+    if want_cuda:
+        if not torch.cuda.is_available():
+            raise DistributedSetupError(f"device {device!r} asked for but CUDA is not available: "
+                                        "use --device cpu (gloo) or run on a GPU machine")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        if local_world > torch.cuda.device_count():
+            raise DistributedSetupError(
+                f"{local_world} processes on this machine but {torch.cuda.device_count()} visible "
+                f"GPU(s): use torchrun --nproc_per_node={torch.cuda.device_count()} (one per GPU)")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        kwargs = {"device_id": dev} if backend == "nccl" else {}
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistContext(rank, world, local_rank, backend, dev, timeout_s)
+
+
+def shutdown(ctx: DistContext) -> None:
+    """Leave the process group after a successful run (after a failure, just exit)."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op in one process)."""
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
+    """In-place sum of `t` over all ranks (unchanged in one process); returns `t`."""
+    if ctx.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def gather_objects(obj, ctx: DistContext) -> list:
+    """`obj` of every rank, in rank order, on every rank ([obj] in one process)."""
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rng_state() -> dict:
+    """This process's random states (torch CPU and CUDA, Python, NumPy), safe for weights_only loads."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what `rng_state()` returned."""
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def main_print(ctx: DistContext, *args, **kwargs) -> None:
+    """print() on rank 0 only, flushed (log lines of N processes would interleave)."""
+    if ctx.is_main:
+        print(*args, **kwargs, flush=True)
+
+
+def explain_failure(ctx: DistContext, exc: BaseException) -> str:
+    """One line saying which rank failed and why; hints at a dead peer when a collective broke."""
+    msg = " ".join(str(exc).split())[:400] or type(exc).__name__
+    line = f"[rank {ctx.rank}/{ctx.world_size}] failed: {type(exc).__name__}: {msg}"
+    low = msg.lower()
+    if ctx.distributed and any(k in low for k in ("timed out", "timeout", "connection closed",
+                                                  "connection reset", "broken pipe")):
+        line += (f" (a collective waited for another rank, which died or hangs; every collective "
+                 f"is bounded by --timeout-s {ctx.timeout_s:g}: read the other ranks' messages)")
+    return line
+
+
+def fail(ctx: DistContext, exc: BaseException, code: int = 1) -> None:
+    """Report `exc` on stderr and end this process at once, without waiting for the other ranks.
+
+    torchrun sees the non-zero exit and stops the other processes of the run.
+    """
+    line = explain_failure(ctx, exc)
+    print(line, file=sys.stderr, flush=True)
+    if os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary then quotes this line
+        try:
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+            ErrorHandler().record_exception(RuntimeError(line))
+        except Exception:  # noqa: BLE001 - the line above is already printed
+            pass
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter shutdown: a process group's destructor may wait on dead peers
+
+
+# ---------------------------------------------------------------------- SyncBatchNorm on any device
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics cover the whole global batch (every rank), on any device.
+
+    Input (B, C) or (B, C, *); statistics per channel C. Two all-reduces per forward (sum and
+    count, then squared deviations), both differentiable, so the gradient is the one of BatchNorm
+    over the global batch. Without a process group or in eval mode it is `BatchNorm` itself; in a
+    group of one rank, the same numbers by the synchronised path. Same parameters and buffers
+    (and state_dict keys) as BatchNorm.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (B, C, ...), got {tuple(x.shape)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=x.dtype)
+        stats = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:-1] / n
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        centred = x - mean.view(shape)
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - mom).add_(mom * mean.detach())
+                unbiased = var.detach() * n / (n - 1).clamp(min=1)
+                self.running_var.mul_(1 - mom).add_(mom * unbiased)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Replace every trainable BatchNorm in `module` by a synchronised one (in place); returns it.
+
+    CUDA: torch's `nn.SyncBatchNorm`. Other devices: `SyncBatchNorm` above. Frozen BatchNorm
+    layers (no trainable parameter) are left alone: they use fixed running statistics anyway.
+    """
+    for name, child in list(module.named_children()):
+        frozen = not any(p.requires_grad for p in child.parameters(recurse=False))
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not frozen and \
+                not isinstance(child, (SyncBatchNorm, nn.SyncBatchNorm)):
+            if device.type == "cuda":
+                new = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+            else:
+                new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+                new.load_state_dict(child.state_dict())
+                new.train(child.training)
+                for p_new, p_old in zip(new.parameters(), child.parameters()):
+                    p_new.requires_grad_(p_old.requires_grad)
+            setattr(module, name, new.to(device))
+        else:
+            convert_sync_batchnorm(child, device)
+    return module
+

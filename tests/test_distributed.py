@@ -1,0 +1,287 @@
+"""helpers.trainer / helpers.distributed / helpers.streaming on CPU: DDP over 2 gloo processes
+(torchrun) against 1 process, resume after an interruption, and runs that fail loudly and fast.
+
+The torchrun tests start 3 Python processes (the launcher and 2 ranks): ~15-25 s each here,
+mostly imports. They use `ddp_backbone` below, a seeded 32-px network with no randomness.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from helpers.backbones import Backbone
+from helpers.distributed import SyncBatchNorm, convert_sync_batchnorm
+from helpers.streaming import PhotoStream, scan_people
+from helpers.trainer import TrainConfig, TrainError, main, train
+from helpers.training import TrainingDiverged
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_TIMEOUT_S = 180  # a torchrun test taking longer than this has hung
+
+
+def ddp_backbone() -> Backbone:
+    """conv (no bias) -> BN -> ReLU -> conv -> ReLU -> pool: 32 px, 16 features, two stages.
+
+    No parameter here has a gradient that is zero by construction (a bias right before a
+    BatchNorm would: Adam turns its rounding noise into steps of size lr, which differ between
+    1 and 2 processes). `python -m helpers.trainer --backbone tests.test_distributed:ddp_backbone`.
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    body = nn.Sequential(OrderedDict(
+        conv1=nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), bn1=nn.BatchNorm2d(8), relu=nn.ReLU(),
+        layer1=nn.Conv2d(8, 16, 3, stride=2, padding=1), relu1=nn.ReLU(),
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
+    torch.random.set_rng_state(state)
+    stages = OrderedDict(stem=["conv1", "bn1"], layer1=["layer1"])
+    return Backbone(body, stages, 16, "ddp-test", "random init seed 0", "test", input_size=32).eval()
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory, orl):
+    """6 ORL people x 6 photos as small JPEGs in person folders (36 photos: 30 train, 6 val)."""
+    root = tmp_path_factory.mktemp("people")
+    for p in range(6):
+        folder = root / f"person{p}"
+        folder.mkdir()
+        for j, i in enumerate([i for i, lab in enumerate(orl.labels) if lab == p][:6]):
+            orl.images[i].resize((46, 56)).save(folder / f"{j}.jpg", quality=90)
+    return root
+
+
+def config(data: Path, out: Path, **kw) -> TrainConfig:
+    """The test run: both stages train (stem's BatchNorm too), sync BN, augmentation on."""
+    base = dict(data=str(data), out=str(out), backbone="tests.test_distributed:ddp_backbone",
+                stages="all", epochs=3, batch_size=8, lr=3e-3, workers=0, sync_bn=True, threads=1,
+                verbose=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def run(cfg: TrainConfig):
+    """The run in this process (the backbone passed as an object: no import by name)."""
+    return train(cfg, backbone=ddp_backbone())
+
+
+def torchrun(cfg: TrainConfig, nproc: int = 2, env: dict | None = None, timeout: int = RUN_TIMEOUT_S):
+    """`python -m torch.distributed.run --standalone` on helpers.trainer; returns (process, seconds)."""
+    args = []
+    for name, value in vars(cfg).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif value is not None:
+            args += [flag, str(value)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "helpers.trainer", *args]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+    return done, time.perf_counter() - t0
+
+
+def weights(out: Path) -> dict:
+    return torch.load(out / "final.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+# ---------------------------------------------------------------------- streaming
+
+
+def test_scan_people_lists_paths_in_natural_order(tmp_path):
+    for name, n in [("s10", 3), ("s2", 2), ("solo", 1), (".hidden", 4)]:
+        (tmp_path / name).mkdir()
+        for j in range(n):
+            (tmp_path / name / f"{j}.jpg").write_bytes(b"not decoded by scan")
+    (tmp_path / "s2" / ".copy.jpg").write_bytes(b"")
+    index = scan_people(tmp_path)
+    assert index.names == ["s2", "s10"] and len(index) == 5
+    assert any("solo" in n for n in index.notes)
+    train_idx, val_idx = index.split(val_per_person=1, seed=0)
+    assert len(val_idx) == 2 and sorted([*train_idx, *val_idx]) == list(range(5))
+
+
+def test_scan_orl_reads_only_the_pgm_photos():
+    index = scan_people("orl")
+    assert index.num_people == 40 and len(index) == 400
+    assert all(p.endswith(".pgm") for p in index.paths) and index.names[:3] == ["s1", "s2", "s3"]
+
+
+def test_photo_stream_augments_by_epoch_not_by_process(people):
+    index = scan_people(people)
+    transform = ddp_backbone().transform(train=True)
+    a = PhotoStream(index.paths, index.labels, transform, seed=0)
+    b = PhotoStream(index.paths, index.labels, transform, seed=0)
+    torch.manual_seed(123)  # the global RNG does not matter
+    assert torch.equal(a[3][0], b[3][0])
+    b.set_epoch(1)
+    assert not torch.equal(a[3][0], b[3][0]) and a[3][0].shape == (3, 32, 32)
+
+
+# ---------------------------------------------------------------------- SyncBatchNorm
+
+
+@pytest.fixture
+def one_rank_group(tmp_path):
+    """A gloo process group of one rank in this process (SyncBatchNorm then takes its synced path)."""
+    import torch.distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shape", [(6, 5), (4, 3, 5, 5)])
+def test_sync_batchnorm_equals_batchnorm(one_rank_group, shape):
+    """Forward, gradients and running statistics of the all-reduce path = torch's BatchNorm."""
+    torch.manual_seed(0)
+    ref = (nn.BatchNorm1d if len(shape) == 2 else nn.BatchNorm2d)(shape[1])
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5)
+        ref.bias.uniform_(-0.5, 0.5)
+    sync = SyncBatchNorm(shape[1])
+    sync.load_state_dict(ref.state_dict())
+    x = torch.randn(shape) * 3 + 1
+    xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    w = torch.randn(shape)
+    for _ in range(2):
+        (sync(xs) * w).sum().backward()
+        (ref(xr) * w).sum().backward()
+    close = dict(atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sync(xs), ref(xr), **close)
+    torch.testing.assert_close(xs.grad, xr.grad, **close)
+    torch.testing.assert_close(sync.weight.grad, ref.weight.grad, **close)
+    torch.testing.assert_close(sync.bias.grad, ref.bias.grad, **close)
+    torch.testing.assert_close(sync.running_mean, ref.running_mean, **close)
+    torch.testing.assert_close(sync.running_var, ref.running_var, **close)
+    assert int(sync.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+
+
+def test_convert_leaves_frozen_batchnorm_alone():
+    net = nn.Sequential(nn.BatchNorm1d(4), nn.BatchNorm1d(4))
+    net[0].requires_grad_(False)
+    keys = set(net.state_dict())
+    convert_sync_batchnorm(net, torch.device("cpu"))
+    assert type(net[0]) is nn.BatchNorm1d and isinstance(net[1], SyncBatchNorm)
+    assert set(net.state_dict()) == keys
+
+
+# ---------------------------------------------------------------------- one vs two processes
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_end_with_the_weights_of_one(people, tmp_path):
+    """Same global batch (8 = 2 x 4) and seed: the 2-process weights equal the 1-process ones to 1e-5.
+
+    Why equality is expected: DistributedSampler(seed, drop_last) shuffles once for everybody and
+    rank r takes every W-th photo, so the k-th batches of the ranks together are exactly the k-th
+    batch of one process; each photo's augmentation is seeded by (seed, epoch, photo), not by
+    the process; DDP averages the ranks' gradients of their mean losses = the gradient of the
+    mean over the global batch. BatchNorm in train mode would break this (statistics over 4
+    photos per rank instead of 8): `--sync-bn` makes every trainable BatchNorm (the stem's and
+    the embedding's) use the statistics of all 8, with the matching gradient. The embedding's
+    Linear bias, whose gradient is zero up to rounding, is frozen by the trainer. What is left is
+    float summation order: ~1e-6 after 9 AdamW steps. DataLoader workers (1 vs 0) change nothing.
+    """
+    one = run(config(people, tmp_path / "one"))
+    done, secs = torchrun(config(people, tmp_path / "two", workers=1))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert max_difference(weights(tmp_path / "one"), weights(tmp_path / "two")) < 1e-5
+    hist_two = torch.load(tmp_path / "two" / "final.pt", weights_only=True)["history"]
+    assert len(one.history["step_loss"]) == len(hist_two["step_loss"]) == 9
+    assert max(abs(a - b) for a, b in zip(one.history["step_loss"], hist_two["step_loss"])) < 1e-5
+    assert one.world_size == 1 and secs < RUN_TIMEOUT_S
+
+
+# ---------------------------------------------------------------------- resume
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_weights(people, tmp_path, monkeypatch):
+    """A crash in epoch 2 (after epoch 1's checkpoint), then --resume: bit-identical final weights."""
+    full = run(config(people, tmp_path / "full"))
+    monkeypatch.setenv("FACE_COURSE_FAULT", "rank=0,epoch=1,step=1,kind=raise")
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run(config(people, tmp_path / "cut"))
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epochs_done"] == 1 and not (tmp_path / "cut" / "final.pt").exists()
+    monkeypatch.delenv("FACE_COURSE_FAULT")
+    resumed = run(config(people, tmp_path / "cut", resume=True))
+    assert resumed.resumed_at_epoch == 1
+    assert max_difference(weights(tmp_path / "full"), weights(tmp_path / "cut")) == 0.0
+    assert resumed.history["step_loss"] == full.history["step_loss"]
+    assert not list((tmp_path / "cut").glob("*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(people, tmp_path):
+    run(config(people, tmp_path, epochs=1))
+    with pytest.raises(TrainError, match="lr: checkpoint 0.003, now 0.01"):
+        run(config(people, tmp_path, epochs=1, lr=1e-2, resume=True))
+
+
+# ---------------------------------------------------------------------- failing loudly
+
+
+def test_nan_loss_stops_with_a_clear_message(people, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACE_COURSE_FAULT", "rank=0,epoch=0,step=2,kind=nan")
+    with pytest.raises(TrainingDiverged, match=r"NaN/inf at epoch 1 step 3 .*lower --lr"):
+        run(config(people, tmp_path))
+
+
+def test_cli_reports_a_bad_setting_in_one_line(people, tmp_path, capfd, monkeypatch):
+    def leave(code):  # fail() ends the process with os._exit: here it must only raise
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "_exit", leave)
+    monkeypatch.syspath_prepend(str(REPO))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(people), "--out", str(tmp_path), "--stages", "layer9", "--batch-size", "8",
+              "--backbone", "tests.test_distributed:ddp_backbone"])
+    assert exit_info.value.code == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("[rank 0/1] failed: TrainError: --stages: ['layer9'] not in")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["raise", "hang"])
+def test_a_failing_rank_fails_the_run_quickly(people, tmp_path, kind):
+    """Rank 1 raises (or hangs) at its 2nd step: torchrun exits non-zero with the reason, no hang.
+
+    'raise': rank 0's all-reduce sees the closed connection, both ranks report, torchrun stops.
+    'hang': rank 0's all-reduce times out after --timeout-s 5 and says why.
+    """
+    done, secs = torchrun(config(people, tmp_path, timeout_s=5.0),
+                          env={"FACE_COURSE_FAULT": f"rank=1,epoch=0,step=1,kind={kind}"})
+    out = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert secs < 90, f"took {secs:.0f} s"
+    if kind == "raise":
+        assert "[rank 1/2] failed: RuntimeError: injected fault on rank 1" in out
+    else:
+        assert "[rank 0/2] failed" in out and "--timeout-s 5" in out
+    assert not (tmp_path / "final.pt").exists()
+
+
+# ---------------------------------------------------------------------- GPU check script
+
+
+def test_gpu_check_without_a_gpu_runs_nothing_and_succeeds(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    assert capsys.readouterr().out.startswith("no CUDA device: nothing run")
