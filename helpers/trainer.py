@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .backbones import Backbone, BackboneUnavailable, load_backbone
 from .data import FaceDataError
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, all_reduce_sum,
-                          convert_sync_batchnorm, fail, gather_objects, init_distributed, main_print,
+                          convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed, main_print,
                           rng_state, set_rng_state, shutdown)
 from .model import FaceModel, build_model, set_trainable_stages
 from .runtime import set_seed
@@ -413,19 +413,26 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: 0 on success, 2 for a setting or data problem, 1 for any other failure."""
+    """CLI entry point: 0 on success, 2 for a setting or data problem, 1 for any other failure.
+
+    One process returns the status after one line on stderr; a rank of several ends its process
+    at once (`distributed.fail`) so that no rank waits on another.
+    """
     cfg = parse_args(argv)
     ctx = DistContext()
     try:
         ctx = init_distributed(cfg.device, cfg.timeout_s)
         result = train(cfg, ctx=ctx)
-    except (TrainError, FaceDataError, BackboneUnavailable, DistributedSetupError, TrainingDiverged) as e:
-        fail(ctx, e, code=2)
-    except BaseException as e:  # noqa: BLE001 - every rank reports, then leaves without waiting
-        if not os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary shows it otherwise
+    except Exception as e:  # noqa: BLE001 - every rank reports, then leaves without waiting
+        code = 2 if isinstance(e, (TrainError, FaceDataError, BackboneUnavailable, DistributedSetupError,
+                                   TrainingDiverged)) else 1
+        if code == 1 and not os.environ.get("TORCHELASTIC_ERROR_FILE"):  # torchrun's summary has it
             import traceback
             traceback.print_exc()
-        fail(ctx, e, code=1)
+        if ctx.distributed:
+            fail(ctx, e, code)
+        print(explain_failure(ctx, e), file=sys.stderr, flush=True)
+        return code
     main_print(ctx, f"trainer: done; {result.images_per_s:.1f} images/s; weights in {result.out / 'final.pt'}")
     shutdown(ctx)
     return 0
