@@ -69,11 +69,36 @@ def internet_reachable(host: str = "download.pytorch.org", timeout_s: float = 3.
     return bool(result and result[0])
 
 
+def keep_frozen_in_eval(module: nn.Module, all_batchnorm: bool = False) -> nn.Module:
+    """Put every frozen part of `module` in eval mode; call it after `module.train()`.
+
+    A part is frozen when it holds parameters and none of them requires a gradient: then its
+    BatchNorm layers normalise with their stored statistics (and do not update them) and its
+    dropout / drop-connect is off. `all_batchnorm=True` also keeps every BatchNorm layer of
+    trainable parts in eval mode (they still learn their scale and shift). The one freezing rule
+    of the course: used by `Backbone`, `BackboneTail` and `FineTuneModel`.
+    """
+    def visit(m: nn.Module) -> None:
+        params = list(m.parameters())
+        if params and not any(p.requires_grad for p in params):
+            m.eval()
+            return
+        if all_batchnorm and isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+        for child in m.children():
+            visit(child)
+
+    visit(module)
+    return module
+
+
 class Backbone(nn.Module):
     """A pretrained network without its classifier: images (B,3,H,W) -> features (B, feature_dim).
 
-    Frozen BatchNorm layers stay in eval mode when `.train()` is called, so their running
-    statistics never move (set `keep_frozen_bn_eval=False` to see what goes wrong otherwise).
+    Frozen parts stay in eval mode when `.train()` is called (`keep_frozen_in_eval`): their
+    BatchNorm running statistics never move and their dropout / drop-connect stays off, so a
+    frozen stage computes exactly what it computed before training. Set `keep_frozen_bn_eval =
+    False` to see what goes wrong otherwise.
     """
 
     def __init__(self, body: nn.Module, stages: "OrderedDict[str, list[str]]", feature_dim: int,
@@ -128,11 +153,7 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.keep_frozen_bn_eval:
-            for m in self.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    params = list(m.parameters())
-                    if params and not any(p.requires_grad for p in params):
-                        m.eval()
+            keep_frozen_in_eval(self)
         return self
 
     # ------------------------------------------------------------------ preprocessing

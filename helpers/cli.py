@@ -22,9 +22,9 @@ class CliError(Exception):
 
 
 def _threads(n: int | None) -> int:
-    import torch
+    from .runtime import default_threads
 
-    return n if n else min(2, torch.get_num_threads())
+    return n if n else default_threads()
 
 
 def _load_data(source: str, crop_faces: bool = False):
@@ -50,7 +50,7 @@ def _say(msg: str) -> None:
 
 def cmd_train(args) -> int:
     from .backbones import load_backbone
-    from .recognizer import train_recognizer
+    from .recognizer_pipeline import train_recognizer
 
     faces = _load_data(args.data, args.crop_faces)
     if faces.report.skipped or faces.report.notes:
@@ -128,7 +128,7 @@ def cmd_recognize(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .backbones import load_backbone
-    from .recognizer import evaluate_protocol
+    from .recognizer_pipeline import evaluate_protocol
 
     faces = _load_data(args.data, args.crop_faces)
     if not 2 <= args.known <= faces.num_people:
@@ -137,16 +137,23 @@ def cmd_evaluate(args) -> int:
     backbone = load_backbone(args.backbone, verbose=False)
     if not args.json:
         _say(f"backbone: {backbone.describe()}")
+    degrade = None
+    if args.degrade:
+        from .degrade import degrade as _degrade
+
+        def degrade(img, index, seed=args.seed):
+            return _degrade(img, seed, index)
     res = evaluate_protocol(faces, backbone, n_known=args.known, shots=args.shots, seed=args.seed,
                             size=args.size, method=args.method, epochs=args.epochs,
-                            n_threads=_threads(args.threads))
-    res = {"data": args.data, **res}
+                            n_threads=_threads(args.threads), degrade=degrade)
+    res = {"data": args.data, **res, "degraded_queries": bool(args.degrade)}
     if args.json:
         print(json.dumps(res, indent=1))
     else:
         osr = res["open_set"]
         print(f"{res['known']} known people ({res['photos']['train']} training photos, {res['shots'] or 'all'} "
-              f"per person), {res['method']}, {res['backbone']} at {res['input_size']} px, seed {res['seed']}")
+              f"per person), {res['method']}, {res['backbone']} at {res['input_size']} px, seed {res['seed']}"
+              + (", query photos degraded" if res["degraded_queries"] else ""))
         print(f"accuracy on known people's test photos: {100 * res['accuracy']:.1f} %")
         print(f"EER ({res['eer_on']}): {100 * res['eer']:.1f} %")
         print(f"open set at threshold {osr['threshold']:.2f} ({res['threshold_from']}): named right "
@@ -180,22 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     prog = invoked if invoked and invoked not in ("__main__.py", "-c") else "python -m helpers"
     p = argparse.ArgumentParser(prog=prog,
                                 description="Face recognition by transfer learning: the course's recogniser.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{train,recognize,evaluate}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{train,recognize,evaluate,finetune}")
+    from .backbones import BACKBONES
+    from .recognizer_pipeline import DEFAULT_METHOD, METHODS
 
     def common(sp, data: bool = True):
         if data:
             sp.add_argument("--data", required=True, help="folder with one sub-folder per person, or 'orl'")
-            sp.add_argument("--backbone", default="auto", choices=["auto", "resnet18", "efficientnet_lite0"])
+            sp.add_argument("--backbone", default="auto", choices=BACKBONES)
             sp.add_argument("--size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-            sp.add_argument("--method", default="raw", choices=["raw", "head"],
-                            help="raw (default): enrol the frozen backbone's features as they are; head: train "
-                                 "an embedding + ArcFace head on them first. On ORL (3-9 people) raw rejected "
-                                 "strangers better and a head trained on few people took strangers for them "
-                                 "(see notebook 06)")
+            sp.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+                            help=f"{DEFAULT_METHOD} (default; won on the benchmark's development people): "
+                                 "frozen features of several layers + mirror test-time augmentation + "
+                                 "within-class whitening fitted on the photos and augmented views of them; "
+                                 "head: train an embedding + ArcFace head on the frozen features; raw: enrol "
+                                 "the frozen features as they are (see benchmarks/RESULTS.md, notebook 06)")
             sp.add_argument("--epochs", type=int, default=30)
             sp.add_argument("--seed", type=int, default=0)
             sp.add_argument("--crop-faces", action="store_true", help="cut each photo to its largest face first")
-        sp.add_argument("--threads", type=int, default=None, help="torch threads (default 2)")
+        sp.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available, at most 8)")
 
     t = sub.add_parser("train", help="train a recogniser on a folder of people and save it as one file")
     common(t)
@@ -220,12 +230,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--known", type=int, default=9, help="people to recognise; the others are strangers")
     e.add_argument("--shots", type=int, default=None, help="training photos per known person (default all)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
+    e.add_argument("--degrade", action="store_true",
+                   help="degrade the query photos mildly (rotation <= 10 deg, brightness/contrast +-25 %%, "
+                        "blur, JPEG 60-90; helpers.degrade), enrolment photos stay as they are")
     e.set_defaults(func=cmd_evaluate)
+
+    sub.add_parser("finetune", add_help=False,
+                   help="train the face model end to end (frozen, some stages or all), in one process or "
+                        "under torchrun; 'finetune --help' lists its options (same as python -m helpers.trainer)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m helpers` and the `face-course` script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["finetune"]:  # its own parser: the options of helpers.trainer, passed through
+        from .trainer import main as trainer_main
+
+        return trainer_main(argv[1:])
     args = build_parser().parse_args(argv)
     from .backbones import BackboneUnavailable
     from .data import FaceDataError

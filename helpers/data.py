@@ -417,3 +417,15 @@ def split_per_person(labels, val: float = 0.2, test: float = 0.3, shots: int | N
         train += rest.tolist()
     return Split(np.array(sorted(train), dtype=int), np.array(sorted(val_idx), dtype=int),
                  np.array(sorted(test_idx), dtype=int))
+
+
+def split_people(labels, frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two disjoint groups of people (e.g. strangers for choosing a threshold / for testing)."""
+    labels = np.asarray(labels)
+    people = np.unique(labels)
+    if len(people) < 2:
+        raise ValueError("need at least two people to split them into two groups")
+    rng = np.random.default_rng(seed)
+    first = rng.choice(people, size=max(1, int(round(frac * len(people)))), replace=False)
+    a = np.isin(labels, first)
+    return np.flatnonzero(a), np.flatnonzero(~a)

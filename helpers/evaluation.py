@@ -1,14 +1,19 @@
-"""Measuring a face model: accuracy, confusion, verification (ROC, EER, TAR@FAR) and open set."""
+"""Measuring a face model: accuracy, confusion, verification (ROC, EER, TAR@FAR) and open set.
+
+The one implementation of the course's measures: EER from the full ROC (`eer_from_roc`), one
+threshold rule (`eer_threshold`) and one open-set report (`OpenSetReport`).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
+from .runtime import run_batched
 from .training import evaluate_logits
 
 
@@ -26,19 +31,14 @@ def predict(model, x) -> np.ndarray:
     return _np(evaluate_logits(model, x).argmax(1))
 
 
-@torch.no_grad()
 def embed(model, x, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised embeddings of features (tensor) or an ImageDataset, in eval mode."""
-    from torch.utils.data import DataLoader
+    """L2-normalised embeddings (N, 512) of features (N, D) or an image Dataset, in eval mode."""
     was = model.training
     model.eval()
-    device = next(model.parameters()).device
-    if isinstance(x, torch.Tensor):
-        out = [model.embed(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
-    else:
-        out = [model.embed(xb.to(device)).cpu() for xb, _ in DataLoader(x, batch_size=batch_size)]
-    model.train(was)
-    return torch.cat(out).numpy()
+    try:
+        return run_batched(model.embed, x, batch_size, next(model.parameters()).device).numpy()
+    finally:
+        model.train(was)
 
 
 def accuracy(y_true, y_pred) -> float:
@@ -55,9 +55,9 @@ def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
 
 
 def nearest_neighbour_predict(gallery_x, gallery_y, query_x) -> np.ndarray:
-    """1-nearest-neighbour by cosine similarity."""
-    sims = l2_normalize(query_x) @ l2_normalize(gallery_x).T
-    return _np(gallery_y)[sims.argmax(1)]
+    """1-nearest-neighbour by cosine distance (scikit-learn): gallery (G, D), labels (G,), queries (Q, D) -> (Q,)."""
+    knn = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
+    return knn.fit(_np(gallery_x), _np(gallery_y)).predict(_np(query_x))
 
 
 def nearest_neighbour_accuracy(gallery_x, gallery_y, query_x, query_y) -> float:
@@ -97,17 +97,37 @@ class Verification:
                 f"TAR {100 * self.tar_at_far:.1f} % at FAR {100 * self.far:g} % over {self.num_pairs:,} pairs")
 
 
+def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
+    """(equal error rate, its threshold) where the ROC crosses FNR = FPR, linearly interpolated.
+
+    `fpr`, `tpr`, `thresholds`: the full ROC (sklearn `roc_curve(..., drop_intermediate=False)`),
+    FPR non-decreasing. Between the two ROC points that bracket the crossing, FPR and FNR are
+    interpolated linearly, so the EER does not depend on which points sklearn kept.
+    """
+    fnr = 1 - tpr
+    d = fnr - fpr  # starts >= 0 (threshold above every score), ends <= 0
+    k = int(np.flatnonzero(d <= 0)[0]) if (d <= 0).any() else len(d) - 1
+    if k == 0 or d[k] == 0:
+        return float((fpr[k] + fnr[k]) / 2), float(min(thresholds[k], 1.0))
+    w = d[k - 1] / (d[k - 1] - d[k])  # fraction of the way from point k-1 to k where d = 0
+    eer = fpr[k - 1] + w * (fpr[k] - fpr[k - 1])
+    t_hi = min(thresholds[k - 1], 1.0)
+    return float(eer), float(t_hi + w * (thresholds[k] - t_hi))
+
+
 def verification(emb, labels, far: float = 0.01) -> Verification:
-    """ROC, AUC, equal error rate and true-accept rate at a false-accept rate, over all pairs."""
+    """ROC, AUC, equal error rate and true-accept rate at a false-accept rate, over all pairs i < j.
+
+    emb: (N, D) embeddings (normalised here); labels: (N,) person ids. EER and TAR come from the
+    full ROC with linear interpolation (`eer_from_roc`).
+    """
     scores, same = pair_scores(emb, labels)
     if same.all() or not same.any():
         raise ValueError("verification needs pairs of the same person and of different people")
-    fpr, tpr, thr = roc_curve(same, scores)
-    fnr = 1 - tpr
-    k = int(np.nanargmin(np.abs(fnr - fpr)))
-    eer = float((fpr[k] + fnr[k]) / 2)
+    fpr, tpr, thr = roc_curve(same, scores, drop_intermediate=False)
+    eer, eer_t = eer_from_roc(fpr, tpr, thr)
     tar = float(np.interp(far, fpr, tpr))
-    return Verification(float(roc_auc_score(same, scores)), eer, float(thr[k]), tar, far, fpr, tpr, len(scores))
+    return Verification(float(roc_auc_score(same, scores)), eer, eer_t, tar, far, fpr, tpr, len(scores))
 
 
 def class_centroids(emb, labels, num_classes: int | None = None) -> np.ndarray:
@@ -118,40 +138,96 @@ def class_centroids(emb, labels, num_classes: int | None = None) -> np.ndarray:
 
 
 @dataclass
-class OpenSet:
-    """Known people accepted (and named right) vs strangers rejected, at one threshold."""
+class OpenSetReport:
+    """Every kind of answer at one threshold (fractions): known people named right, given a wrong
+    name or called unknown; strangers rejected or taken for someone (the dangerous mistake)."""
 
+    known_correct: float
+    known_wrong_name: float
+    known_rejected: float
+    strangers_rejected: float   # NaN when there were no stranger photos
+    strangers_accepted: float
     threshold: float
-    known_accepted: float      # known photos whose best score passes the threshold
-    known_correct: float       # ... and are given the right name
-    strangers_rejected: float  # stranger photos whose best score stays below it
+
+    @property
+    def known_accepted(self) -> float:
+        """Known photos whose best score passes the threshold (right name or not)."""
+        return self.known_correct + self.known_wrong_name
 
     def __str__(self) -> str:
-        return (f"threshold {self.threshold:.2f}: known people accepted {100 * self.known_accepted:.1f} % "
-                f"(named right {100 * self.known_correct:.1f} %), strangers rejected "
-                f"{100 * self.strangers_rejected:.1f} %")
+        return (f"threshold {self.threshold:.2f}: known people named right {100 * self.known_correct:.1f} %, "
+                f"wrong name {100 * self.known_wrong_name:.1f} %, called unknown {100 * self.known_rejected:.1f} %; "
+                f"strangers rejected {100 * self.strangers_rejected:.1f} %, "
+                f"taken for someone {100 * self.strangers_accepted:.1f} %")
+
+    def as_dict(self) -> dict:
+        return {k: round(float(v), 4) for k, v in self.__dict__.items()}
 
 
 def best_match(gallery: np.ndarray, query) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the closest gallery entry, its cosine score) for each query."""
+    """(index of the closest gallery entry (N,), its cosine score (N,)) for queries (N, D)."""
     sims = l2_normalize(query) @ l2_normalize(gallery).T
     return sims.argmax(1), sims.max(1)
 
 
-def open_set(gallery: np.ndarray, known_emb, known_labels, stranger_emb, threshold: float) -> OpenSet:
-    """Rates at `threshold` for a gallery of person centroids."""
+def open_set_rates(known_score, known_right, stranger_score, threshold: float) -> OpenSetReport:
+    """The open-set report from best-match scores: known photos' scores (N,) and whether their best
+    match is the right person (N,), strangers' best scores (M,; may be empty)."""
+    known_score, known_right = np.asarray(known_score, float), np.asarray(known_right, bool)
+    stranger_score = np.asarray(stranger_score, float)
+    if len(known_score) == 0:
+        raise ValueError("open-set rates need photos of known people")
+    ok = known_score >= threshold
+    s_rej = float((stranger_score < threshold).mean()) if len(stranger_score) else float("nan")
+    return OpenSetReport(float((ok & known_right).mean()), float((ok & ~known_right).mean()), float((~ok).mean()),
+                         s_rej, 1 - s_rej, float(threshold))
+
+
+def open_set(gallery: np.ndarray, known_emb, known_labels, stranger_emb, threshold: float) -> OpenSetReport:
+    """Open-set report for a gallery (people, D) of person centroids at `threshold`."""
     idx, score = best_match(gallery, known_emb)
-    _, s_score = best_match(gallery, stranger_emb)
-    ok = score >= threshold
-    return OpenSet(float(threshold), float(ok.mean()), float((ok & (idx == _np(known_labels))).mean()),
-                   float((s_score < threshold).mean()))
+    s_score = best_match(gallery, stranger_emb)[1] if stranger_emb is not None and len(stranger_emb) else []
+    return open_set_rates(score, idx == _np(known_labels), s_score, threshold)
 
 
-def choose_threshold(gallery: np.ndarray, known_emb, stranger_emb) -> float:
-    """Threshold where known-accepted equals strangers-rejected (validation data only)."""
-    _, k = best_match(gallery, known_emb)
+def eer_threshold(genuine, impostor) -> float:
+    """The course's one threshold rule: where false rejects of `genuine` scores equal false accepts
+    of `impostor` scores (ties: the smallest total error, then the lowest threshold).
+
+    Placed halfway between two neighbouring observed scores, so that when the two groups do not
+    overlap it sits in the middle of the gap rather than on the lowest genuine score.
+    """
+    genuine, impostor = np.sort(np.asarray(genuine, float)), np.sort(np.asarray(impostor, float))
+    if len(genuine) == 0 or len(impostor) == 0:
+        raise ValueError("choosing a threshold needs genuine and impostor scores")
+    scores = np.unique(np.r_[genuine, impostor])
+    frr = np.searchsorted(genuine, scores, side="left") / len(genuine)           # genuine < t
+    far = 1 - np.searchsorted(impostor, scores, side="left") / len(impostor)     # impostor >= t
+    diff = np.abs(frr - far)
+    best = np.flatnonzero(diff == diff.min())
+    total = (frr + far)[best]
+    i = int(best[total == total.min()][0])
+    below = scores[i - 1] if i > 0 else scores[i] - 1e-3
+    return float(np.clip((below + scores[i]) / 2, -1.0, 1.0))
+
+
+def threshold_from_strangers(gallery: np.ndarray, known_emb, known_labels, stranger_emb) -> float:
+    """`eer_threshold` between known photos accepted as the right person and strangers rejected.
+
+    Use validation photos and strangers who are not the test strangers: never the test data.
+    """
+    idx, k = best_match(gallery, known_emb)
+    k = np.where(idx == _np(known_labels), k, -1.0)  # a wrong name is not a correct accept
     _, s = best_match(gallery, stranger_emb)
-    y = np.r_[np.ones(len(k)), np.zeros(len(s))]
-    fpr, tpr, thr = roc_curve(y, np.r_[k, s])
-    i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
-    return float(min(thr[i], 1.0))
+    return eer_threshold(k, s)
+
+
+def threshold_without_strangers(gallery: np.ndarray, emb, labels) -> float:
+    """`eer_threshold` when no stranger photos exist: each held-out photo scored against the other
+    people only plays a stranger (a known person missing from the gallery)."""
+    emb, labels = l2_normalize(emb), _np(labels)
+    sims = emb @ l2_normalize(gallery).T
+    genuine = sims[np.arange(len(labels)), labels]
+    others = sims.copy()
+    others[np.arange(len(labels)), labels] = -np.inf
+    return eer_threshold(genuine, others.max(1))

@@ -6,10 +6,7 @@ image, so a changed photo (or another backbone or input size) computes new featu
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -18,31 +15,19 @@ from tqdm.auto import tqdm
 
 from .backbones import Backbone
 from .images import image_digest
-from .onnx_backbone import OnnxUnavailable, backbone_session, resolve_engine
+from .io import atomic_save
+from .onnx_backbone import OnnxUnavailable, backbone_session, resolve_engine, weights_digest
 from .runtime import cache_dir, pick_device
 
 
 def _key(backbone: Backbone, images: Sequence[Image.Image], transform_repr: str) -> str:
     h = hashlib.sha256()
     h.update(backbone.cache_key().encode())
+    h.update(weights_digest(backbone).encode())  # a fine-tuned or edited backbone never reads stale features
     h.update(transform_repr.encode())
     for img in images:
         h.update(image_digest(img).encode())
     return h.hexdigest()[:24]
-
-
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def default_batch_size(engine: str, device: torch.device) -> int:

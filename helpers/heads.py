@@ -1,7 +1,12 @@
 """Classification heads over L2-normalised embeddings: ArcFace, CosFace and normalised softmax.
 
 All heads hold one weight vector per person and compute cos(theta) = <e/|e|, w/|w|>.
-With labels they return training logits (margin on the true class); without, s * cos(theta).
+Input: embeddings (B, embedding_dim), optional integer labels (B,). Output: logits
+(B, num_classes): in training mode with labels, the true class gets the margin; otherwise
+s * cos(theta). Use them like any classifier in a loop of your own:
+
+    head = ArcFaceHead(512, num_classes, s=16.0, m=0.3)
+    loss = F.cross_entropy(head(embedding(x), y), y)
 """
 from __future__ import annotations
 
@@ -20,12 +25,16 @@ class CosineHead(nn.Module):
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0):
         super().__init__()
+        if int(embedding_dim) < 1 or int(num_classes) < 1:
+            raise ValueError(f"embedding_dim and num_classes must be >= 1, got {embedding_dim} and {num_classes}")
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"scale s must be a positive number, got {s}")
         self.weight = nn.Parameter(torch.empty(num_classes, embedding_dim))
         nn.init.xavier_uniform_(self.weight)
         self.s = float(s)
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
-        """cos(theta) between each embedding and each class weight, clamped to [-1, 1]."""
+        """cos(theta) (B, num_classes) between each embedding (B, D) and each class weight, in [-1, 1]."""
         return F.linear(F.normalize(emb, dim=1), F.normalize(self.weight, dim=1)).clamp(-1.0, 1.0)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
@@ -33,6 +42,7 @@ class CosineHead(nn.Module):
         return cos
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """emb (B, D), labels (B,) or None -> logits (B, num_classes)."""
         cos = self.cosine(emb)
         if labels is None or not self.training:
             return self.s * cos
@@ -55,6 +65,8 @@ class ArcFaceHead(CosineHead):
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0, m: float = 0.3,
                  easy_margin: bool = False):
         super().__init__(embedding_dim, num_classes, s)
+        if not (math.isfinite(m) and 0 <= m < math.pi / 2):
+            raise ValueError(f"ArcFace margin m is an angle in radians in [0, pi/2), got {m}")
         self.m, self.easy_margin = float(m), bool(easy_margin)
         self.cos_m, self.sin_m = math.cos(m), math.sin(m)
         self.th = math.cos(math.pi - m)
@@ -76,6 +88,8 @@ class CosFaceHead(CosineHead):
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0, m: float = 0.2):
         super().__init__(embedding_dim, num_classes, s)
+        if not (math.isfinite(m) and 0 <= m < 1):
+            raise ValueError(f"CosFace margin m is subtracted from a cosine: give 0 <= m < 1, got {m}")
         self.m = float(m)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:

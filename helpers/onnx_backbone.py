@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from .io import atomic_write_bytes, onnx_session
 from .runtime import cache_dir
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -80,8 +81,6 @@ def backbone_session(backbone, height: int, width: int, n_threads: int):
         _export(backbone, height, width, path)
     path.touch()  # most recently used: kept by _prune
     _prune(folder)
-    from .recognizer import onnx_session
-
     try:
         session = onnx_session(path, n_threads)
     except Exception as e:  # e.g. a damaged file: say so, PyTorch takes over
@@ -93,8 +92,6 @@ def backbone_session(backbone, height: int, width: int, n_threads: int):
 
 
 def _export(backbone, height: int, width: int, path: Path) -> None:
-    from .recognizer import _atomic_bytes
-
     was_training = backbone.training
     buf = io.BytesIO()
     try:
@@ -108,7 +105,7 @@ def _export(backbone, height: int, width: int, path: Path) -> None:
         raise OnnxUnavailable(f"exporting {backbone.name} to ONNX failed: {str(e).splitlines()[0][:160]}") from e
     finally:
         backbone.train(was_training)
-    _atomic_bytes(buf.getvalue(), path)
+    atomic_write_bytes(buf.getvalue(), path)
 
 
 def _prune(folder: Path) -> None:

@@ -1,9 +1,10 @@
-"""Seeds, device, threads and cache folders: the run-time settings every notebook shares."""
+"""Seeds, device, threads, cache folders and batched inference: the run-time settings every notebook shares."""
 from __future__ import annotations
 
 import os
 import random
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -50,6 +51,21 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def default_threads() -> int:
+    """Torch/ONNX threads for backbone passes: the CPUs this process may use, at most 8.
+
+    `FACE_COURSE_THREADS` overrides it. Small-tensor work (heads on cached features) uses 1.
+    """
+    env = os.environ.get("FACE_COURSE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(8, n))
+
+
 class threads:
     """Context manager: run a block with `n` torch threads, then restore the old number.
 
@@ -57,8 +73,8 @@ class threads:
     use all cores.
     """
 
-    def __init__(self, n: int):
-        self.n = max(1, int(n))
+    def __init__(self, n: int | None = None):
+        self.n = max(1, int(n or default_threads()))
 
     def __enter__(self):
         self.old = torch.get_num_threads()
@@ -90,3 +106,27 @@ def describe_environment() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], items, batch_size: int = 256,
+                device: torch.device | str | None = None,
+                prepare: Callable[[Sequence], torch.Tensor] | None = None) -> torch.Tensor:
+    """`fn` over `items` in batches, without gradients; outputs concatenated on the CPU.
+
+    items: a tensor (N, ...), a list (e.g. PIL images; `prepare` turns a slice into a batch
+    tensor), or a Dataset of (x, y) pairs. Returns (N, ...) float32 (an ordinary tensor, usable
+    outside inference mode); an empty input gives an empty tensor.
+    """
+    device = pick_device(device) if device is None or isinstance(device, str) else device
+    out = []
+    with torch.no_grad():
+        if isinstance(items, (torch.Tensor, list, tuple)):
+            for i in range(0, len(items), batch_size):
+                chunk = items[i:i + batch_size]
+                xb = prepare(chunk) if prepare is not None else torch.as_tensor(chunk)
+                out.append(fn(xb.to(device)).float().cpu())
+        else:
+            from torch.utils.data import DataLoader
+            for xb, _ in DataLoader(items, batch_size=batch_size):
+                out.append(fn(xb.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)

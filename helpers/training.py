@@ -9,12 +9,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .model import FaceModel, build_model
-from .runtime import pick_device, set_seed, threads
+from .runtime import pick_device, run_batched, set_seed, threads
 
 
 class TrainingDiverged(RuntimeError):
@@ -93,18 +92,15 @@ def _batches(n: int, batch_size: int, gen: torch.Generator):
             yield idx
 
 
-@torch.no_grad()
 def evaluate_logits(model: FaceModel, x, batch_size: int = 256, device=None) -> torch.Tensor:
-    """s*cos logits for features (tensor) or a Dataset of images, in eval mode."""
+    """Logits (N, num_classes), s*cos for margin heads, of features (N, D) or an image Dataset, in eval mode."""
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
-    if isinstance(x, torch.Tensor):
-        out = torch.cat([model(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
-    else:
-        out = torch.cat([model(xb.to(device)).cpu() for xb, _ in DataLoader(x, batch_size=batch_size)])
-    model.train(was)
-    return out
+    try:
+        return run_batched(model, x, batch_size, device)
+    finally:
+        model.train(was)
 
 
 @torch.no_grad()

@@ -5,6 +5,7 @@ No test here touches the network: `no_network` makes every socket connection fai
 from __future__ import annotations
 
 import socket
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -223,3 +224,111 @@ def test_describe_names_weights_and_origin(effnet):
     text = effnet.describe()
     assert "efficientnet_lite0" in text and "ImageNet" in text and "pip package" in text
     assert backbones.BACKBONES == ("auto", "resnet18", "efficientnet_lite0")
+
+
+# ---------------------------------------------------------------------- the freezing rule
+
+
+def _parts():
+    """A model with a frozen part and a trainable part, each Linear -> Dropout -> BatchNorm1d."""
+    def part():
+        return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(4))
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(OrderedDict(frozen=part(), trainable=part()))
+    for p in model.frozen.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_keep_frozen_in_eval_puts_whole_frozen_parts_in_eval():
+    model = _parts().train()
+    assert backbones.keep_frozen_in_eval(model) is model
+    assert not any(m.training for m in model.frozen.modules())          # dropout off, BN statistics fixed
+    assert all(m.training for m in model.trainable.modules())           # the trainable part trains as usual
+    assert model.training
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        a, b = model.frozen(x), model.frozen(x)
+    assert torch.equal(a, b)                                            # the frozen part is deterministic
+    assert model.frozen[2].num_batches_tracked.item() == 0              # and its BN saw no batch
+
+
+def test_keep_frozen_in_eval_all_batchnorm_also_fixes_trainable_batchnorm():
+    model = _parts().train()
+    backbones.keep_frozen_in_eval(model, all_batchnorm=True)
+    linear, dropout, bn = model.trainable
+    assert not bn.training and linear.training and dropout.training    # only BatchNorm changes
+    assert not any(m.training for m in model.frozen.modules())
+    model.train()                                                       # a plain train() undoes it
+    assert bn.training and all(m.training for m in model.frozen.modules())
+
+
+def test_keep_frozen_in_eval_leaves_a_fully_trainable_model_alone():
+    model = _parts()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    backbones.keep_frozen_in_eval(model.train())
+    assert all(m.training for m in model.modules())
+
+
+def test_frozen_efficientnet_in_train_mode_is_deterministic():
+    """EfficientNet-Lite0 drops whole residual branches at random in train mode (drop-connect): a
+    frozen backbone must not, or 'frozen' features change from one call to the next."""
+    bb = load_backbone("efficientnet_lite0", verbose=False)
+    for p in bb.parameters():
+        p.requires_grad_(False)
+    bb.train()
+    assert not any(m.training for m in bb.modules())                   # the whole frozen backbone: eval
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = bb(x), bb(x)
+        ref = bb.eval()(x)
+    assert torch.equal(a, b) and torch.equal(a, ref)                   # bit-identical, as in eval mode
+    # what the rule prevents: without it, train mode drops branches and uses batch statistics
+    bb.keep_frozen_bn_eval = False
+    bb.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        c = bb(x)
+        torch.manual_seed(1)
+        d = bb(x)
+    assert not torch.equal(c, d) and not torch.equal(c, ref)
+
+
+def test_finetuning_the_last_stage_keeps_earlier_stages_bit_identical(effnet):
+    """A fine-tune model with layer4 trainable, in train mode: what enters layer4 (the output of the
+    frozen stages) is the same, bit for bit, call after call, and equals the frozen backbone's."""
+    import copy
+
+    from helpers.backbone_tail import FineTuneModel
+    from helpers.model import build_model, set_trainable_stages
+
+    bb = copy.deepcopy(effnet)
+    model = build_model(3, backbone=bb)
+    set_trainable_stages(bb, ["layer4"])
+    ft = FineTuneModel(model.embedding, model.head, bb).train()
+    first = bb.stage_modules("layer4")[0]
+    assert first.training                                               # the trainable stage trains
+    assert not any(m.training for s in ("stem", "layer1", "layer2", "layer3") for mod in bb.stage_modules(s)
+                   for m in mod.modules())
+    seen = []
+    hook = first.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            torch.manual_seed(0)
+            ft(x)
+            torch.manual_seed(1)
+            ft(x)
+    finally:
+        hook.remove()
+    assert len(seen) == 2 and torch.equal(seen[0], seen[1])
+    inputs = {}                                                         # the untouched frozen backbone, eval mode
+    h = effnet.stage_modules("layer4")[0].register_forward_pre_hook(lambda mod, args: inputs.setdefault("x", args[0]))
+    try:
+        with torch.no_grad():
+            effnet.eval()(x)
+    finally:
+        h.remove()
+    assert torch.equal(seen[0], inputs["x"])

@@ -1,4 +1,4 @@
-"""helpers.embedding_maps and helpers.verification_plots (notebook 04) on synthetic faces: projections,
+"""helpers.course.embedding_maps and helpers.course.verification_plots (notebook 04) on synthetic faces: projections,
 the data sets shown, neighbours, heatmaps, galleries, ROC / seen-vs-unseen, open set; and 04's exercise checks.
 
 Synthetic data keeps this fast and exact: people are tight clusters of random 'features' in 48-D.
@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import embedding_maps as E
-from helpers import exercises
-from helpers import verification_plots as V
-from helpers.data import FaceSet, split_known_strangers, split_per_person
-from helpers.evaluation import verification
-from helpers.experiments import CourseData, indices_in
+from helpers.course import embedding_maps as E
+from helpers.course import exercises
+from helpers.course import verification_plots as V
+from helpers.course.experiments import CourseData, indices_in
+from helpers.data import FaceSet, split_known_strangers, split_people, split_per_person
+from helpers.evaluation import class_centroids, threshold_from_strangers, verification
 
 DIM = 48
 
@@ -192,10 +192,30 @@ def test_roc_plot_has_eer_in_legend(sets):
 
 def test_split_people_is_disjoint_and_complete():
     labels = np.repeat(np.arange(7), 3)
-    a, b = V.split_people(labels, 0.5, seed=0)
+    a, b = split_people(labels, 0.5, seed=0)
     assert set(labels[a]).isdisjoint(labels[b]) and len(a) + len(b) == 21
+    assert len(np.unique(labels[a])) == 4 and np.array_equal(split_people(labels, 0.5, seed=0)[0], a)
     with pytest.raises(ValueError):
-        V.split_people(np.zeros(4), 0.5)
+        split_people(np.zeros(4), 0.5)
+
+
+def test_open_set_scores_threshold_comes_from_validation_data_only(sets):
+    """The threshold is the course's rule on the validation photos and validation strangers: test
+    photos and test strangers never choose it (and validation data is required)."""
+    v, lab = sets.views["noise"], sets.labels
+    val_s, test_s = split_people(lab["strangers"], 0.5, seed=0)
+    args = (v["train"], lab["train"], v["test"], lab["test"], v["strangers"][test_s])
+    scores = V.open_set_scores(*args, val_emb=v["val"], val_labels=lab["val"], val_stranger_emb=v["strangers"][val_s])
+    gallery = class_centroids(v["train"], lab["train"])
+    assert scores.threshold == threshold_from_strangers(gallery, v["val"], lab["val"], v["strangers"][val_s])
+    on_test = threshold_from_strangers(gallery, v["test"], lab["test"], v["strangers"][test_s])
+    assert scores.threshold != on_test                       # noise: the test data would pick another one
+    moved = V.open_set_scores(*args, val_emb=v["val"] + 5 * v["val"][::-1], val_labels=lab["val"],
+                              val_stranger_emb=v["strangers"][val_s])
+    assert moved.threshold != scores.threshold               # other validation data, other threshold
+    np.testing.assert_array_equal(moved.known_score, scores.known_score)   # the test scores do not change
+    with pytest.raises(TypeError):
+        V.open_set_scores(*args)                             # no silent fallback to the test data
 
 
 def test_open_set_rates_auc_and_view(sets):
@@ -207,8 +227,10 @@ def test_open_set_rates_auc_and_view(sets):
     low, high = raw.rates(-1.0), raw.rates(1.0)
     assert (low.known_accepted, low.strangers_rejected) == (1.0, 0.0)
     assert high.strangers_rejected == 1.0
+    assert r.known_correct + r.known_wrong_name + r.known_rejected == pytest.approx(1.0)
+    assert r.strangers_rejected + r.strangers_accepted == pytest.approx(1.0)
     fig, msg = V.threshold_view(raw, 0.5)
-    assert msg.startswith("Result: threshold 0.50: known people accepted")
+    assert msg == f"Result: {raw.rates(0.5)}" and msg.startswith("Result: threshold 0.50: known people named right")
     plt.close(fig)
     with pytest.raises(ValueError, match="between -1 and 1"):
         V.threshold_view(raw, 1.5)

@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.evaluation import (accuracy, best_match, choose_threshold, class_centroids, confusion,
-                                embed, l2_normalize, linear_probe_accuracy, nearest_neighbour_accuracy,
-                                nearest_neighbour_predict, open_set, pair_scores, per_person_accuracy,
-                                predict, verification)
+from sklearn.metrics import roc_curve
+
+from helpers.evaluation import (OpenSetReport, accuracy, best_match, class_centroids, confusion, eer_from_roc,
+                                eer_threshold, embed, l2_normalize, linear_probe_accuracy,
+                                nearest_neighbour_accuracy, nearest_neighbour_predict, open_set, open_set_rates,
+                                pair_scores, per_person_accuracy, predict, threshold_from_strangers,
+                                threshold_without_strangers, verification)
 from helpers.model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,6 +63,47 @@ def test_verification_needs_both_kinds_of_pairs():
         verification(np.eye(3), [0, 1, 2])
 
 
+def test_eer_from_roc_interpolates_between_two_roc_points():
+    # FNR = 1 - TPR goes 1 -> 0.4 -> 0 while FPR goes 0 -> 0.2 -> 0.6: FNR - FPR is 0.2 at the
+    # second point and -0.6 at the third, so they cross a quarter of the way from one to the other:
+    # FPR = FNR = 0.2 + 0.25 * 0.4 = 0.3, threshold 0.8 + 0.25 * (0.4 - 0.8) = 0.7.
+    eer, t = eer_from_roc(np.array([0.0, 0.2, 0.6]), np.array([0.0, 0.6, 1.0]), np.array([np.inf, 0.8, 0.4]))
+    assert eer == pytest.approx(0.3) and t == pytest.approx(0.7)
+    # a point exactly on FNR = FPR is taken as it is, with its own threshold
+    eer, t = eer_from_roc(np.array([0.0, 0.25, 1.0]), np.array([0.0, 0.75, 1.0]), np.array([np.inf, 0.5, 0.1]))
+    assert (eer, t) == (pytest.approx(0.25), 0.5)
+
+
+def test_eer_from_roc_separable_scores_give_zero():
+    same = np.array([1, 1, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
+    eer, t = eer_from_roc(*roc_curve(same, scores, drop_intermediate=False))
+    assert eer == 0.0 and 0.4 < t <= 0.7            # every threshold in the gap makes no error
+
+
+def test_eer_from_roc_hand_computed_case():
+    # genuine 0.9 0.8 0.4, impostor 0.7 0.3 0.2 0.1. At threshold 0.7: FNR 1/3, FPR 1/4; at 0.4:
+    # FNR 0, FPR 1/4. FNR - FPR goes 1/12 -> -1/4, so the crossing is 1/4 of the way: FNR = FPR =
+    # 1/4 at threshold 0.7 - 0.3/4 = 0.625. (The old nearest-point rule said (1/3 + 1/4)/2 = 7/24.)
+    same = np.array([1, 1, 1, 0, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1])
+    eer, t = eer_from_roc(*roc_curve(same, scores, drop_intermediate=False))
+    assert eer == pytest.approx(0.25) and t == pytest.approx(0.625)
+
+
+def test_verification_eer_is_the_interpolated_crossing_of_the_full_roc():
+    rng = np.random.default_rng(0)
+    emb, labels = rng.standard_normal((40, 8)), rng.integers(0, 4, 40)
+    v = verification(emb, labels)
+    scores, same = pair_scores(emb, labels)
+    fpr, tpr, thr = roc_curve(same, scores, drop_intermediate=False)
+    assert len(v.fpr) == len(fpr) == len(np.unique(scores)) + 1      # every point of the ROC is kept
+    assert (v.eer, v.eer_threshold) == pytest.approx(eer_from_roc(fpr, tpr, thr))
+    # at the EER threshold the two error rates are (about) equal: within one pair either way
+    frr, far = (scores[same] < v.eer_threshold).mean(), (scores[~same] >= v.eer_threshold).mean()
+    assert abs(frr - v.eer) <= 1 / same.sum() + 1e-12 and abs(far - v.eer) <= 1 / (~same).sum() + 1e-12
+
+
 # ------------------------------------------------------------------ open set
 
 def test_class_centroids_unit_means():
@@ -82,16 +126,45 @@ def test_open_set_rates_on_constructed_case():
     assert idx.tolist() == [0, 1, 1, 0]
     np.testing.assert_allclose(score, [1.0, 1.0, 0.6, 0.3], atol=1e-12)
     r = open_set(gallery, known, known_labels, strangers, threshold=0.5)
+    assert isinstance(r, OpenSetReport)
     assert (r.known_accepted, r.known_correct, r.strangers_rejected) == (0.75, 0.5, pytest.approx(2 / 3))
+    assert (r.known_wrong_name, r.known_rejected, r.strangers_accepted) == (0.25, 0.25, pytest.approx(1 / 3))
     r = open_set(gallery, known, known_labels, strangers, threshold=0.8)
     assert (r.known_accepted, r.known_correct, r.strangers_rejected) == (0.5, 0.5, 1.0)
-    assert "threshold 0.80" in str(r)
+    assert (r.known_wrong_name, r.known_rejected, r.strangers_accepted, r.threshold) == (0.0, 0.5, 0.0, 0.8)
+    assert str(r) == ("threshold 0.80: known people named right 50.0 %, wrong name 0.0 %, called unknown 50.0 %; "
+                      "strangers rejected 100.0 %, taken for someone 0.0 %")
+    assert r.as_dict() == {"known_correct": 0.5, "known_wrong_name": 0.0, "known_rejected": 0.5,
+                           "strangers_rejected": 1.0, "strangers_accepted": 0.0, "threshold": 0.8}
     # a score equal to the threshold passes, for strangers as for known people
     r = open_set(gallery, known, known_labels, np.array([unit(1, 0, 0, 0)]), threshold=1.0)
     assert (r.known_accepted, r.strangers_rejected) == (0.5, 0.0)
 
 
-def test_choose_threshold_between_known_and_strangers():
+def test_open_set_rates_from_scores_and_without_strangers():
+    r = open_set_rates([0.9, 0.7, 0.4, 0.6], [True, False, True, True], [0.2, 0.65], threshold=0.6)
+    assert (r.known_correct, r.known_wrong_name, r.known_rejected) == (0.5, 0.25, 0.25)
+    assert (r.strangers_rejected, r.strangers_accepted, r.known_accepted) == (0.5, 0.5, 0.75)
+    gallery = np.eye(2)
+    none = open_set(gallery, np.eye(2), [0, 1], None, threshold=0.5)      # no stranger photos: NaN, not 0
+    assert none.known_correct == 1.0 and np.isnan(none.strangers_rejected) and np.isnan(none.strangers_accepted)
+    assert np.isnan(open_set(gallery, np.eye(2), [0, 1], np.zeros((0, 2)), 0.5).strangers_rejected)
+    with pytest.raises(ValueError, match="photos of known people"):
+        open_set_rates([], [], [0.1], 0.5)
+
+
+def test_eer_threshold_sits_in_the_gap_or_at_equal_errors():
+    assert eer_threshold([0.8, 0.9, 0.95], [0.1, 0.2, 0.4]) == pytest.approx(0.6)   # middle of the gap
+    t = eer_threshold([0.3, 0.6, 0.7, 0.9], [0.1, 0.2, 0.5, 0.65])
+    assert 0.5 < t <= 0.65
+    g, i = np.array([0.3, 0.6, 0.7, 0.9]), np.array([0.1, 0.2, 0.5, 0.65])
+    assert (g < t).mean() == (i >= t).mean() == 0.25                                # equal error rates
+    with pytest.raises(ValueError):
+        eer_threshold([], [0.1])
+
+
+def test_threshold_from_strangers_between_known_and_strangers():
+    """The one threshold rule on validation data: above every stranger, at or below every known photo."""
     emb, labels = clusters(people=3, per_person=5, dim=8, noise=0.02)
     gallery = class_centroids(emb, labels)
     # strangers look somewhat like the known people: best scores between 0.70 and 0.85
@@ -102,10 +175,35 @@ def test_choose_threshold_between_known_and_strangers():
     _, known_scores = best_match(gallery, emb)
     _, stranger_scores = best_match(gallery, strangers)
     assert stranger_scores.max() < 0.86 and known_scores.min() > 0.95  # separable, gap high up
-    t = choose_threshold(gallery, emb, strangers)
+    t = threshold_from_strangers(gallery, emb, labels, strangers)
     assert stranger_scores.max() < t <= known_scores.min()
+    assert t == pytest.approx((stranger_scores.max() + known_scores.min()) / 2)   # the middle of the gap
     r = open_set(gallery, emb, labels, strangers, t)
     assert (r.known_accepted, r.known_correct, r.strangers_rejected) == (1.0, 1.0, 1.0)
+
+
+def test_threshold_from_strangers_does_not_count_a_wrong_name_as_a_correct_accept():
+    def at(person, score):   # a unit vector whose best match is `person` with cosine `score`
+        return score * np.eye(4)[person] + np.sqrt(1 - score ** 2) * np.eye(4)[3]
+
+    gallery = np.eye(4)[:3]
+    known = np.array([at(0, 0.95), at(1, 0.9), at(2, 0.6)])
+    strangers = np.array([at(0, 0.5), at(1, 0.7), at(2, 0.8), at(0, 0.85)])
+    # every known photo named right: genuine 0.6 0.9 0.95 vs strangers 0.5 0.7 0.8 0.85; errors are
+    # equal-most (FRR 1/3, FAR 1/4) at 0.85, placed halfway down to the next score: 0.825
+    assert threshold_from_strangers(gallery, known, [0, 1, 2], strangers) == pytest.approx(0.825)
+    # the 0.95 photo is really person 2: its best match names the wrong person, so it is not a correct
+    # accept (scored -1) and the threshold moves: FRR 2/3 vs FAR 3/4 at 0.7, halfway from 0.6: 0.65
+    t = threshold_from_strangers(gallery, known, [2, 1, 2], strangers)
+    assert t == pytest.approx(0.65)
+    assert t == eer_threshold([-1.0, 0.9, 0.6], [0.5, 0.7, 0.8, 0.85])
+
+
+def test_threshold_without_strangers_uses_other_people_as_impostors():
+    gallery = np.eye(3)
+    emb = np.array([[1, 0.1, 0], [0, 1, 0.2], [0.1, 0, 1], [0.9, 0.3, 0]])
+    t = threshold_without_strangers(gallery, emb, np.array([0, 1, 2, 0]))
+    assert 0.3 < t < 0.96   # between the best wrong-person score and the lowest own-person score
 
 
 # ------------------------------------------------------------------ closed set

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import baselines, demo, exercises, experiments, plots
+from helpers.course import baselines, demo, exercises, experiments, plots
 from helpers.data import load_folder, split_per_person
 from helpers.model import build_model, count_parameters
 from tiny_backbone import tiny_backbone

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.features import atomic_save, extract_features
+from helpers.features import extract_features
+from helpers.io import atomic_save
 from tiny_backbone import tiny_backbone
 
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from helpers import features as feats_mod
-from helpers.features import atomic_save, extract_features
+from helpers.features import extract_features
+from helpers.io import atomic_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,3 +167,26 @@ def test_extract_writes_no_temp_files(effnet, six, cache):
     _extract(effnet, six[:3])
     names = _files(cache)
     assert len(names) == 2 and all(n.endswith(".pt") and not n.startswith(".") for n in names)
+
+
+def test_changed_backbone_weights_invalidate(cache, counted, capsys):
+    """The cache key holds a digest of the weights: a fine-tuned (here: edited in place) backbone
+    computes new features instead of reading the old backbone's file."""
+    from PIL import Image
+
+    from tiny_backbone import tiny_backbone
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
+    bb = tiny_backbone()
+    first = extract_features(bb, images, progress=False)
+    assert torch.equal(extract_features(bb, images, progress=False), first)     # unchanged weights: a hit
+    assert counted == [4] and "read from cache" in capsys.readouterr().out
+    p = next(bb.parameters())
+    with torch.no_grad():
+        p.add_(1.0)
+    second = extract_features(bb, images, progress=False)
+    assert counted == [4, 4] and "read from cache" not in capsys.readouterr().out
+    assert not torch.equal(second, first)
+    assert len(_files(cache)) == 2
+    torch.testing.assert_close(second, extract_features(bb, images, cache=False, progress=False))

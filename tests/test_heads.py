@@ -191,3 +191,31 @@ def test_naive_arcface_has_non_finite_gradient_at_cos_one():
     inner = torch.linspace(-0.8, 0.99, 50)
     torch.testing.assert_close(naive_arcface_logit(inner, 0.5),
                                ArcFaceHead(DIM, CLASSES, m=0.5).target_logit(inner), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: CosineHead(DIM, CLASSES, s=0.0), "scale s must be a positive number"),
+    (lambda: CosineHead(DIM, CLASSES, s=-16.0), "scale s must be a positive number"),
+    (lambda: CosineHead(DIM, CLASSES, s=float("nan")), "scale s must be a positive number"),
+    (lambda: ArcFaceHead(DIM, CLASSES, s=float("inf"), m=0.5), "scale s must be a positive number"),
+    (lambda: ArcFaceHead(DIM, CLASSES, s=16, m=-0.1), "ArcFace margin m is an angle"),
+    (lambda: ArcFaceHead(DIM, CLASSES, s=16, m=math.pi / 2), "ArcFace margin m is an angle"),
+    (lambda: ArcFaceHead(DIM, CLASSES, s=16, m=28.6), "ArcFace margin m is an angle"),   # degrees by mistake
+    (lambda: CosFaceHead(DIM, CLASSES, s=16, m=-0.2), "CosFace margin m"),
+    (lambda: CosFaceHead(DIM, CLASSES, s=16, m=1.0), "CosFace margin m"),
+    (lambda: CosFaceHead(DIM, CLASSES, s=16, m=float("nan")), "CosFace margin m"),
+    (lambda: CosineHead(DIM, 0), "num_classes must be >= 1"),
+    (lambda: make_head("arcface", DIM, CLASSES, s=-1.0), "scale s"),
+    (lambda: make_head("cosface", DIM, CLASSES, m=2.0), "CosFace margin m"),
+], ids=["s=0", "s<0", "s=nan", "s=inf", "arc m<0", "arc m=pi/2", "arc m in degrees", "cos m<0", "cos m=1",
+        "cos m=nan", "no classes", "make_head s", "make_head m"])
+def test_bad_scale_or_margin_is_refused(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_edge_values_of_scale_and_margin_are_accepted():
+    """The limits themselves: no margin at all, and margins just inside their ranges."""
+    assert ArcFaceHead(DIM, CLASSES, s=1e-3, m=0.0).m == 0.0
+    assert ArcFaceHead(DIM, CLASSES, s=64, m=math.pi / 2 - 1e-6).m < math.pi / 2
+    assert CosFaceHead(DIM, CLASSES, s=64, m=0.0).m == 0.0 and CosFaceHead(DIM, CLASSES, m=0.99).m == 0.99

@@ -1,4 +1,4 @@
-"""helpers.margins (notebook 03): target logits, scale bounds, the 2-D toy's regions, (s, m) runs, NaN safety;
+"""helpers.course.margins and helpers.course.margin_runs (notebook 03): target logits, scale bounds, the 2-D toy's regions, (s, m) runs, NaN safety;
 and notebook 03's exercise checks."""
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import exercises, margins
+from helpers.course import exercises, margins
+from helpers.course import margin_runs as MR
 from helpers.data import split_per_person
 
 
@@ -40,6 +41,15 @@ def test_target_logits_match_the_formulas():
     late = margins.target_logits(np.array([170.0, 179.0]), m)
     assert np.diff(late["ArcFace (helpers): cos(θ + m)"])[0] < 0
     assert np.diff(late["ArcFace naive: cos(θ + m)"])[0] > 0
+
+
+def test_target_logits_for_every_margin_of_the_panel_slider():
+    """The margin slider goes to 1.5 rad: a CosFace head refuses m >= 1, the curve is still drawn."""
+    theta = np.array([0.0, 60.0, 90.0])
+    for m in (0.0, 1.0, 1.5):
+        curves = margins.target_logits(theta, m)
+        np.testing.assert_allclose(curves["CosFace: cos θ − m"], np.cos(np.radians(theta)) - m, atol=1e-6)
+        assert all(np.isfinite(v).all() for v in curves.values())
 
 
 @pytest.mark.parametrize("c", [9, 40, 85_742])
@@ -139,7 +149,7 @@ def test_toy_rejects_bad_input(toy_data):
 def margin_runs(known_features):
     x, y = known_features
     torch.set_num_threads(1)
-    return margins.run_margins(x, y.numpy(), [(16, 0.0), (4, 0.2)], epochs=20)
+    return MR.run_margins(x, y.numpy(), [(16, 0.0), (4, 0.2)], epochs=20)
 
 
 def test_run_margins_measures_accuracy_and_angles(margin_runs, known_features):
@@ -158,29 +168,29 @@ def test_run_margins_measures_accuracy_and_angles(margin_runs, known_features):
 
 
 def test_format_runs_and_summary(margin_runs):
-    table = margins.format_runs(margin_runs, num_classes=9)
+    table = MR.format_runs(margin_runs, num_classes=9)
     assert "s=16, m=0 (no margin)" in table and "never" in table      # s=4 never reaches p = 0.99
-    summary = margins.closing_summary({"9 people": margin_runs})
+    summary = MR.closing_summary({"9 people": margin_runs})
     assert summary.startswith("9 people: (16, 0)") and "(4, 0.2)" in summary
-    broken = margins.MarginRun(64.0, 0.5, [], [], diverged="loss became nan")
-    assert "diverged" in margins.format_runs([broken])
+    broken = MR.MarginRun(64.0, 0.5, [], [], diverged="loss became nan")
+    assert "diverged" in MR.format_runs([broken])
     sweep = {0.01: margin_runs}
-    assert "best possible loss" in margins.format_lr_sweep(sweep, 9)
+    assert "best possible loss" in MR.format_lr_sweep(sweep, 9)
 
 
 def test_angle_distributions_plot(margin_runs):
-    fig = margins.plot_angle_distributions(margin_runs)
+    fig = MR.plot_angle_distributions(margin_runs)
     assert len(fig.axes) == 2
     with pytest.raises(ValueError):
-        margins.plot_angle_distributions([margins.MarginRun(1.0, 0.0, [], [], diverged="x")])
+        MR.plot_angle_distributions([MR.MarginRun(1.0, 0.0, [], [], diverged="x")])
 
 
 def test_run_margins_rejects_bad_pairs(known_features):
     x, y = known_features
     with pytest.raises(ValueError, match="at least one"):
-        margins.run_margins(x, y.numpy(), [])
+        MR.run_margins(x, y.numpy(), [])
     with pytest.raises(ValueError, match="scale s"):
-        margins.run_margins(x, y.numpy(), [(-1, 0.5)])
+        MR.run_margins(x, y.numpy(), [(-1, 0.5)])
 
 
 # ---------------------------------------------------------------------- numerical safety

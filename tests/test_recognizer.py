@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import features as features_module
+from helpers import evaluation as ev
+from helpers import export as X
+from helpers import io as io_module
 from helpers import recognizer as R
+from helpers import recognizer_pipeline as P
+from helpers.course import demo, recognizer_views
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
@@ -28,7 +32,7 @@ def three(orl):
 @pytest.fixture(scope="module")
 def trained(three, effnet):
     faces, _ = three
-    return R.train_recognizer(faces, effnet, size=SIZE, method="head", epochs=20, n_threads=1, strangers=None)
+    return P.train_recognizer(faces, effnet, size=SIZE, method="head", epochs=20, n_threads=1, strangers=None)
 
 
 @pytest.fixture()
@@ -75,26 +79,21 @@ def test_add_person_without_training(rec, orl):
         rec.add_person("s8", [orl.images[idx[0]]])
 
 
-def test_eer_threshold_sits_in_the_gap():
-    assert R._eer_threshold(np.array([0.8, 0.9, 0.95]), np.array([0.1, 0.2, 0.4])) == pytest.approx(0.6)
-    t = R._eer_threshold(np.array([0.3, 0.6, 0.7, 0.9]), np.array([0.1, 0.2, 0.5, 0.65]))
-    assert 0.5 < t <= 0.65
-    with pytest.raises(ValueError):
-        R._eer_threshold(np.array([]), np.array([0.1]))
-
-
 def test_stand_in_strangers_leave_out_the_learners_people(three):
     faces, _ = three                                   # ORL s1..s3, as if they were a learner's folder
-    others = R.stand_in_strangers(faces)
+    others = P.stand_in_strangers(faces)
     assert others.num_people == 37 and len(others) == 370
     assert not {"s1", "s2", "s3"} & set(others.names)
 
 
-def test_threshold_without_strangers_uses_other_people_as_impostors():
-    gallery = np.eye(3)
-    emb = np.array([[1, 0.1, 0], [0, 1, 0.2], [0.1, 0, 1], [0.9, 0.3, 0]])
-    t = R.threshold_without_strangers(gallery, emb, np.array([0, 1, 2, 0]))
-    assert 0.3 < t < 0.96   # between the best wrong-person score and the lowest own-person score
+def test_open_set_report_is_the_evaluation_report_at_the_recognisers_threshold(rec, three):
+    faces, strangers = three
+    known_emb, s_emb = rec.embed(faces.images[::5]), rec.embed(strangers)
+    labels = np.asarray(faces.labels)[::5]
+    r = R.open_set_report(rec, known_emb, labels, s_emb)
+    assert r == ev.open_set(rec.gallery_np, known_emb, labels, s_emb, rec.threshold)
+    assert r.threshold == rec.threshold and r.known_correct + r.known_wrong_name + r.known_rejected == pytest.approx(1)
+    assert np.isnan(R.open_set_report(rec, known_emb, labels).strangers_rejected)   # no strangers given
 
 
 # ---------------------------------------------------------------------- one file
@@ -117,7 +116,7 @@ def test_save_load_round_trip_gives_the_same_answers(rec, three, tmp_path):
 
 def test_raw_feature_recogniser_round_trip(three, effnet, tmp_path):
     faces, _ = three
-    rec, _ = R.train_recognizer(faces, effnet, size=SIZE, method="raw", n_threads=1, strangers=None)
+    rec, _ = P.train_recognizer(faces, effnet, size=SIZE, method="raw", n_threads=1, strangers=None)
     assert rec.embedding is None and rec.gallery.shape == (3, 1280)
     back = R.load_recognizer(rec.save(tmp_path / "raw.pt"))
     assert back.embedding is None
@@ -139,7 +138,7 @@ def test_interrupted_save_keeps_the_old_file_and_leaves_no_temp(rec, tmp_path, m
         fh.write(b"PK\x03\x04 half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(features_module.torch, "save", interrupted)
+    monkeypatch.setattr(io_module.torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         rec.save(path)
     assert path.read_bytes() == before
@@ -203,13 +202,13 @@ def test_weights_for_another_backbone_are_refused(rec, tmp_path):
 
 def test_torchscript_and_onnx_give_the_same_embeddings(rec, three, tmp_path):
     faces, strangers = three
-    ts = R.export_torchscript(rec, tmp_path / "model.ts")
-    onnx = R.export_onnx(rec, tmp_path / "model.onnx")
-    check = R.check_exports(rec, faces.images[:3] + strangers, ts, onnx, n_threads=1)
+    ts = X.export_torchscript(rec, tmp_path / "model.ts")
+    onnx = X.export_onnx(rec, tmp_path / "model.onnx")
+    check = X.check_exports(rec, faces.images[:3] + strangers, ts, onnx, n_threads=1)
     assert check["images"] == 5
     assert check["torchscript_max_abs_diff"] < 1e-5 and check["onnx_max_abs_diff"] < 1e-4
     assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model.ts"]
-    lat = R.measure_latency(rec, ts, onnx, faces.images[0], runs=2, warmup=1, n_threads=1)
+    lat = X.measure_latency(rec, ts, onnx, faces.images[0], runs=2, warmup=1, n_threads=1)
     assert set(lat) == {"pytorch_ms", "torchscript_ms", "onnx_ms", "preprocess_ms"}
     assert all(v > 0 for v in lat.values())
 
@@ -219,10 +218,10 @@ def test_show_answers_and_demo_folder(rec, three, tmp_path):
 
     faces, strangers = three
     photos = [faces.images[0], strangers[0]]
-    fig = R.show_answers(photos, rec.recognize(photos), ["s1", None])
+    fig = recognizer_views.show_answers(photos, rec.recognize(photos), ["s1", None])
     assert len([ax for ax in fig.axes if ax.images]) == 2
     plt.close(fig)
-    root = R.write_demo_folder(faces, [0, 2], tmp_path / "people", per_person=3)
+    root = demo.write_demo_folder(faces, [0, 2], tmp_path / "people", per_person=3)
     assert sorted(p.name for p in root.iterdir()) == ["s1", "s3"]
     assert sorted(p.name for p in (root / "s3").iterdir()) == ["1.png", "2.png", "3.png"]
 
@@ -232,6 +231,6 @@ def test_pick_examples_mixes_kinds_of_answers():
     matches = [M("a", "a", 0.9, 0.5), M("b", "b", 0.9, 0.5), M(None, "a", 0.2, 0.5), M(None, "b", 0.3, 0.5),
                M("b", "b", 0.8, 0.5), M(None, "a", 0.4, 0.5), M("a", "a", 0.7, 0.5), M("a", "a", 0.6, 0.5)]
     truth = ["a", "b", None, None, "a", "b", None, None]
-    wins, mistakes = R.pick_examples(matches, truth, n=4)
+    wins, mistakes = recognizer_views.pick_examples(matches, truth, n=4)
     assert wins == [0, 2, 1, 3]                     # known and strangers alternately
     assert mistakes == [4, 5, 6]                    # wrong name, called unknown, one stranger named "a"

@@ -14,7 +14,10 @@ import torch
 from torch import nn
 
 from helpers import load_backbone
+from helpers import backbone_tail as T
 from helpers import unfreezing as U
+from helpers.course import unfreezing_lessons as L
+from helpers.memory import PeakMemory
 from helpers.model import build_model, count_parameters, set_trainable_stages
 from tiny_backbone import tiny_backbone
 
@@ -47,34 +50,34 @@ def test_tail_of_cached_inputs_equals_the_whole_backbone(which, effnet, orl):
           "resnet18": lambda: load_backbone("resnet18", pretrained=False, verbose=False)}[which]()
     size = 32 if which == "tiny" else 64
     images = orl.images[:3]
-    stage = U.last_stage(bb)
+    stage = T.last_stage(bb)
     tf = bb.transform(size=size)
     x = torch.stack([tf(im) for im in images])
     with torch.no_grad():
         whole = bb.eval()(x)
-        inputs = U.stage_inputs(bb, images, stage, tf)
-        tail = U.BackboneTail(bb, stage).eval()(inputs)
+        inputs = T.stage_inputs(bb, images, stage, tf)
+        tail = T.BackboneTail(bb, stage).eval()(inputs)
     assert inputs.dim() == 4 and inputs.shape[0] == 3
     assert torch.allclose(tail, whole, atol=1e-5), (tail - whole).abs().max()
 
 
 def test_tail_shares_and_owns_only_the_last_stage(effnet):
     bb = copy.deepcopy(effnet)
-    tail = U.BackboneTail(bb, "layer4")
+    tail = T.BackboneTail(bb, "layer4")
     stage_ids = {id(p) for p in bb.stage_parameters("layer4")}
     assert {id(p) for p in tail.parameters()} == stage_ids      # only layer4's weights, the same objects
     assert tail.stage_names == ["layer4"]
     assert list(tail.stage_parameters("layer3")) == []
     with pytest.raises(ValueError, match="first stage"):
-        U.BackboneTail(bb, "stem")
+        T.BackboneTail(bb, "stem")
     with pytest.raises(KeyError):
-        U.BackboneTail(bb, "layer9")
+        T.BackboneTail(bb, "layer9")
 
 
 def test_tail_follows_the_frozen_batchnorm_rule(effnet):
     bb = copy.deepcopy(effnet)
     set_trainable_stages(bb, [])
-    tail = U.BackboneTail(bb, "layer4").train()
+    tail = T.BackboneTail(bb, "layer4").train()
     bns = [m for m in tail.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert bns and not any(m.training for m in bns)            # frozen: eval mode
     set_trainable_stages(bb, ["layer4"])
@@ -101,7 +104,7 @@ def test_stage_2_on_cached_inputs_trains_only_the_last_stage(tiny_data):
     data = _fresh(tiny_data)
     frozen = U.run_schedule(data, U.frozen_schedule(epochs=3))
     before = _state(frozen.model.backbone)
-    plan = U.StagePlan("stage 2", (U.last_stage(data.backbone),), 2, 1e-2, 1e-2, cache=True)
+    plan = U.StagePlan("stage 2", (T.last_stage(data.backbone),), 2, 1e-2, 1e-2, cache=True)
     g2 = U.run_schedule(data, [plan], model=copy.deepcopy(frozen.model))
     after = _state(g2.model.backbone)
     moved = {k.split(".")[1] for k in before if not torch.equal(before[k], after[k])}
@@ -116,7 +119,7 @@ def test_stage_2_on_cached_inputs_trains_only_the_last_stage(tiny_data):
 
 def test_cached_stages_are_refused_when_they_would_be_wrong(tiny_data):
     data = _fresh(tiny_data)
-    last = U.last_stage(data.backbone)
+    last = T.last_stage(data.backbone)
     with pytest.raises(ValueError, match="cannot be augmented"):
         U.run_schedule(data, [U.StagePlan("x", (last,), 1, 1e-2, cache=True, augment=True)])
     with pytest.raises(ValueError, match="out of date"):
@@ -151,7 +154,7 @@ def test_trainable_parameters_grow_with_each_stage(effnet):
 def test_finetune_model_keeps_backbone_batchnorm_statistics(tiny_data):
     data = _fresh(tiny_data)
     model = build_model(data.num_classes, backbone=data.backbone, freeze_backbone=False)
-    ft = U.FineTuneModel(model.embedding, model.head, model.backbone, bn_train=False).train()
+    ft = T.FineTuneModel(model.embedding, model.head, model.backbone, bn_train=False).train()
     assert not data.backbone.body.bn1.training and ft.embedding.bn.training
     ft.bn_train = True
     ft.train()
@@ -160,7 +163,7 @@ def test_finetune_model_keeps_backbone_batchnorm_statistics(tiny_data):
 
 def test_frozen_bn_pitfall_moves_statistics_not_weights(tiny_data):
     data = _fresh(tiny_data)
-    out = U.frozen_bn_pitfall(data, epochs=2)
+    out = L.frozen_bn_pitfall(data, epochs=2)
     assert set(out) == {"bn eval", "bn train"}
     assert out["bn eval"]["bn_stats_moved"] == 0 and not out["bn eval"]["weights_changed"]
     assert out["bn train"]["bn_stats_moved"] > 0 and not out["bn train"]["weights_changed"]
@@ -168,7 +171,7 @@ def test_frozen_bn_pitfall_moves_statistics_not_weights(tiny_data):
 
 def test_compare_methods_on_one_split(tiny_data):
     data = _fresh(tiny_data)
-    res = U.compare_methods(data, U.gradual_schedule(data.backbone, epochs=(3, 2, 1)),
+    res = L.compare_methods(data, U.gradual_schedule(data.backbone, epochs=(3, 2, 1)),
                             U.full_schedule(data.backbone, epochs=2))
     assert [r.method for r in res] == ["frozen (stage 1 only)", "gradual, stages 1-2", "gradual, stages 1-3",
                                        "full fine-tuning"]
@@ -178,9 +181,9 @@ def test_compare_methods_on_one_split(tiny_data):
         for v in (m.train_acc, m.val_acc, m.test_acc, m.new_people_1shot, m.strangers_eer):
             assert 0.0 <= v <= 1.0
         assert len(r.seconds_per_epoch()) == len(r.histories)
-    table = U.comparison_table(res)
+    table = L.comparison_table(res)
     assert table.count("\n") == 5 and "full fine-tuning" in table and "MB" in table
-    assert U.accuracy_table(res).count("|") == 8 * 6
+    assert L.accuracy_table(res).count("|") == 8 * 6
     raw = U.raw_feature_metrics(data)
     assert 0 <= raw["strangers_eer"] <= 1
 
@@ -193,7 +196,7 @@ def test_train_stages_checks_its_arguments(tiny_data):
         U.train_stages(data, [], epochs=0)
     res = U.train_stages(data, ["layer1"], epochs=2)
     assert res.plans[0].cache and res.trained_stages == ("layer1",)
-    assert U.describe_result(res).startswith("Result: test acc ")
+    assert L.describe_result(res).startswith("Result: test acc ")
 
 
 # ---------------------------------------------------------------------- measures
@@ -210,9 +213,9 @@ def test_one_shot_identification_on_clear_clusters():
 
 
 def test_peak_memory_sees_a_large_allocation():
-    with U.PeakMemory("cpu") as small:
+    with PeakMemory("cpu") as small:
         x = torch.ones(10)
-    with U.PeakMemory("cpu") as big:
+    with PeakMemory("cpu") as big:
         y = torch.ones(50 * 2**20 // 4)  # 50 MB, touched
         y += 1
         del y
@@ -230,9 +233,9 @@ def test_frozen_report_names_exactly_the_changed_stage(effnet):
     model = build_model(9, backbone=copy.deepcopy(effnet))
     with torch.no_grad():
         model.backbone.body._blocks[11]._project_conv.weight.add_(1e-3)   # layer4's first block only
-    lines = U.frozen_report(model, effnet).splitlines()
+    lines = L.frozen_report(model, effnet).splitlines()
     assert [ln.split()[0] for ln in lines] == ["stem", "layer1", "layer2", "layer3", "layer4"]
     assert [ln.endswith("NO") for ln in lines] == [False, False, False, False, True]
     assert all("trainable         0 of" in ln and "train mode  0 of" in ln for ln in lines)
     set_trainable_stages(model.backbone, ["layer4"])
-    assert "train mode 16 of 16" in U.frozen_report(model).splitlines()[4]
+    assert "train mode 16 of 16" in L.frozen_report(model).splitlines()[4]

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import embedding_maps as E
-from helpers import margins
-from helpers import verification_plots as V
+from helpers.course import embedding_maps as E
+from helpers.course import margins
+from helpers.course import verification_plots as V
+from helpers.course.widgets import margin_panel, threshold_panel, umap_panel
 from helpers.data import split_per_person
-from helpers.widgets import margin_panel, threshold_panel, umap_panel
 
 matplotlib.use("Agg", force=True)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -199,7 +199,7 @@ def test_threshold_panel_contract_and_redraw(scores):
     assert out.outputs == ()
     assert c.threshold.value == round(scores["raw features"].threshold, 2)
     c.threshold.value = 0.3                                 # the slider redraws at once
-    _assert_figure_and_result(out, "Result: threshold 0.30: known people accepted")
+    _assert_figure_and_result(out, "Result: threshold 0.30: known people named right")
     assert panel.results[-1] == f"Result: {scores['raw features'].rates(0.3)}"
     before = out.outputs
     run.click()                                             # the same threshold: still a visible change

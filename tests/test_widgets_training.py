@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 
 from helpers.data import split_per_person
-from helpers.experiments import TrainResult
-from helpers.widgets import training_panel
+from helpers.course.experiments import TrainResult
+from helpers.course.widgets import training_panel
 from tiny_backbone import tiny_backbone
 
 matplotlib.use("Agg", force=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import unfreezing as U
-from helpers.widgets import unfreezing_panel
+from helpers.course.widgets import unfreezing_panel
 from tiny_backbone import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -93,7 +93,7 @@ def code_cells(path: Path) -> list[str]:
 
 
 def panel_builders(widgets_py: Path) -> list[str]:
-    """Names of the `*_panel` functions defined at the top of helpers/widgets.py."""
+    """Names of the `*_panel` functions defined at the top of helpers/course/widgets.py."""
     import ast
 
     try:

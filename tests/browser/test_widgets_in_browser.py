@@ -2,7 +2,7 @@
 
 One JupyterLab server (no token, throw-away settings, this environment's kernel) and one headless
 Debian Chromium serve the whole module, which runs after the rest of the session (conftest.py).
-Each notebook whose code builds a panel (a call of a `*_panel` builder from helpers/widgets.py, or
+Each notebook whose code builds a panel (a call of a `*_panel` builder from helpers/course/widgets.py, or
 a widget with class `course-panel`) is opened from a throw-away copy of the course tree and run
 from the top down to its last panel cell (every cell with FACE_COURSE_BROWSER_RUN=all). Then each
 panel's learning-rate slider (else its first slider) is moved, its Train/Compute button clicked,
@@ -40,7 +40,7 @@ RUN_TIMEOUT = float(os.environ.get("FACE_COURSE_BROWSER_TIMEOUT", "900"))
 # switch, 03's margin grid) cost minutes: 175 s for the whole check instead of 432 s (Run All).
 # "all": Run All, exactly as a learner who runs everything before touching a panel.
 RUN_MODE = os.environ.get("FACE_COURSE_BROWSER_RUN", "to-panel")
-BUILDERS = labdriver.panel_builders(REPO / "helpers" / "widgets.py")
+BUILDERS = labdriver.panel_builders(REPO / "helpers" / "course" / "widgets.py")
 PANEL_CODE = labdriver.panel_pattern(BUILDERS)
 COURSE_NOTEBOOKS = labdriver.notebooks_with_panels(NOTEBOOKS, PANEL_CODE)
 
@@ -151,11 +151,11 @@ def test_harness_selftest(lab):
 
 
 def test_discovery_finds_panel_notebooks(tmp_path):
-    """Notebooks calling a helpers.widgets builder are checked; others are not opened."""
+    """Notebooks calling a helpers.course.widgets builder are checked; others are not opened."""
     import nbformat
 
     for name, code in [("01_plain", "x = 1\nprint('no widgets')"),
-                       ("02_train", "from helpers import widgets\nwidgets.training_panel(model)"),
+                       ("02_train", "from helpers.course import widgets\nwidgets.training_panel(model)"),
                        ("03_manual", "panel.add_class('course-panel')")]:
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(code)]
@@ -179,6 +179,77 @@ def test_notebook_widgets_work_in_browser(lab, notebook):
                  run_timeout=RUN_TIMEOUT, until=PANEL_CODE if RUN_MODE == "to-panel" else None)
     assert rep.panels, "no panel was exercised"
     assert all(p.result.startswith("Result:") for p in rep.panels)
+
+
+def test_enrol_yourself_panel_with_real_files(lab, orl_photo_files):
+    """Notebook 06's enrol panel as a learner uses it: photos chosen in the browser's file chooser
+    (real PNG files of one ORL person), a name, Enrol; another photo, Who is it? The answer names
+    them with a score against the threshold; a text file gets the loader's message; each upload
+    widget is emptied after reading (its button counts 0 files again)."""
+    import re
+
+    server, context = lab
+    nb = labdriver.NotebookSession(context, server.url, "notebooks/06_recognize_and_deploy.ipynb")
+    try:
+        nb.open_and_run_all(run_timeout=RUN_TIMEOUT, until=re.compile(r"enrol_panel\("))
+        page = nb.page
+        cell = page.locator(f"{labdriver.ACTIVE} .jp-Cell").filter(has_text="Photos to enrol").last
+        uploads = cell.locator(".widget-upload")
+        if uploads.count() != 2:
+            nb.fail(f"the enrol panel shows {uploads.count()} upload buttons, expected 2")
+        enrol, query = orl_photo_files
+
+        def choose(button, files):
+            with page.expect_file_chooser() as chooser:
+                button.click()
+            chooser.value.set_files([str(f) for f in files])
+
+        def wait_text(locator, pattern, what):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                text = locator.inner_text()
+                if re.search(pattern, text):
+                    return text
+                nb.scan("enrol panel")
+                page.wait_for_timeout(300)
+            nb.fail(f"{what}: no {pattern!r} after 120 s; the panel shows: {cell.inner_text()[:300]!r}")
+
+        choose(uploads.nth(0), [*enrol, enrol[0].with_name("notes.jpg")])
+        wait_text(uploads.nth(0), r"\(4\)", "the chosen files")
+        cell.locator(".widget-text input").fill("Ada")
+        cell.locator("button", has_text="Enrol").click()
+        status = wait_text(cell, r"Enrolled 'Ada' from 3 photo\(s\)", "enrolment")
+        assert "notes.jpg: skipped: not an image" in status
+        wait_text(uploads.nth(0), r"\(0\)", "the cleared upload")
+        choose(uploads.nth(1), [query])
+        cell.locator("button", has_text="Who is it?").click()
+        answer = wait_text(cell, r"Answer: .*threshold", "the answer")
+        assert re.search(r"Answer: Ada \(score [\d.]+ >= threshold [\d.]+\)", answer), answer
+        wait_text(uploads.nth(1), r"\(0\)", "the cleared query upload")
+        cell.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / "06_enrol_panel.png"))
+        nb.scan("enrol panel")
+    finally:
+        rep = nb.close()
+    labdriver.REPORT_LINES.append(rep.summary() + " (enrol panel: 3 photos + a text file enrolled, 1 named)")
+
+
+@pytest.fixture()
+def orl_photo_files(tmp_path):
+    """Three enrolment photos and one query photo of a person who is not in notebook 06's gallery
+    (a stranger of its split), written as PNG files, and a text file posing as a JPEG."""
+    from helpers.data import load_orl, split_known_strangers
+
+    orl = load_orl()
+    _, strangers = split_known_strangers(orl, n_known=9, seed=0)   # notebook 06's N_KNOWN, SEED
+    person = orl.names.index(strangers.names[0])
+    idx = [i for i in range(len(orl)) if orl.labels[i] == person]
+    files = []
+    for k, i in enumerate(idx[:4]):
+        files.append(tmp_path / f"ada{k}.png")
+        orl.images[i].save(files[-1])
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    return files[:3], files[3]
 
 
 def test_committed_notebooks_unchanged(lab, repo_hashes):

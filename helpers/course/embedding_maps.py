@@ -2,8 +2,7 @@
 nearest-neighbour galleries, for known people and for strangers never seen in training.
 
 All maps use cosine geometry: inputs are L2-normalised first, UMAP uses metric='cosine'.
-umap-learn is imported on first use (numba compiles it; `helpers` has already pointed numba at a
-writable cache folder). Every projection takes a seed, so a rerun draws the same map.
+umap-learn is imported on first use (numba compiles it, in the course's writable cache folder). Every projection takes a seed, so a rerun draws the same map.
 """
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .evaluation import l2_normalize
+from ..evaluation import l2_normalize
+from ..runtime import setup_numba_cache
 
 METHODS = ("umap", "tsne", "pca")
 SPLITS = ("train", "test", "strangers", "test + strangers", "all")
@@ -24,7 +24,11 @@ SPLITS = ("train", "test", "strangers", "test + strangers", "all")
 # ---------------------------------------------------------------------- UMAP and its compile time
 
 def import_umap():
-    """`import umap` with its warnings silenced; returns the module (slow the first time: numba)."""
+    """`import umap` with its warnings silenced; returns the module (slow the first time: numba).
+
+    Points numba at the course's writable cache first (`NUMBA_CACHE_DIR`, unless already set).
+    """
+    setup_numba_cache()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import umap
@@ -142,7 +146,7 @@ class EmbeddingSets:
 def course_sets(data, features, model=None, model_name: str = "ArcFace") -> EmbeddingSets:
     """EmbeddingSets of the course data (helpers.experiments.CourseData): known people's train / val / test
     photos and the strangers, under 'raw features' (frozen backbone) and, with a model, its embedding."""
-    from .evaluation import embed
+    from ..evaluation import embed
 
     known_x = features[data.known_idx]
     sp = data.split

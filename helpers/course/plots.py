@@ -6,8 +6,8 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .data import FaceSet
-from .training import History
+from ..data import FaceSet
+
 
 
 def show_faces(faces: FaceSet, per_person: int = 5, people: Sequence[int] | None = None,
@@ -24,24 +24,6 @@ def show_faces(faces: FaceSet, per_person: int = 5, people: Sequence[int] | None
             if col < len(idx):
                 ax.imshow(faces.images[idx[col]])
         axes[row, 0].set_title(faces.names[person], fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
-
-
-def plot_history(hist: History | dict[str, History], ax=None) -> plt.Figure:
-    """Loss and accuracy per epoch; a dict draws several runs for comparison."""
-    runs = hist if isinstance(hist, dict) else {"run": hist}
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3))
-    for name, h in runs.items():
-        ep = np.arange(1, h.epochs + 1)
-        a1.plot(ep, h.loss, label=name)
-        a2.plot(ep, np.array(h.train_acc) * 100, "--", label=f"{name} train")
-        if h.val_acc:
-            a2.plot(ep, np.array(h.val_acc) * 100, label=f"{name} val")
-    a1.set(xlabel="epoch", ylabel="loss", title="training loss")
-    a2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy", ylim=(0, 102))
-    a1.legend(fontsize=7)
-    a2.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

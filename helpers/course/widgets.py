@@ -286,7 +286,9 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
     epochs and Train. Nothing trains on display. `panel.results` holds each RunResult (or the error)."""
     from types import SimpleNamespace
 
-    from .unfreezing import describe_result, last_stage, train_stages
+    from ..backbone_tail import last_stage
+    from ..unfreezing import train_stages
+    from .unfreezing_lessons import describe_result
 
     W, wide = _panel_parts()
     order = [s for s in data.backbone.stage_names if data.backbone.stage_paths[s]]

@@ -23,12 +23,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .backbones import Backbone
-from .data import FaceDataError, FaceSet, Split, load_faces, split_known_strangers, split_per_person
-from .evaluation import predict
-from .features import extract_features
-from .model import build_model, count_parameters
-from .training import History, ImageDataset, fit, train_head_on_features
+from ..backbones import Backbone
+from ..data import FaceDataError, FaceSet, Split, load_faces, split_known_strangers, split_per_person
+from ..evaluation import predict
+from ..features import extract_features
+from ..model import build_model, count_parameters
+from ..training import History, ImageDataset, fit, train_head_on_features
 
 HEAD_NAMES = {"arcface": "ArcFace", "cosface": "CosFace", "softmax": "softmax (no margin)"}
 
@@ -316,7 +316,7 @@ class FreezeRow:
 def _step_seconds(model, images: Sequence, labels: torch.Tensor, transform, lr: float = 1e-3,
                   repeats: int = 1) -> float:
     """Seconds of one training step (forward, backward, AdamW update) on this batch, after one warm-up."""
-    from .training import param_groups
+    from ..training import param_groups
     import torch.nn.functional as F
 
     opt = torch.optim.AdamW(param_groups(model, lr, None))
@@ -343,7 +343,7 @@ def freeze_switch(backbone: Backbone, images: Sequence, labels, split: Split, fe
     `batch_size` photos is timed (after a warm-up step) and multiplied by the steps per epoch.
     Each uses a copy of `backbone`, which is left untouched.
     """
-    from .runtime import set_seed
+    from ..runtime import set_seed
 
     y = torch.as_tensor(np.asarray(labels)).long()
     num = int(y.max()) + 1
@@ -425,7 +425,7 @@ def backbone_availability() -> str:
     """Which ImageNet backbones this machine can load now, and from where (no download is started)."""
     import importlib.util
 
-    from .backbones import _short, internet_reachable, resnet18_weights_path
+    from ..backbones import _short, internet_reachable, resnet18_weights_path
 
     path = resnet18_weights_path()
     if path.exists():

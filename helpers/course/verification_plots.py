@@ -15,10 +15,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data import FaceSet, split_known_strangers, split_per_person
-from .evaluation import (OpenSet, Verification, best_match, choose_threshold, class_centroids, embed,
-                         l2_normalize, predict, accuracy, verification)
-from .training import train_head_on_features
+from ..data import FaceSet, split_known_strangers, split_people, split_per_person
+from ..evaluation import (OpenSetReport, Verification, best_match, class_centroids, embed,
+                          open_set_rates, threshold_from_strangers, predict, accuracy, verification)
+from ..training import train_head_on_features
 
 
 def plot_roc(results: dict[str, Verification], ax=None, title: str = "strangers: same person or not?") -> plt.Axes:
@@ -35,18 +35,6 @@ def plot_roc(results: dict[str, Verification], ax=None, title: str = "strangers:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return ax
-
-
-def split_people(labels, frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of two disjoint groups of people (e.g. strangers for choosing a threshold / for testing)."""
-    labels = np.asarray(labels)
-    people = np.unique(labels)
-    if len(people) < 2:
-        raise ValueError("need at least two people to split them into two groups")
-    rng = np.random.default_rng(seed)
-    first = rng.choice(people, size=max(1, int(round(frac * len(people)))), replace=False)
-    a = np.isin(labels, first)
-    return np.flatnonzero(a), np.flatnonzero(~a)
 
 
 @dataclass
@@ -118,26 +106,21 @@ class OpenSetScores:
         y = np.r_[np.ones(len(self.known_score)), np.zeros(len(self.stranger_score))]
         return float(roc_auc_score(y, np.r_[self.known_score, self.stranger_score]))
 
-    def rates(self, threshold: float | None = None) -> OpenSet:
+    def rates(self, threshold: float | None = None) -> OpenSetReport:
         self._check()
         t = self.threshold if threshold is None else float(threshold)
-        ok = self.known_score >= t
-        return OpenSet(t, float(ok.mean()), float((ok & self.known_right).mean()),
-                       float((self.stranger_score < t).mean()))
+        return open_set_rates(self.known_score, self.known_right, self.stranger_score, t)
 
 
 def open_set_scores(gallery_emb, gallery_labels, known_emb, known_labels, stranger_emb,
-                    val_emb=None, val_labels=None, val_stranger_emb=None) -> OpenSetScores:
+                    val_emb, val_labels, val_stranger_emb) -> OpenSetScores:
     """Enrol each known person as the mean of their `gallery_emb` photos; score every query by its
-    best match. The default threshold is where known-accepted = strangers-rejected on the
-    validation photos (`val_emb` + `val_stranger_emb`), or on the test photos if none are given."""
+    best match. The threshold is the course's rule (`threshold_from_strangers`) on the validation
+    photos and validation strangers, never on the test photos or test strangers."""
     gallery = class_centroids(gallery_emb, gallery_labels)
     idx, score = best_match(gallery, known_emb)
     _, s_score = best_match(gallery, stranger_emb)
-    if val_emb is not None and val_stranger_emb is not None:
-        t = choose_threshold(gallery, val_emb, val_stranger_emb)
-    else:
-        t = choose_threshold(gallery, known_emb, stranger_emb)
+    t = threshold_from_strangers(gallery, val_emb, val_labels, val_stranger_emb)
     return OpenSetScores(score, idx == np.asarray(known_labels), s_score, t)
 
 

@@ -1,12 +1,15 @@
-"""Throw-away example folders for notebook 00: what the loader does with a folder that has problems."""
+"""Example folders: one with typical problems (notebook 00) and learner-style copies of people (notebook 06)."""
 from __future__ import annotations
 
 import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
-from .data import FaceSet, load_folder, load_orl
+import numpy as np
+
+from ..data import FaceSet, load_folder, load_orl
 
 
 def make_problem_folder(dst: str | Path) -> Path:
@@ -68,3 +71,15 @@ def problem_folder_demo() -> FaceSet:
             return load_folder("my_photos", verbose=True)
         finally:
             os.chdir(old)
+
+
+def write_demo_folder(faces, people: Sequence[int], dest: str | Path, per_person: int | None = None) -> Path:
+    """Copy some people's photos into `dest/<name>/<n>.png`: a learner-style folder for the CLI demo."""
+    dest = Path(dest)
+    for p in people:
+        folder = dest / faces.names[p]
+        folder.mkdir(parents=True, exist_ok=True)
+        idx = np.flatnonzero(np.asarray(faces.labels) == p)[:per_person]
+        for k, i in enumerate(idx, start=1):
+            faces.images[i].save(folder / f"{k}.png")
+    return dest

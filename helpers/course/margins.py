@@ -5,14 +5,13 @@
   classes (Ranjan et al. 2017) and the angle at which the loss stops pulling ("stop angle");
 - a 2-D toy (an embedding with 2 dimensions, trained on a few people) whose decision regions show
   the gaps a margin opens between classes;
-- measured runs over several (s, m) pairs: accuracy, loss and the angles of photos to their own
-  class centre (the head's weight vector) and to the nearest other one;
+- (measured runs over several (s, m) pairs live in `margin_runs`);
 - numerical safety: why acos / a bare sqrt give inf or NaN at cos(theta) = +-1.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -20,17 +19,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import split_per_person
-from .heads import ArcFaceHead, CosFaceHead, make_head, naive_arcface_logit
-from .model import EmbeddingHead, FaceModel
-from .runtime import set_seed, threads
-from .training import History, accuracy_of, fit, train_head_on_features
+from ..heads import ArcFaceHead, make_head, naive_arcface_logit
+from ..model import EmbeddingHead, FaceModel
+from ..runtime import set_seed, threads
+from ..training import History, accuracy_of, fit
 
 ARCFACE_PAPER_S, ARCFACE_PAPER_M = 64.0, 0.5
 ARCFACE_PAPER_CLASSES = 85_742  # MS1MV2, the data set the defaults s=64, m=0.5 were tuned on
 
 
-def _check_sm(s: float, m: float) -> None:
+def check_sm(s: float, m: float) -> None:
     if not (isinstance(s, (int, float)) and s > 0 and math.isfinite(s)):
         raise ValueError(f"scale s={s!r}: must be a positive number (the guide uses 64; 4-32 here)")
     if not (isinstance(m, (int, float)) and 0 <= m < math.pi / 2):
@@ -47,19 +45,18 @@ def target_logits(theta_deg, m: float = 0.5, easy_margin: bool = False) -> dict[
     """
     cos = torch.cos(torch.deg2rad(torch.as_tensor(np.asarray(theta_deg, dtype=np.float64))))
     arc = ArcFaceHead(2, 2, s=1.0, m=m, easy_margin=easy_margin)
-    cosface = CosFaceHead(2, 2, s=1.0, m=m)
     with torch.no_grad():
         return {"softmax (normalised): cos θ": cos.numpy(),
                 "ArcFace (helpers): cos(θ + m)": arc.target_logit(cos).numpy(),
                 "ArcFace naive: cos(θ + m)": naive_arcface_logit(cos, m).numpy(),
-                "CosFace: cos θ − m": cosface.target_logit(cos).numpy()}
+                "CosFace: cos θ − m": (cos - m).numpy()}  # the formula: CosFaceHead refuses m >= 1 rad
 
 
 def target_probability(theta_deg, s: float, m: float, num_classes: int, easy_margin: bool = False,
                        other_deg: float = 90.0) -> np.ndarray:
     """Softmax probability of the true class when the photo is `theta_deg` from its own centre and
     `other_deg` from each of the other num_classes - 1 centres (training logits, margin included)."""
-    _check_sm(s, m)
+    check_sm(s, m)
     if num_classes < 2:
         raise ValueError("num_classes must be at least 2")
     cos = torch.cos(torch.deg2rad(torch.as_tensor(np.asarray(theta_deg, dtype=np.float64))))
@@ -74,7 +71,7 @@ def stop_angle(s: float, m: float, num_classes: int, p: float = 0.99, other_deg:
     """Largest angle (degrees) to the own centre at which the true class already has probability `p`
     (others at `other_deg`): closer than this the loss is nearly zero and stops pulling.
     NaN when even theta = 0 does not reach `p` (s too small: the loss never gets near zero)."""
-    _check_sm(s, m)
+    check_sm(s, m)
     need = (math.log(num_classes - 1) + math.log(p / (1 - p))) / s + math.cos(math.radians(other_deg))
     if need > math.cos(m):
         return float("nan")
@@ -93,7 +90,7 @@ def s_lower_bound(num_classes: int, p: float = 0.99) -> float:
 def loss_floor(s: float, m: float, num_classes: int) -> float:
     """The lowest cross-entropy any model can reach: each photo on its own centre (cos = 1, logit
     s cos m) and the centres spread as far apart as possible (cos = -1/(C-1) to every other)."""
-    _check_sm(s, m)
+    check_sm(s, m)
     c = num_classes
     return float(math.log1p((c - 1) * math.exp(s * (-1.0 / (c - 1) - math.cos(m)))))
 
@@ -117,7 +114,7 @@ def plot_target_logits(s: float = 16.0, m: float = 0.5, easy_margin: bool = Fals
                        axes=None) -> plt.Figure:
     """Left: target logit against theta for each head. Right: the true class's probability at scale s
     for `num_classes` classes and for the ArcFace paper's 85,742, with the stop angles marked."""
-    _check_sm(s, m)
+    check_sm(s, m)
     theta = np.linspace(0, 180, 361)
     if axes is None:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -205,7 +202,7 @@ def train_toy(features: torch.Tensor, labels, names: Sequence[str], train_idx, t
               m: float = 0.5, easy_margin: bool = False, epochs: int = 60, lr: float = 1e-2,
               seed: int = 0) -> Toy:
     """Train Linear(D -> 2) + BatchNorm + ArcFace(s, m) on the photos at `train_idx` (one thread, ~1 s)."""
-    _check_sm(s, m)
+    check_sm(s, m)
     labels = np.asarray(labels)
     if not lr > 0:
         raise ValueError(f"learning rate {lr!r} must be positive")
@@ -241,7 +238,7 @@ def region_map(weights: np.ndarray, s: float, m: float, easy_margin: bool = Fals
     cosine there (what training demands), or -1 in the gap where no class does; `probability`
     is that class's training softmax probability at scale s (0 in the gap).
     """
-    _check_sm(s, m)
+    check_sm(s, m)
     w = np.asarray(weights, dtype=np.float64)
     w = w / np.linalg.norm(w, axis=1, keepdims=True)
     phi = np.linspace(-np.pi, np.pi, 1441) if phi is None else np.asarray(phi, dtype=np.float64)
@@ -344,7 +341,7 @@ def margin_view(toy: Toy, s: float = 16.0, m: float = 0.5, easy_margin: bool = F
 
     Redraws only (the toy keeps the weights it was trained with); returns (figure, "Result: ...").
     """
-    _check_sm(s, m)
+    check_sm(s, m)
     fig = plt.figure(figsize=(9.6, 3.3))
     a1, a2, a3 = fig.add_subplot(1, 3, 1), fig.add_subplot(1, 3, 2), fig.add_subplot(1, 3, 3)
     theta = np.linspace(0, 180, 361)
@@ -368,170 +365,7 @@ def margin_view(toy: Toy, s: float = 16.0, m: float = 0.5, easy_margin: bool = F
     return fig, msg
 
 
-# ---------------------------------------------------------------------- angles and (s, m) runs
 
-@dataclass
-class AngleStats:
-    """Angles (degrees) of photos to their own class centre and to the nearest other centre."""
-
-    own: np.ndarray
-    other: np.ndarray
-
-    @property
-    def gap(self) -> float:
-        """Mean of (nearest other - own): how far, on average, the right centre is ahead."""
-        return float(np.mean(self.other - self.own))
-
-    @property
-    def overlap(self) -> float:
-        """Share of photos closer to another centre than to their own (= errors)."""
-        return float(np.mean(self.other <= self.own))
-
-    def __str__(self) -> str:
-        return (f"own centre {self.own.mean():.1f}°, nearest other {self.other.mean():.1f}°, "
-                f"gap {self.gap:.1f}°")
-
-
-@torch.no_grad()
-def angle_stats(model: FaceModel, x: torch.Tensor, y) -> AngleStats:
-    """Angles between each photo's embedding and the head's class centres."""
-    model.eval()
-    y = np.asarray(y)
-    e = model.embed(torch.as_tensor(x).float())
-    w = F.normalize(model.head.weight, dim=1)
-    ang = torch.rad2deg(torch.acos((e @ w.T).clamp(-1, 1))).double().numpy()
-    rows = np.arange(len(y))
-    own = ang[rows, y].copy()
-    ang[rows, y] = np.inf
-    return AngleStats(own, ang.min(1))
-
-
-@dataclass
-class MarginRun:
-    """One (s, m) pair trained on one setting, over one or more split seeds."""
-
-    s: float
-    m: float
-    accuracies: list[float]
-    losses: list[float]
-    train_angles: AngleStats | None = None   # first seed
-    test_angles: AngleStats | None = None    # first seed
-    diverged: str = ""
-    history: History | None = None           # first seed
-
-    @property
-    def label(self) -> str:
-        return f"s={self.s:g}, m={self.m:g}" + (" (no margin)" if self.m == 0 else "")
-
-    @property
-    def accuracy(self) -> float:
-        return float(np.mean(self.accuracies)) if self.accuracies else float("nan")
-
-
-def run_margins(features: torch.Tensor, labels, pairs: Sequence[tuple[float, float]], shots: int | None = None,
-                seeds: Sequence[int] = (0,), epochs: int = 30, lr: float = 1e-2,
-                easy_margin: bool = False) -> list[MarginRun]:
-    """Train the frozen-feature model (512-D embedding + ArcFace) once per (s, m) pair and seed.
-
-    Each seed draws its own per-person split (`shots` training photos per person, None = all);
-    accuracy is on the test photos; angles are measured for the first seed.
-    """
-    labels = np.asarray(labels)
-    if not pairs:
-        raise ValueError("give at least one (s, m) pair, e.g. [(16, 0.5)]")
-    for s, m in pairs:
-        _check_sm(s, m)
-    splits = [split_per_person(labels, shots=shots, seed=seed) for seed in seeds]
-    runs = []
-    for s, m in pairs:
-        run = MarginRun(float(s), float(m), [], [])
-        for k, (seed, sp) in enumerate(zip(seeds, splits)):
-            model, hist = train_head_on_features(features[sp.train], labels[sp.train], head="arcface", s=s, m=m,
-                                                 easy_margin=easy_margin, epochs=epochs, lr=lr, seed=seed,
-                                                 progress=False)
-            if hist.diverged:
-                run.diverged = hist.diverged
-                break
-            x_te, y_te = features[sp.test], labels[sp.test]
-            run.accuracies.append(accuracy_of(model, (x_te, torch.as_tensor(y_te))))
-            run.losses.append(hist.loss[-1])
-            if k == 0:
-                run.history = hist
-                run.train_angles = angle_stats(model, features[sp.train], labels[sp.train])
-                run.test_angles = angle_stats(model, x_te, y_te)
-        runs.append(run)
-    return runs
-
-
-def format_runs(runs: Sequence[MarginRun], num_classes: int | None = None) -> str:
-    """Text table of measured runs: accuracy (mean and per seed), final loss, test angles;
-    with `num_classes`, also the predicted stop angle for each (s, m)."""
-    lines = [f"{'(s, m)':<22}{'test acc':>9}  {'per seed':<20}{'loss':>7}{'own':>7}{'other':>7}{'gap':>7}"
-             + ("  floor  stop angle" if num_classes else "")]
-    lines.append("-" * len(lines[0]))
-    for r in runs:
-        if r.diverged:
-            lines.append(f"{r.label:<22} diverged: {r.diverged}")
-            continue
-        seeds = " ".join(f"{100 * a:.1f}" for a in r.accuracies) if len(r.accuracies) > 1 else ""
-        t = r.test_angles
-        row = (f"{r.label:<22}{100 * r.accuracy:>7.1f} %  {seeds:<20}{r.losses[0]:>7.3f}"
-               f"{t.own.mean():>6.1f}°{t.other.mean():>6.1f}°{t.gap:>6.1f}°")
-        if num_classes:
-            a = stop_angle(r.s, r.m, num_classes)
-            row += f"{loss_floor(r.s, r.m, num_classes):>7.3f}  {'never' if math.isnan(a) else format(a, '.0f') + '°':>10}"
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def lr_sweep(features: torch.Tensor, labels, scales: Sequence[float] = (64, 16, 4), m: float = 0.5,
-             lrs: Sequence[float] = (1e-2, 1e-1, 1.0), shots: int | None = None, seed: int = 0,
-             epochs: int = 30) -> dict[float, list[MarginRun]]:
-    """{learning rate: runs over `scales` at margin m}: where does training stop converging?"""
-    return {lr: run_margins(features, labels, [(s, m) for s in scales], shots=shots, seeds=(seed,),
-                            epochs=epochs, lr=lr) for lr in lrs}
-
-
-def format_lr_sweep(sweep: dict[float, list[MarginRun]], num_classes: int) -> str:
-    """Text table: final loss (and the best loss possible) / test accuracy for each scale and learning rate."""
-    runs0 = next(iter(sweep.values()))
-    lines = [f"{'learning rate':<14}" + "".join(f"{r.label + ': loss / acc':>30}" for r in runs0)]
-    lines.append(f"{'(best possible loss)':<14}" + "".join(
-        f"{format(loss_floor(r.s, r.m, num_classes), '.3f') + ' / -':>30}" for r in runs0))
-    for lr, runs in sweep.items():
-        cells = [("diverged" if r.diverged else f"{r.losses[0]:.3f} / {100 * r.accuracy:.1f} %") for r in runs]
-        lines.append(f"{lr:<14g}" + "".join(f"{c:>30}" for c in cells))
-    return "\n".join(lines)
-
-
-def closing_summary(settings: dict[str, Sequence[MarginRun]]) -> str:
-    """One line per setting: the test accuracy of every (s, m) tried."""
-    out = []
-    for name, runs in settings.items():
-        cells = ", ".join(f"({r.s:g}, {r.m:g}) {'diverged' if r.diverged else format(100 * r.accuracy, '.1f') + ' %'}"
-                          for r in runs)
-        out.append(f"{name}: {cells}")
-    return "\n".join(out)
-
-
-def plot_angle_distributions(runs: Sequence[MarginRun], split: str = "test", bins: int = 36) -> plt.Figure:
-    """One histogram per run: angle to own centre vs to the nearest other centre (overlap = errors)."""
-    runs = [r for r in runs if not r.diverged]
-    if not runs:
-        raise ValueError("no finished runs to draw")
-    fig, axes = plt.subplots(1, len(runs), figsize=(min(2.4 * len(runs), 9.6), 2.6), sharey=True, squeeze=False)
-    edges = np.linspace(0, 120, bins + 1)
-    for ax, r in zip(axes[0], runs):
-        st = r.test_angles if split == "test" else r.train_angles
-        ax.hist(st.own, edges, alpha=0.7, label="own centre")
-        ax.hist(st.other, edges, alpha=0.7, label="nearest other")
-        ax.set_title(r.label, fontsize=8)
-        ax.set_xlabel("angle (degrees)", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel(f"{split} photos")
-    axes[0, 0].legend(fontsize=6)
-    fig.tight_layout()
-    return fig
 
 
 # ---------------------------------------------------------------------- numerical safety

@@ -1,0 +1,163 @@
+"""A backbone cut at a stage: the activations entering it (computed once) and the tail that runs
+from there to the features; and the fine-tuning model whose backbone BatchNorm keeps its statistics.
+
+While only the last stage trains and nothing is augmented, the activations entering that stage
+never change, so they are computed once and each epoch runs the last stage only (`BackboneTail`).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+from .backbones import Backbone, keep_frozen_in_eval
+from .model import FaceModel
+from .runtime import pick_device, run_batched
+
+
+def last_stage(backbone: Backbone) -> str:
+    """The backbone's last stage that holds layers (ResNet-18 and EfficientNet-Lite0: 'layer4')."""
+    names = [s for s in backbone.stage_names if backbone.stage_paths[s]]
+    if not names:
+        raise ValueError(f"{backbone.name} has no stages")
+    return names[-1]
+
+
+class BackboneTail(nn.Module):
+    """The backbone from `stage` to the end (pooling included): stage inputs -> features.
+
+    Shares its modules with `backbone`, so training the tail trains the backbone. Exposes
+    `stage_names`/`stage_parameters` for the stages it holds, like a `Backbone`, so `fit()`
+    builds its optimizer groups the same way.
+    """
+
+    def __init__(self, backbone: Backbone, stage: str):
+        super().__init__()
+        names = backbone.stage_names
+        if stage not in names:
+            raise KeyError(f"unknown stage {stage!r}; this backbone has {names}")
+        if not backbone.stage_paths[stage]:
+            raise ValueError(f"stage {stage!r} of {backbone.name} holds no layers")
+        if stage == names[0]:
+            raise ValueError(f"{stage!r} is the first stage: there is nothing before it to cache")
+        self.stage = stage
+        self._backbone = [backbone]  # not registered: the tail's parameters are only its own
+        self.stage_names_held = names[names.index(stage):]
+        self.feature_dim = backbone.feature_dim
+        body = backbone.body
+        first = backbone.stage_paths[stage][0]
+        if isinstance(body, nn.Sequential):  # ResNet-18: conv1 ... layer4, avgpool, flatten
+            children = [n for n, _ in body.named_children()]
+            top = first.split(".")[0]
+            if top not in children or "." in first:
+                raise NotImplementedError(f"cannot cut {backbone.name} at {stage!r} ({first})")
+            self.kind = "sequential"
+            self.rest = body[children.index(top):]
+        elif hasattr(body, "_blocks") and first.startswith("_blocks."):  # EfficientNet-Lite
+            self.kind = "efficientnet"
+            self.start = int(first.split(".")[1])
+            self.n_blocks = len(body._blocks)
+            self.blocks = nn.ModuleList(list(body._blocks)[self.start:])
+            self._conv_head, self._bn1, self._swish = body._conv_head, body._bn1, body._swish
+            self.drop_connect_rate = body.drop_connect_rate
+        else:
+            raise NotImplementedError(f"BackboneTail does not know how to cut {type(body).__name__}")
+
+    @property
+    def backbone(self) -> Backbone:
+        return self._backbone[0]
+
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stage_names_held)
+
+    def stage_parameters(self, stage: str):
+        if stage not in self.stage_names_held:
+            return iter(())
+        return self.backbone.stage_parameters(stage)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sequential":
+            return self.rest(x)
+        for i, block in enumerate(self.blocks, start=self.start):
+            x = block(x, drop_connect_rate=self.drop_connect_rate * i / self.n_blocks)
+        x = self._swish(self._bn1(self._conv_head(x)))
+        return x.mean((2, 3))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.backbone.keep_frozen_bn_eval:  # same rule as Backbone.train
+            keep_frozen_in_eval(self)
+        return self
+
+
+def stage_input_extractor(backbone: Backbone, stage: str) -> nn.Module:
+    """The backbone's body up to `stage`: images (B,3,H,W) -> activations entering the stage (B,C,h,w).
+
+    Built with torchvision's `create_feature_extractor` (FX): the returned node is the one that
+    feeds the stage's first module in the traced graph, so nothing after it is computed.
+    """
+    backbone.stage_modules(stage)  # a clear KeyError for an unknown stage
+    if not backbone.stage_paths[stage]:
+        raise ValueError(f"stage {stage!r} of {backbone.name} holds no layers")
+    first = backbone.stage_paths[stage][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "nodes in eval mode are a subsequence of train mode": we trace eval
+        nodes = get_graph_node_names(backbone.body.eval())[1]
+    inside = [i for i, n in enumerate(nodes) if n == first or n.startswith(first + ".")]
+    if not inside or inside[0] == 0:
+        raise ValueError(f"cannot find what enters {stage!r} ({first}) in {backbone.name}'s graph")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return create_feature_extractor(backbone.body, return_nodes={nodes[inside[0] - 1]: "x"})
+
+
+def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform=None, batch_size: int = 16,
+                 device=None) -> torch.Tensor:
+    """Activations entering `stage` (N, C, h, w), float32 on the CPU, eval mode, no augmentation."""
+    if not len(images):
+        raise ValueError("no images given")
+    device = pick_device(device)
+    transform = transform or backbone.transform()
+    was = backbone.training
+    backbone.to(device).eval()
+    try:
+        net = stage_input_extractor(backbone, stage).to(device).eval()
+        return run_batched(lambda x: net(x)["x"], list(images), batch_size, device,
+                           prepare=lambda chunk: torch.stack([transform(im) for im in chunk]))
+    finally:
+        backbone.train(was)
+
+
+class FineTuneModel(FaceModel):
+    """A FaceModel whose backbone BatchNorm layers keep their ImageNet statistics while training.
+
+    With `bn_train=False` (default) every BatchNorm layer of the backbone stays in eval mode in
+    `train()`: it normalises with its pretrained running statistics and, if its stage trains,
+    learns only its scale and shift. With batches of ~16 photos that is the safe choice: in train
+    mode a layer normalises with the statistics of each small batch, while its running
+    statistics (what eval mode uses) move only 1 % per step in EfficientNet (TF momentum 0.99),
+    so the trained network behaves differently at test time. `bn_train=True` is PyTorch's
+    default behaviour. The embedding's BatchNorm1d always trains.
+    """
+
+    def __init__(self, embedding, head, backbone=None, bn_train: bool = False):
+        super().__init__(embedding, head, backbone)
+        self.bn_train = bn_train
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.backbone is not None and not self.bn_train:
+            keep_frozen_in_eval(self.backbone, all_batchnorm=True)
+        return self
+
+
+def as_finetune(model: FaceModel, bn_train: bool) -> FineTuneModel:
+    """`model` as a FineTuneModel sharing its modules (the same object when it already is one)."""
+    if isinstance(model, FineTuneModel):
+        model.bn_train = bn_train
+        return model
+    return FineTuneModel(model.embedding, model.head, model.backbone, bn_train)

@@ -1,0 +1,245 @@
+"""What notebook 05 shows about unfreezing: the comparison of methods, its tables and plot, the
+speed of the cache, and the pitfalls (BatchNorm in train mode, feature drift, frozen checks)."""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones import Backbone
+from ..model import FaceModel, build_model
+from ..runtime import set_seed
+from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, model_features, run_schedule)
+
+
+def compare_methods(data: UnfreezeData, gradual: Sequence[StagePlan], full: Sequence[StagePlan],
+                    seed: int = 0, progress: bool = False) -> list[RunResult]:
+    """Frozen (stage 1 alone), gradual after stage 2, gradual (3 stages), full fine-tuning: same split.
+
+    The gradual run continues from the frozen run's model (stage 1 is shared, not repeated).
+    """
+    gradual = list(gradual)
+    if len(gradual) != 3:
+        raise ValueError("the gradual schedule has three stages")
+    data.inputs("train")  # the one-off cost, outside every run's timing
+    data.features("train")
+    frozen = run_schedule(data, gradual[:1], "frozen (stage 1 only)", seed, progress=progress)
+    evaluate_run(frozen, data, seed)
+    frozen.one_off_seconds = data.one_off_seconds
+
+    model2 = copy.deepcopy(frozen.model)
+    g2 = run_schedule(data, gradual[1:2], "gradual, stages 1-2", seed, model=model2, progress=progress)
+    g2.histories = frozen.histories + g2.histories
+    g2.plans = gradual[:2]
+    g2.stage_seconds = frozen.stage_seconds + g2.stage_seconds
+    g2.peak_mb = max(frozen.peak_mb or 0.0, g2.peak_mb or 0.0) if g2.peak_mb is not None else None
+    g2.one_off_seconds = data.one_off_seconds
+    evaluate_run(g2, data, seed)
+
+    model3 = copy.deepcopy(g2.model)
+    g3 = run_schedule(data, gradual[2:], "gradual, stages 1-3", seed, model=model3,
+                      trained_stages=g2.trained_stages, progress=progress)
+    g3.histories = g2.histories + g3.histories
+    g3.plans = gradual
+    g3.stage_seconds = g2.stage_seconds + g3.stage_seconds
+    g3.peak_mb = max(g2.peak_mb or 0.0, g3.peak_mb or 0.0) if g3.peak_mb is not None else None
+    g3.one_off_seconds = data.one_off_seconds
+    evaluate_run(g3, data, seed)
+
+    f = run_schedule(data, full, "full fine-tuning", seed, progress=progress)
+    evaluate_run(f, data, seed)
+    return [frozen, g2, g3, f]
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f} %"
+
+
+def accuracy_table(results: Sequence[RunResult]) -> str:
+    """Accuracy columns only (deterministic for fixed seeds and threads), one line per method."""
+    head = ("| method | train acc | val acc | cos to own person, train / val | test acc (known) | "
+            "1-shot new people | strangers' EER |")
+    lines = [head, "|" + "---|" * 7]
+    for r in results:
+        m = r.metrics
+        lines.append(f"| {r.method} | {_pct(m.train_acc)} | {_pct(m.val_acc)} | {m.train_cos:.2f} / {m.val_cos:.2f} | "
+                     f"{_pct(m.test_acc)} | {_pct(m.new_people_1shot)} | {_pct(m.strangers_eer)} |")
+    return "\n".join(lines)
+
+
+def comparison_table(results: Sequence[RunResult]) -> str:
+    """The whole comparison: parameters, time per epoch, memory and accuracy (pipe table)."""
+    head = ("| method | trainable params | epochs | s/epoch by stage | training time | one-off caching | "
+            "peak extra memory | train-val gap (acc / cos) | test acc (known) | 1-shot new people | strangers' EER |")
+    lines = [head, "|" + "---|" * 11]
+    for r in results:
+        m = r.metrics
+        spe = " / ".join(f"{s:.2f} s" for s in r.seconds_per_epoch())
+        mem = "n/a" if r.peak_mb is None else f"{r.peak_mb:.0f} MB"
+        lines.append(f"| {r.method} | {r.trainable:,} | {r.epochs} | {spe} | {r.train_seconds:.1f} s | "
+                     f"{r.one_off_seconds:.1f} s | {mem} | {100 * m.gap:+.1f} pts / {m.cos_gap:+.2f} | "
+                     f"{_pct(m.test_acc)} | "
+                     f"{_pct(m.new_people_1shot)} | {_pct(m.strangers_eer)} |")
+    return "\n".join(lines)
+
+
+def plot_comparison(results: Sequence[RunResult], raw: dict | None = None):
+    """One figure: accuracy measures, cosine to the own person (overfitting), strangers' EER, seconds per epoch
+    (last stage) and peak memory, one bar group per method."""
+    import matplotlib.pyplot as plt
+
+    names = [r.method.replace(", ", "\n").replace(" (", "\n(") for r in results]
+    x = np.arange(len(results))
+    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6))
+    w = 0.27
+    for k, (attr, label) in enumerate([("train_acc", "train"), ("test_acc", "test (known)"),
+                                       ("new_people_1shot", "1-shot new people")]):
+        axes[0].bar(x + (k - 1) * w, [100 * getattr(r.metrics, attr) for r in results], w, label=label)
+    axes[0].axhspan(85, 92, color="tab:gray", alpha=0.15, label="guide: frozen 85-92 %")
+    axes[0].set(title="accuracy (%)", ylim=(0, 105))
+    axes[0].legend(fontsize=7, loc="lower left")
+    for k, (attr, label) in enumerate([("train_cos", "train"), ("val_cos", "validation")]):
+        axes[1].bar(x + (k - 0.5) * 0.4, [getattr(r.metrics, attr) for r in results], 0.4, label=label)
+    axes[1].set(title="cosine to own person (gap = overfitting)", ylim=(0, 1))
+    axes[1].legend(fontsize=7)
+    axes[2].bar(x, [100 * r.metrics.strangers_eer for r in results], color="tab:red")
+    if raw:
+        axes[2].axhline(100 * raw["strangers_eer"], ls="--", color="k", label="raw frozen features")
+        axes[2].legend(fontsize=7)
+    axes[2].set(title="strangers' EER (%, lower is better)")
+    axes[3].bar(x, [r.seconds_per_epoch()[-1] for r in results], color="tab:green")
+    axes[3].set(title="seconds per epoch (last stage)", yscale="log")
+    axes[4].bar(x, [r.peak_mb or 0 for r in results], color="tab:purple")
+    axes[4].set(title="peak extra memory (MB)")
+    for ax in axes:
+        ax.set_xticks(x, names, fontsize=6.5)
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def cache_speedup(data: UnfreezeData, epochs: int = 2, lr: float = 1e-3, backbone_lr: float = 1e-3,
+                  seed: int = 0) -> dict[str, float]:
+    """Seconds per epoch of stage 2 (last stage + head) on cached inputs vs the whole backbone each epoch."""
+    last = data.cut_stage
+    cached = run_schedule(data, [StagePlan("cached", (last,), epochs, lr, backbone_lr, cache=True)],
+                          seed=seed, measure_memory=False)
+    uncached = run_schedule(data, [StagePlan("uncached", (last,), epochs, lr, backbone_lr)],
+                            seed=seed, measure_memory=False)
+    c, u = cached.seconds_per_epoch()[0], uncached.seconds_per_epoch()[0]
+    return {"cached_s_per_epoch": c, "uncached_s_per_epoch": u, "speedup": u / c,
+            "one_off_s": data.one_off_seconds}
+
+
+def _bn_running_stats(module: nn.Module) -> list[torch.Tensor]:
+    return [b.clone() for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for b in (m.running_mean, m.running_var)]
+
+
+def frozen_bn_pitfall(data: UnfreezeData, epochs: int = 10, lr: float = 1e-2, seed: int = 0) -> dict:
+    """Train the head on photos through a frozen backbone, twice: BatchNorm kept in eval mode, and
+    BatchNorm left in train mode (the pitfall). Same data, seed and epochs.
+
+    For each: whether any weight changed, how far the BN running statistics moved (largest
+    relative change), validation/test accuracy in eval mode, and the backbone (for more checks).
+    """
+    out = {}
+    for name, keep_eval in (("bn eval", True), ("bn train", False)):
+        bb = copy.deepcopy(data.backbone)
+        bb.keep_frozen_bn_eval = keep_eval
+        set_seed(seed)
+        model = build_model(data.num_classes, backbone=bb, freeze_backbone=True)
+        weights = {k: v.clone() for k, v in bb.state_dict().items() if "running" not in k and "num_batches" not in k}
+        stats = _bn_running_stats(bb)
+        res = run_schedule(data, [StagePlan("stage 1 on photos", (), epochs, lr)], seed=seed, model=model,
+                           measure_memory=False, bn_train=not keep_eval)
+        after = _bn_running_stats(bb)
+        moved = max(float(((a - b).abs() / (b.abs() + 1e-3)).max()) for a, b in zip(after, stats))
+        res.bn_stats_changed = moved > 0
+        evaluate_run(res, data, seed, strangers=False)
+        changed = any(not torch.equal(v, bb.state_dict()[k]) for k, v in weights.items())
+        out[name] = {"weights_changed": changed, "bn_stats_moved": moved, "val_acc": res.metrics.val_acc,
+                     "test_acc": res.metrics.test_acc, "train_acc_during_training": res.histories[0].train_acc[-1],
+                     "backbone": bb, "result": res}
+    return out
+
+
+def imagenet_top1(backbone: Backbone, image, size: int = 224) -> tuple[str, float]:
+    """The backbone's ImageNet top-1 (class, probability) for one PIL image (its classifier, unchanged)."""
+    x = backbone.transform(size=size)(image).unsqueeze(0)
+    device = next(backbone.parameters()).device
+    backbone.cpu()  # its ImageNet classifier is not a registered module: it stays on the CPU
+    try:
+        return backbone.predict_imagenet(x, k=1)[0][0]
+    finally:
+        backbone.to(device)
+
+
+def feature_drift(result: RunResult, data: UnfreezeData) -> float:
+    """Mean cosine similarity between pretrained and fine-tuned features of the strangers' photos."""
+    a = F.normalize(data.features("strangers"), dim=1)
+    b = F.normalize(model_features(result, data, "strangers"), dim=1)
+    return float((a * b).sum(1).mean())
+
+
+def frozen_report(model: FaceModel, pretrained: Backbone | None = None) -> str:
+    """How to know a backbone is frozen, per stage: trainable parameters, BatchNorm layers that
+    would be in train mode after `model.train()`, and (given the pretrained backbone) whether any
+    weight or BatchNorm statistic differs from the pretrained one."""
+    bb = model.backbone
+    was = model.training
+    model.train()
+    ref = dict(pretrained.named_parameters()) | dict(pretrained.named_buffers()) if pretrained is not None else {}
+    mine = dict(bb.named_parameters()) | dict(bb.named_buffers())
+    lines = []
+    for stage in bb.stage_names:
+        if not bb.stage_paths[stage]:
+            continue
+        params = list(bb.stage_parameters(stage))
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        bns = [m for mod in bb.stage_modules(stage) for m in mod.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        line = (f"{stage:7s} trainable {trainable:>9,} of {sum(p.numel() for p in params):>9,} parameters; "
+                f"BatchNorm in train mode {sum(m.training for m in bns):>2} of {len(bns):>2}")
+        if ref:
+            prefixes = tuple(f"body.{path}." for path in bb.stage_paths[stage])
+            keys = [k for k in mine if k.startswith(prefixes) and "num_batches" not in k]
+            same = all(torch.equal(mine[k].detach().cpu(), ref[k].detach().cpu()) for k in keys)
+            line += f"; identical to the pretrained weights: {'yes' if same else 'NO'}"
+        lines.append(line)
+    model.train(was)
+    return "\n".join(lines)
+
+
+def show_augmentations(data: UnfreezeData, index: int = 0, n: int = 6, seed: int = 0):
+    """One training photo and `n` augmented versions of it, as the network sees them (denormalised)."""
+    import matplotlib.pyplot as plt
+
+    img = data.images("train")[index]
+    tf = data.transform(train=True)
+    mean, std = torch.tensor(data.backbone.mean)[:, None, None], torch.tensor(data.backbone.std)[:, None, None]
+    torch.manual_seed(seed)
+    views = [data.transform()(img)] + [tf(img) for _ in range(n)]
+    fig, axes = plt.subplots(1, n + 1, figsize=(1.4 * (n + 1), 1.7))
+    for k, (ax, v) in enumerate(zip(axes, views)):
+        ax.imshow((v * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        ax.set_title("as evaluated" if k == 0 else f"augmented {k}", fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def describe_result(res: RunResult) -> str:
+    """One line: 'Result: ...' with accuracy, gap, EER, time per epoch, trainable parameters, memory."""
+    if res.diverged:
+        return f"Result: training diverged ({res.diverged})"
+    m = res.metrics
+    mem = "n/a" if res.peak_mb is None else f"{res.peak_mb:.0f} MB"
+    return (f"Result: test acc {_pct(m.test_acc)}, val acc {_pct(m.val_acc)}, train-val gap "
+            f"{100 * m.gap:+.1f} pts (cos {m.cos_gap:+.2f}), strangers' EER {_pct(m.strangers_eer)}; "
+            f"{res.seconds_per_epoch()[-1]:.2f} s/epoch, {res.trainable:,} trainable parameters, "
+            f"peak extra memory {mem}")

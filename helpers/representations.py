@@ -1,0 +1,391 @@
+"""Frozen features made robust without gradient training: several layers, mirror test-time
+augmentation and within-class whitening (the recogniser's default representation).
+
+* **Several layers.** Besides the backbone's pooled output ("final"), the globally
+  average-pooled outputs of earlier stages (`layer3`, `layer2`): less specialised in ImageNet
+  objects, more in texture and shape. Each part is L2-normalised, then concatenated.
+* **Mirror test-time augmentation (TTA).** A face and its mirror image are the same person: the
+  representation is the normalised sum of the photo's and its mirror's.
+* **Within-class whitening.** From enrolment photos (and augmented views of them: crop, flip,
+  rotation, light), estimate the covariance of the differences between photos *of the same
+  person*, and shrink those directions: W = (C_w + lam * max_eig(C_w) * I)^(-1/2). It is a
+  metric learnt in closed form from few identities (classic LDA / "WCCN"), where an ArcFace head
+  needs many people to learn which directions are identity and which are nuisance.
+
+`Representation` is an `nn.Module` (images -> vectors) so a recogniser built on it exports to
+TorchScript and ONNX like any other; `pooled_features` + `Representation.from_parts` compute the
+same vectors from cached features (NumPy), which is how enrolment and the benchmarks use it.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from .backbones import Backbone
+from .images import image_digest
+from .io import atomic_save
+from .runtime import cache_dir
+
+FINAL = "final"
+DEFAULT_LAYERS = ("layer3", "layer2")   # after "final", in this order
+DEFAULT_LAMBDA = 0.01                    # chosen on development people (benchmarks/accuracy.py)
+DEFAULT_VIEWS = 8                        # augmented views of each enrolment photo, for the whitening
+TAPPED = ("layer2", "layer3")            # stages whose pooled outputs `pooled_features` returns
+# augmentation of enrolment photos (PIL), applied before the recogniser's own preprocessing
+VIEWS = {"crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1), "hflip": 0.5, "rotation_deg": 10.0,
+         "brightness": 0.3, "contrast": 0.3}
+
+
+def _l2n(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ------------------------------------------------------------------------------ pooled stage outputs
+
+def mirrored(img: Image.Image) -> Image.Image:
+    return img.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
+    """Training view number `view` of photo `index` (deterministic): crop, flip, rotation, light."""
+    from torchvision.transforms import v2
+
+    v = VIEWS
+    w, h = img.size
+    tf = v2.Compose([
+        v2.RandomResizedCrop((h, w), scale=v["crop_scale"], ratio=v["crop_ratio"], antialias=True),
+        v2.RandomHorizontalFlip(v["hflip"]),
+        v2.RandomRotation(v["rotation_deg"]),
+        v2.ColorJitter(brightness=v["brightness"], contrast=v["contrast"]),
+    ])
+    state = torch.random.get_rng_state()
+    torch.manual_seed(1_000_003 * (view + 1) + index)
+    try:
+        return tf(img)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+class _Taps:
+    """Forward hooks that keep the global-average-pooled output of some stages during one call."""
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str]):
+        self.backbone, self.layers = backbone, tuple(layers)
+        self.grabbed: dict[str, torch.Tensor] = {}
+        self.hooks = []
+
+    def __enter__(self):
+        for name in self.layers:
+            last = self.backbone.stage_modules(name)[-1]
+            self.hooks.append(last.register_forward_hook(
+                lambda m, i, o, name=name: self.grabbed.__setitem__(name, o.float().mean((2, 3)))))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
+        return False
+
+
+def pooled(backbone: Backbone, x: torch.Tensor, layers: Sequence[str] = TAPPED) -> dict[str, torch.Tensor]:
+    """{"final": backbone(x), layer: pooled stage output} for a preprocessed batch `x`."""
+    with _Taps(backbone, layers) as taps:
+        out = {FINAL: backbone(x).float()}
+    return {**out, **{n: taps.grabbed[n] for n in layers}}
+
+
+class _PooledOut(nn.Module):
+    """backbone -> [final | layer2 | layer3 ...] pooled, concatenated: one output for ONNX export."""
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str]):
+        super().__init__()
+        self.backbone, self.layers = backbone, tuple(layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = pooled(self.backbone, x, self.layers)
+        return torch.cat([parts[FINAL]] + [parts[n] for n in self.layers], 1)
+
+
+_SESSIONS: dict = {}
+
+
+def _onnx_pooled(backbone: Backbone, size: int, layers: Sequence[str]):
+    """An ONNX Runtime session for `_PooledOut` (exported once per weights, size and layers), or None
+    when ONNX Runtime is not to be used here (then PyTorch runs: the same features to ~1e-5)."""
+    import importlib.util
+    import io
+    import warnings
+
+    from .io import atomic_write_bytes, onnx_session
+    from .onnx_backbone import resolve_engine, weights_digest
+
+    if resolve_engine(None, torch.device("cpu")) != "onnxruntime" or importlib.util.find_spec("onnxruntime") is None:
+        return None
+    name = f"{backbone.name}-pooled-{'-'.join(layers)}-{size}-{weights_digest(backbone)}"
+    key = (name, torch.get_num_threads())
+    if key in _SESSIONS:
+        return _SESSIONS[key]
+    path = cache_dir("models", "onnx") / f"{name}.onnx"
+    was = backbone.training
+    try:
+        if not path.exists():
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_PooledOut(backbone.cpu().eval(), layers), (torch.zeros(1, 3, size, size),), buf,
+                                  dynamo=False, opset_version=17, input_names=["images"], output_names=["pooled"],
+                                  dynamic_axes={"images": {0: "batch"}, "pooled": {0: "batch"}})
+            atomic_write_bytes(buf.getvalue(), path)
+        session = onnx_session(path, torch.get_num_threads())
+    except Exception:  # export or load failed: PyTorch computes the same features
+        return None
+    finally:
+        backbone.train(was)
+    _SESSIONS.clear()  # one at a time: each holds a copy of the weights
+    _SESSIONS[key] = session
+    return session
+
+
+def compute_pooled(backbone: Backbone, images: Sequence[Image.Image], size: int, batch_size: int | None = None,
+                   layers: Sequence[str] = TAPPED, engine: str | None = None) -> dict[str, torch.Tensor]:
+    """Pooled outputs of every image: ONNX Runtime on a CPU when installed (batch 64), else eager
+    PyTorch (channels_last, inference mode, batch 16); `engine='torch'` forces PyTorch.
+
+    Photos are prepared by `helpers.preprocess` (the backbone's evaluation transform, batched; the
+    next batch is prepared while the model runs on the current one)."""
+    from .preprocess import prefetched_batches
+
+    session = None
+    device = next(backbone.parameters()).device
+    if engine != "torch" and device.type == "cpu":
+        session = _onnx_pooled(backbone, size, layers)
+    batch_size = batch_size or (64 if session is not None else 16)
+    was = backbone.training
+    net = backbone.eval()
+    if session is None:
+        net = net.to(memory_format=torch.channels_last)
+    chunks: list[torch.Tensor] = []
+    try:
+        with torch.inference_mode():
+            for batch in prefetched_batches(list(images), size, backbone.mean, backbone.std, batch_size):
+                if session is not None:
+                    chunks.append(torch.from_numpy(session.run(None, {"images": batch})[0]))
+                else:
+                    x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+                    chunks.append(_PooledOut(net, layers)(x).cpu())
+    finally:
+        backbone.train(was)
+    if not chunks:
+        return {FINAL: torch.zeros(0, backbone.feature_dim), **{n: torch.zeros(0, 0) for n in layers}}
+    x = torch.cat(chunks).float()
+    dims = [backbone.feature_dim] + [_stage_dim(backbone, n, size) for n in layers]
+    return {k: v.clone() for k, v in zip((FINAL, *layers), torch.split(x, dims, dim=1))}
+
+
+def _stage_dim(backbone: Backbone, layer: str, size: int) -> int:
+    with torch.no_grad():
+        was = backbone.training
+        try:
+            return int(pooled(backbone.eval(), torch.zeros(1, 3, 32, 32), (layer,))[layer].shape[1])
+        finally:
+            backbone.train(was)
+
+
+def pooled_features(backbone: Backbone, images: Sequence[Image.Image], size: int | None = None,
+                    cache: bool = True, batch_size: int | None = None) -> dict[str, np.ndarray]:
+    """`compute_pooled` as NumPy arrays, cached on disk (key: backbone, its weights, size, pixels)."""
+    from .onnx_backbone import weights_digest
+
+    size = size or backbone.input_size
+    if not cache:
+        return {k: v.numpy() for k, v in compute_pooled(backbone, images, size, batch_size).items()}
+    h = hashlib.sha256(f"{backbone.cache_key()}|{weights_digest(backbone)}|{size}|{TAPPED}|pooled-v2".encode())
+    for im in images:
+        h.update(image_digest(im).encode())
+    path = cache_dir("features", "pooled") / f"{backbone.name}-{size}-{h.hexdigest()[:24]}.pt"
+    if path.exists():
+        try:
+            feats = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(feats, dict) and all(len(v) == len(images) for v in feats.values()):
+                return {k: v.numpy() for k, v in feats.items()}
+        except Exception:
+            pass  # unreadable: computed again below
+    feats = compute_pooled(backbone, images, size, batch_size)
+    atomic_save(feats, path)
+    return {k: v.numpy() for k, v in feats.items()}
+
+
+def combine(parts: dict[str, np.ndarray], layers: Sequence[str] = DEFAULT_LAYERS) -> np.ndarray:
+    """The multi-layer vector: each part L2-normalised, concatenated ("final" first), normalised."""
+    return _l2n(np.hstack([_l2n(parts[FINAL])] + [_l2n(parts[n]) for n in layers]))
+
+
+# ------------------------------------------------------------------------------ whitening
+
+@dataclass
+class Whitening:
+    """x -> (x - mean) scaled by `base` everywhere, and by `base + scale` along `basis` rows."""
+
+    mean: np.ndarray    # (D,)
+    basis: np.ndarray   # (r, D) orthonormal rows: the span of the within-class differences
+    scale: np.ndarray   # (r,)
+    base: float
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        z = np.asarray(x, dtype=np.float64) - self.mean
+        return z * self.base + ((z @ self.basis.T) * self.scale) @ self.basis
+
+    def state(self) -> dict:
+        return {"mean": torch.as_tensor(self.mean, dtype=torch.float32),
+                "basis": torch.as_tensor(self.basis, dtype=torch.float32),
+                "scale": torch.as_tensor(self.scale, dtype=torch.float32),
+                "base": float(self.base)}
+
+    @classmethod
+    def from_state(cls, s: dict) -> "Whitening":
+        return cls(s["mean"].double().numpy(), s["basis"].double().numpy(), s["scale"].double().numpy(),
+                   float(s["base"]))
+
+
+def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA) -> Whitening:
+    """Centre on the mean of `x` and whiten by the regularised within-class covariance of (x, y).
+
+    Directions in which photos of the same person vary are shrunk; the rest are kept. Computed
+    from the SVD of the within-class residuals (cheap when there are fewer items than dimensions).
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
+    if len(x) != len(y) or len(x) < 2:
+        raise ValueError("whitening needs at least 2 labelled vectors")
+    if lam <= 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    mu = x.mean(0)
+    z = x - mu
+    for c in np.unique(y):
+        z[y == c] -= z[y == c].mean(0)
+    _, sv, vt = np.linalg.svd(z, full_matrices=False)
+    ev = sv ** 2 / len(z)
+    if ev.max() <= 0:
+        raise ValueError("whitening needs photos that differ within a person (add views or photos)")
+    reg = lam * ev.max()
+    base = 1 / np.sqrt(reg)
+    return Whitening(mu, vt, 1 / np.sqrt(ev + reg) - base, float(base))
+
+
+# ------------------------------------------------------------------------------ the module
+
+class Representation(nn.Module):
+    """Images (B, 3, H, W) -> multi-layer (+ mirror TTA) (+ whitened) vectors, not yet normalised.
+
+    `layers`: stages pooled beside the final output (() for the final output alone); `tta`:
+    average with the mirror image; `whitening`: a fitted `Whitening` or None.
+    """
+
+    def __init__(self, backbone: Backbone, layers: Sequence[str] = DEFAULT_LAYERS, tta: bool = True,
+                 whitening: Whitening | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.layers, self.tta = tuple(layers), bool(tta)
+        self.whitening = whitening
+        if whitening is not None:
+            for k, v in whitening.state().items():
+                if k != "base":
+                    self.register_buffer(f"w_{k}", v)
+            self.w_base = float(whitening.base)
+
+    def _single(self, x: torch.Tensor) -> torch.Tensor:
+        parts = pooled(self.backbone, x, self.layers)
+        return F.normalize(torch.cat([F.normalize(parts[FINAL], dim=1)]
+                                     + [F.normalize(parts[n], dim=1) for n in self.layers], 1), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self._single(x)
+        if self.tta:
+            f = F.normalize(f + self._single(torch.flip(x, dims=[3])), dim=1)
+        if self.whitening is not None:
+            z = f - self.w_mean
+            f = z * self.w_base + ((z @ self.w_basis.T) * self.w_scale) @ self.w_basis
+        return f
+
+    # ---------------------------------------------------------------- the same from cached features
+    def unwhitened(self, parts: dict[str, np.ndarray], mirror: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """What `forward` computes before whitening, from `pooled_features` of the photos (and of their
+        mirror images, needed when `tta`)."""
+        f = combine(parts, self.layers)
+        if self.tta:
+            if mirror is None:
+                raise ValueError("mirror TTA needs the features of the mirror images")
+            f = _l2n(f + combine(mirror, self.layers))
+        return f
+
+    def finish(self, f: np.ndarray) -> np.ndarray:
+        """Whitening (if any) of `unwhitened` vectors."""
+        return f if self.whitening is None else self.whitening.apply(f)
+
+    @property
+    def dim(self) -> int:
+        dims = {FINAL: self.backbone.feature_dim}
+        if self.layers:
+            with torch.no_grad():
+                size = 64
+                parts = pooled(self.backbone.eval(), torch.zeros(1, 3, size, size), self.layers)
+            dims.update({n: parts[n].shape[1] for n in self.layers})
+        return int(sum(dims[k] for k in (FINAL, *self.layers)))
+
+    def describe(self) -> str:
+        what = ["+".join((FINAL, *self.layers)) + " pooled"]
+        if self.tta:
+            what.append("mirror TTA")
+        if self.whitening is not None:
+            what.append(f"within-class whitening (rank {len(self.whitening.scale)})")
+        return ", ".join(what)
+
+    def config(self) -> dict:
+        """What a saved recogniser stores (plain types and tensors: weights_only-safe)."""
+        return {"layers": list(self.layers), "tta": self.tta,
+                "whitening": None if self.whitening is None else self.whitening.state()}
+
+    @classmethod
+    def from_config(cls, backbone: Backbone, cfg: dict) -> "Representation":
+        w = cfg.get("whitening")
+        return cls(backbone, tuple(cfg.get("layers", ())), bool(cfg.get("tta", False)),
+                   None if w is None else Whitening.from_state(w))
+
+
+def enrolment_set(backbone: Backbone, images: Sequence[Image.Image], labels, size: int | None = None,
+                  layers: Sequence[str] = DEFAULT_LAYERS, n_views: int = DEFAULT_VIEWS,
+                  cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, labels) to fit the whitening on: each photo, its mirror image and `n_views`
+    augmented views, each as one un-averaged multi-layer vector."""
+    labels = np.asarray(labels)
+    sets = [list(images), [mirrored(im) for im in images]]
+    sets += [[augmented_view(im, v, i) for i, im in enumerate(images)] for v in range(n_views)]
+    xs = [combine(pooled_features(backbone, s, size, cache), layers) for s in sets]
+    return np.vstack(xs), np.tile(labels, len(xs))
+
+
+def fit_representation(backbone: Backbone, images: Sequence[Image.Image], labels, size: int | None = None,
+                       layers: Sequence[str] = DEFAULT_LAYERS, tta: bool = True, lam: float = DEFAULT_LAMBDA,
+                       n_views: int = DEFAULT_VIEWS, cache: bool = True) -> Representation:
+    """A whitened `Representation` fitted on enrolment photos of at least two people."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("within-class whitening needs photos of at least 2 people")
+    x, y = enrolment_set(backbone, images, labels, size, layers, n_views, cache)
+    return Representation(backbone, layers, tta, fit_whitening(x, y, lam))
+
+
+def representation_features(rep: Representation, images: Sequence[Image.Image], size: int | None = None,
+                            cache: bool = True) -> np.ndarray:
+    """`rep` applied to PIL images through the feature cache (equal to `rep(batch)` to ~1e-5)."""
+    parts = pooled_features(rep.backbone, images, size, cache)
+    mirror = pooled_features(rep.backbone, [mirrored(im) for im in images], size, cache) if rep.tta else None
+    return rep.finish(rep.unwhitened(parts, mirror))
