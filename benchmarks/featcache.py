@@ -2,8 +2,8 @@
 
 `layer_features(backbone, images, size)` returns {"final": (N, D), "layer3": (N, C3),
 "layer2": (N, C2)}: the backbone's pooled output (what helpers.extract_features gives) and
-the globally average-pooled outputs of its `layer3` and `layer2` stages, read with forward
-hooks. The cache key covers the backbone, the input size and every image's pixels.
+the globally average-pooled outputs of its `layer3` and `layer2` stages (computed by the
+library, helpers.representations.compute_pooled). The cache key covers the backbone, the input size and every image's pixels.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from helpers.backbones import Backbone
-from helpers.features import atomic_save
+from helpers.io import atomic_save
 from helpers.images import image_digest
+from helpers.representations import compute_pooled
 from helpers.runtime import cache_dir
 
 LAYERS = ("layer2", "layer3")
@@ -29,35 +30,14 @@ def _key(backbone: Backbone, images: Sequence[Image.Image], size: int) -> str:
 
 
 def compute_layer_features(backbone: Backbone, images: Sequence[Image.Image], size: int,
-                           batch_size: int = 16) -> dict[str, torch.Tensor]:
-    with torch.inference_mode():
-        out = _layer_batches(backbone, images, size, batch_size)
-    return {k: torch.cat(v) for k, v in out.items()}  # outside inference mode: ordinary tensors
-
-
-def _layer_batches(backbone: Backbone, images: Sequence[Image.Image], size: int,
-                   batch_size: int) -> dict[str, list[torch.Tensor]]:
-    transform = backbone.transform(size=size)
-    net = backbone.eval().to(memory_format=torch.channels_last)
-    grabbed: dict[str, torch.Tensor] = {}
-    hooks = [backbone.stage_modules(name)[-1].register_forward_hook(
-        lambda m, i, o, name=name: grabbed.__setitem__(name, o.float().mean((2, 3))))
-        for name in LAYERS]
-    out: dict[str, list[torch.Tensor]] = {"final": [], **{n: [] for n in LAYERS}}
-    try:
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([transform(im) for im in images[start:start + batch_size]])
-            out["final"].append(net(batch.contiguous(memory_format=torch.channels_last)).float())
-            for n in LAYERS:
-                out[n].append(grabbed[n])
-    finally:
-        for h in hooks:
-            h.remove()
-    return out
+                           batch_size: int | None = None) -> dict[str, torch.Tensor]:
+    """The library's pooled stage outputs (helpers.representations.compute_pooled: ONNX Runtime
+    on a CPU when installed, else eager PyTorch), i.e. exactly what the recogniser computes."""
+    return compute_pooled(backbone, images, size, batch_size, LAYERS)
 
 
 def layer_features(backbone: Backbone, images: Sequence[Image.Image], size: int = 224,
-                   batch_size: int = 16, cache: bool = True) -> dict[str, torch.Tensor]:
+                   batch_size: int | None = None, cache: bool = True) -> dict[str, torch.Tensor]:
     """Cached `compute_layer_features`."""
     if not cache:
         return compute_layer_features(backbone, images, size, batch_size)

@@ -1,5 +1,5 @@
 """The accuracy protocol's data: ORL faces, deterministic degradations and augmented views,
-per-seed splits, and frozen features cached on disk.
+per-seed splits (benchmarks/accuracy.py chooses which people each task uses).
 
 Splits (per seed, per person, 10 ORL photos each):
   * identification: the person's photos are shuffled with the seed; the first 5 are test
@@ -17,63 +17,17 @@ quality uniform integer 60–90.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
 
 from helpers.data import FaceSet, load_orl
 
-DEGRADE = {
-    "rotation_deg": 10.0,          # uniform in [-10, 10]
-    "brightness": (0.75, 1.25),    # PIL ImageEnhance.Brightness factor
-    "contrast": (0.75, 1.25),      # PIL ImageEnhance.Contrast factor
-    "blur_sigma": (0.0, 1.0),      # PIL GaussianBlur radius
-    "jpeg_quality": (60, 90),      # inclusive
-}
-
-# augmented training views: the helpers' training augmentation, applied to PIL images
-VIEWS = {"crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1), "hflip": 0.5, "rotation_deg": 10.0,
-         "brightness": 0.3, "contrast": 0.3}
-
-
-def degrade(img: Image.Image, seed: int, index: int) -> Image.Image:
-    """One mildly degraded copy of `img`, the same for the same (seed, index)."""
-    rng = np.random.default_rng([seed, index, 7])
-    d = DEGRADE
-    grey = tuple(int(v) for v in np.asarray(img).reshape(-1, 3).mean(0))
-    out = img.rotate(float(rng.uniform(-d["rotation_deg"], d["rotation_deg"])),
-                     resample=Image.BILINEAR, fillcolor=grey)
-    out = ImageEnhance.Brightness(out).enhance(float(rng.uniform(*d["brightness"])))
-    out = ImageEnhance.Contrast(out).enhance(float(rng.uniform(*d["contrast"])))
-    out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*d["blur_sigma"]))))
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=int(rng.integers(d["jpeg_quality"][0], d["jpeg_quality"][1] + 1)))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
-
-
-def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
-    """Training view number `view` of photo `index`: random crop, flip, rotation, brightness/contrast."""
-    from torchvision.transforms import v2
-
-    v = VIEWS
-    w, h = img.size
-    tf = v2.Compose([
-        v2.RandomResizedCrop((h, w), scale=v["crop_scale"], ratio=v["crop_ratio"], antialias=True),
-        v2.RandomHorizontalFlip(v["hflip"]),
-        v2.RandomRotation(v["rotation_deg"]),
-        v2.ColorJitter(brightness=v["brightness"], contrast=v["contrast"]),
-    ])
-    state = torch.random.get_rng_state()
-    torch.manual_seed(1_000_003 * (view + 1) + index)
-    try:
-        return tf(img)
-    finally:
-        torch.random.set_rng_state(state)
+# the degradations and augmented views live in the library (the product uses them too)
+from helpers.degrade import DEGRADE, degrade  # noqa: E402,F401
+from helpers.representations import VIEWS, augmented_view  # noqa: E402,F401
 
 
 def flipped(img: Image.Image) -> Image.Image:
