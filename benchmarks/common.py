@@ -63,6 +63,22 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+def git_commit() -> str:
+    """The checkout's commit (short), '+dirty' when tracked files differ from it; '?' outside git."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return (head or "?") + ("+dirty" if dirty else "")
+
+
 # ------------------------------------------------------------------------------ timing
 
 @dataclass
@@ -92,14 +108,14 @@ def time_repeats(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> Ti
 
 
 class PeakRSS:
-    """Context manager: the peak extra memory (MB) of this process inside a block.
+    """Context manager: the peak extra memory (MiB) of this process inside a block.
 
-    Uses the course's own meter (helpers.unfreezing.PeakMemory: the kernel's resident-set
+    Uses the course's own meter (helpers.memory.PeakMemory: the kernel's resident-set
     high-water mark, reset at entry, after freed memory is handed back to the OS).
     """
 
     def __enter__(self):
-        from helpers.unfreezing import PeakMemory
+        from helpers.memory import PeakMemory
 
         self._meter = PeakMemory("cpu").__enter__()
         return self
@@ -138,7 +154,8 @@ class Figure:
     ratio_label: str = ""
     target: str = ""
     met: bool | None = None
-    spread: float | None = None  # std (accuracy) or half the min-max range (timings), same unit
+    spread: float | None = None  # 95 % interval (accuracy) or half the min-max range (timings), same unit
+    reference: str = ""          # a typed constant (e.g. a guide's claim): never measured, shown apart
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -169,6 +186,7 @@ def run_section(name: str, fn: Callable[..., Section], **kwargs) -> dict:
     return {
         "title": sec.title,
         "started": started,
+        "commit": git_commit(),
         "seconds": round(seconds, 1),
         "machine": machine(),
         "loadavg_before": before,

@@ -55,7 +55,7 @@ SMOKE_NOTEBOOK = [
 
 
 def execute(path: Path, workdir: Path, env: dict[str, str], timeout: int) -> dict:
-    """Run one notebook copy; return seconds and the kernel's peak RSS in MB."""
+    """Run one notebook copy; return seconds and the kernel's peak RSS in MiB."""
     nb = nbformat.read(path, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell(PEAK_CELL))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
@@ -115,7 +115,7 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
         baseline = execute(tmp / "baseline.ipynb", tmp, {"MPLBACKEND": "module://matplotlib_inline.backend_inline"},
                            timeout)
         print(f"  [course] baseline kernel (imports only): {fmt_s(baseline['seconds'])}, "
-              f"peak {baseline['peak_rss_mb']} MB", flush=True)
+              f"peak {baseline['peak_rss_mb']} MiB", flush=True)
         for r in range(max(1, repeats)):
             cache = tmp / f"cache-{r}"  # a first-time learner's run: empty caches
             env = {"FACE_COURSE_CACHE": str(cache), "NUMBA_CACHE_DIR": str(cache / "numba"),
@@ -128,7 +128,7 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
                 shutil.copy2(p, copy)
                 res[p.name] = execute(copy, work, env, timeout)
                 print(f"  [course] run {r + 1}: {p.name}: {fmt_s(res[p.name]['seconds'])}, kernel peak "
-                      f"{res[p.name]['peak_rss_mb']} MB{'  ERROR ' + res[p.name]['error'] if res[p.name]['error'] else ''}",
+                      f"{res[p.name]['peak_rss_mb']} MiB{'  ERROR ' + res[p.name]['error'] if res[p.name]['error'] else ''}",
                       flush=True)
             runs.append(res)
     names = list(runs[0])
@@ -149,14 +149,14 @@ def run(smoke: bool = False, repeats: int = 1, timeout: int = 1200, notebooks: l
                    "baseline_kernel": baseline}
     sec.figures = [
         Figure("course.total", f"All {len(names)} notebooks, executed in order", total, "s",
-               "target 8 min", TARGET_TOTAL_S, TARGET_TOTAL_S / total if total else None, "× under target",
-               "≤ 8 min on 2 CPU cores", total <= TARGET_TOTAL_S and not failed),
-        Figure("course.peak_kernel", f"Largest kernel peak memory ({worst})", peak_mb / 1024, "GB",
-               "target 3 GB", TARGET_KERNEL_GB, TARGET_KERNEL_GB / (peak_mb / 1024) if peak_mb else None,
-               "× under target", "≤ 3 GB per kernel", peak_mb / 1024 <= TARGET_KERNEL_GB),
+               "", None, TARGET_TOTAL_S / total if total else None, "× under target",
+               "≤ 8 min on 2 CPU cores", total <= TARGET_TOTAL_S and not failed, reference="target 8 min"),
+        Figure("course.peak_kernel", f"Largest kernel peak memory ({worst})", peak_mb / 1024, "GiB",
+               "", None, TARGET_KERNEL_GB / (peak_mb / 1024) if peak_mb else None,
+               "× under target", "≤ 3 GiB per kernel", peak_mb / 1024 <= TARGET_KERNEL_GB, reference="target 3 GiB"),
     ]
     sec.notes.append(f"A kernel that only imports helpers, torch, torchvision and matplotlib peaks at "
-                     f"{baseline['peak_rss_mb']:,.0f} MB (torch {__import__('torch').__version__}); "
+                     f"{baseline['peak_rss_mb']:,.0f} MiB (torch {__import__('torch').__version__}); "
                      "each notebook's peak includes that.")
     sec.notes.append("Peak memory is the kernel's own high-water mark (VmHWM). Child processes (notebook 06 "
                      "runs the command line) are listed apart: their figure is an upper bound, because "

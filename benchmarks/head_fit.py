@@ -8,8 +8,11 @@ people and 900 training items (the guide's data size: ~100 photos per person).
 Measured: the head fit (50 epochs, helpers.train_head_on_features) as the median of several
 repeats; one feature extraction of the 900 images (the course's one-off cost); and the guide's
 loop (helpers.fit with the backbone in the model, the helpers' training augmentation) for a few
-epochs, whose median epoch time x 50 is the guide's 50-epoch figure (extrapolated, linear: every
-epoch does the same work).
+epochs, whose median epoch time x 50 is the guide's 50-epoch figure: EXTRAPOLATED (labelled so in
+every figure), since 50 measured epochs of the guide's loop take most of an hour on a 2-core CPU.
+The head fit uses the course's own batch size (64, `train_head_on_features`' default). The guide's
+"5-10 min on GPU" is a typed constant: it stands in the figures' `reference` column, never as a
+same-run comparison.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ GUIDE_GPU_CLAIM_S = (300.0, 600.0)  # "5-10 minutes on GPU" for frozen training
 
 def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epochs: int = 3,
         epochs: int = 50, n_items: int = 900, n_people: int = 9, size: int | None = None,
-        batch_size: int = 128) -> Section:
+        batch_size: int = 64) -> Section:
     if smoke:
         repeats, guide_epochs, epochs, n_items, size = 2, 1, 3, 18, 64
     bb = load_backbone(backbone, verbose=False)
@@ -76,19 +79,19 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
     sec = Section("Frozen head fit", config={
         "backbone": bb.describe(), "input_size": size, "people": n_people, "items": n_items,
         "epochs": epochs, "head": f"Linear+BN embedding (512) + ArcFace (s=16), fused AdamW, batch {batch_size}",
+        "guide_claim_s_typed": list(GUIDE_GPU_CLAIM_S),
         "head_threads": 1 if n_items < SMALL_FIT else threads_n, "guide_batch": 32, "guide_epochs_measured": guide_epochs, "repeats": repeats,
         "extraction": f"compute_features defaults ({resolve_engine(None, torch.device('cpu'))})"})
     sec.figures = [
-        Figure("head_fit.seconds", f"Frozen head fit, {epochs} epochs on {n_items} cached vectors",
-               head, "s", f"guide's loop: backbone every epoch ({epochs} × {fmt_s(guide_epoch)}/epoch)",
+        Figure("head_fit.seconds", f"Frozen head fit, {epochs} epochs on {n_items} cached vectors, batch "
+               f"{batch_size}", head, "s",
+               f"guide's loop, EXTRAPOLATED: {guide_epochs} measured epoch(s) × {epochs} ({fmt_s(guide_epoch)}/epoch)",
                guide_total, guide_total / head, "× faster", "≤ 3 s on CPU", head <= 3.0,
-               spread=(max(t_head.seconds) - min(t_head.seconds)) / 2),
+               spread=(max(t_head.seconds) - min(t_head.seconds)) / 2,
+               reference="guide: 5–10 min on GPU (typed constant)"),
         Figure("head_fit.with_extraction", "Frozen training incl. the one-off feature extraction",
-               course_total, "s", "guide's loop, same 50 epochs", guide_total, guide_total / course_total,
-               "× faster"),
-        Figure("head_fit.vs_guide_gpu_claim", "Frozen head fit (CPU) vs the guide's promise",
-               head, "s", "guide: 5–10 min on GPU", GUIDE_GPU_CLAIM_S[0], GUIDE_GPU_CLAIM_S[0] / head,
-               "× faster than 5 min", "orders of magnitude", GUIDE_GPU_CLAIM_S[0] / head >= 100),
+               course_total, "s", f"guide's loop, {epochs} epochs EXTRAPOLATED from {guide_epochs}", guide_total,
+               guide_total / course_total, "× faster"),
     ]
     sec.details = {
         "head_fit_s": t_head.as_dict(),
@@ -103,5 +106,5 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
     print(f"[head_fit] {epochs} epochs on {n_items} cached vectors: {fmt_s(head)} (median of {repeats}); "
           f"guide's loop: {fmt_s(guide_epoch)}/epoch -> {fmt_s(guide_total)} for {epochs} epochs: "
           f"{guide_total / head:,.0f}× faster; with the one-off extraction ({fmt_s(t_extract.median)}): "
-          f"{guide_total / course_total:,.1f}× faster; vs the guide's 5 min on GPU: {300 / head:,.0f}×")
+          f"{guide_total / course_total:,.1f}× faster (guide's loop extrapolated from {guide_epochs} epochs)")
     return sec

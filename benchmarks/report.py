@@ -20,10 +20,10 @@ def _num(v, unit: str = "") -> str:
         return fmt_s(v)
     if unit == "%":
         return f"{v:.1f} %"
-    if unit == "GB":
-        return f"{v:.2f} GB"
-    if unit == "MB":
-        return f"{v:,.0f} MB"
+    if unit in ("GB", "GiB"):  # memory is measured in binary units (bytes / 2**30, / 2**20)
+        return f"{v:.2f} GiB"
+    if unit in ("MB", "MiB"):
+        return f"{v:,.0f} MiB"
     if unit == "images/s":
         return f"{v:,.1f} images/s"
     return f"{v:,.3g} {unit}".strip()
@@ -45,7 +45,7 @@ def _met(f: dict) -> str:
 def _value(f: dict) -> str:
     s = _num(f["value"], f["unit"])
     if f.get("spread") is not None and f["unit"] == "%":
-        s = f"{f['value']:.1f} ± {f['spread']:.1f} %"
+        s = f"{f['value']:.1f} ± {f['spread']:.1f} %"  # 95 % t-interval over seeds
     return s
 
 
@@ -70,8 +70,9 @@ def machine_line(results: dict) -> str:
 
 
 def headline_table(results: dict) -> str:
-    rows = ["| Benchmark | Measured | Compared with (same run) | Ratio | Target | Met |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| Benchmark | Measured | Compared with (same run) | Typed reference (not measured) | Ratio | Target "
+            "| Met | Measured on | Commit |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for key in ORDER:
         sec = results.get("sections", {}).get(key)
         if not sec:
@@ -79,7 +80,9 @@ def headline_table(results: dict) -> str:
         for f in sec["figures"]:
             vs = f"{f['vs_label']}: {_num(f['vs_value'], f['unit'])}" if f.get("vs_value") is not None \
                 else f.get("vs_label", "")
-            rows.append(f"| {f['label']} | {_value(f)} | {vs} | {_ratio(f)} | {f.get('target', '')} | {_met(f)} |")
+            rows.append(f"| {f['label']} | {_value(f)} | {vs or '—'} | {f.get('reference') or '—'} | {_ratio(f)} | "
+                        f"{f.get('target', '')} | {_met(f)} | {sec.get('started', '?')[:16].replace('T', ' ')} | "
+                        f"{sec.get('commit', 'not recorded')} |")
     return "\n".join(rows)
 
 
@@ -98,12 +101,25 @@ def accuracy_table(results: dict) -> str:
             if v is None:
                 cells.append("—")
             else:
-                txt = f"{v['mean']:.1f} ± {v['std']:.1f}"
+                spread = v.get("ci95", v.get("std"))
+                txt = f"{v['mean']:.1f} ± {spread:.1f}"
                 if v.get("seeds") != d["seeds"]:
                     txt += f" ({v['seeds']} seeds)"
                 cells.append(txt)
         rows.append(f"| {m['label']} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def dev_table(d: dict) -> list[str]:
+    cols = d["dev_columns"]
+    out = ["| Candidate (cheapest first) | " + " | ".join(cols) + " | score | threshold |",
+           "|---|" + "---|" * (len(cols) + 2)]
+    for key, v in d["dev"].items():
+        mark = " **(winner)**" if key == d["dev_winner"] else (" (best whitening)" if key == d.get("dev_best_whitening")
+                                                               else "")
+        out.append(f"| {v['label']}{mark} | " + " | ".join(f"{v[c]:.1f}" for c in cols)
+                   + f" | {v['score']:.2f} | {v['threshold']:.3f} |")
+    return out
 
 
 def readme_section(results: dict) -> str:
@@ -119,9 +135,11 @@ def readme_section(results: dict) -> str:
     acc = accuracy_table(results)
     if acc:
         sec = results["sections"]["accuracy"]
-        parts += ["", f"Accuracy on the offline ORL faces (%, mean ± std over {sec['details']['seeds']} seeds; "
+        d = sec["details"]
+        parts += ["", f"Accuracy on the offline ORL faces, **30 test people (s11–s40)**, every choice made on 10 "
+                  f"development people (s1–s10) (%, mean ± 95 % t-interval over {d['seeds']} seeds; "
                   "identification: 1-NN by cosine over the enrolled photos, 5 test photos per person; "
-                  "EER: lower is better):", "", acc]
+                  "EER: lower is better; protocol in benchmarks/RESULTS.md):", "", acc]
     return "\n".join(parts)
 
 
@@ -150,7 +168,7 @@ def results_markdown(results: dict) -> str:
                 "|---|---|---|---|---|---|"]
         for name, v in s["details"]["notebooks"].items():
             out.append(f"| {name} | {fmt_s(v['seconds'])} | {', '.join(fmt_s(x) for x in v['runs_s'])} | "
-                       f"{v['peak_rss_mb']:,.0f} MB | {v.get('children_rss_mb', 0) or 0:,.0f} MB | "
+                       f"{v['peak_rss_mb']:,.0f} MiB | {v.get('children_rss_mb', 0) or 0:,.0f} MiB | "
                        f"{'; '.join(v['errors']) or ''} |")
     if "head_fit" in secs:
         s = secs["head_fit"]
@@ -160,13 +178,13 @@ def results_markdown(results: dict) -> str:
                 f"- one-off extraction runs (s): {d['extraction_s']['runs_s']}",
                 f"- guide's loop, measured epochs (s): {d['guide_epoch_s']} -> "
                 f"{d['guide_50_epochs_s_extrapolated']} s for {s['config']['epochs']} epochs",
-                f"- extra memory (MB): {d['peak_rss_mb']}"]
+                f"- extra memory (MiB): {d['peak_rss_mb']}"]
     if "extraction" in secs:
         s = secs["extraction"]
         out += ["", "## Feature extraction", "", _meta(s)]
         for key, v in s["details"].items():
             out += ["", f"**{key}** ({v['weights']}); fastest: {v['fastest']}", "",
-                    "| Recipe | images/s | runs |", "|---|---|---|"]
+                    "| Recipe | images/s | runs | min cosine to PyTorch | notes |", "|---|---|---|---|---|"]
             for name, r in v["recipes"].items():
                 rate = r.get("images_per_s")
                 if r.get("recipe") == "head-to-head":
@@ -175,29 +193,27 @@ def results_markdown(results: dict) -> str:
                 else:
                     shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
                                                            else "failed: " + r.get("error", ""))
-                out.append(f"| {name} | {shown} | {r.get('runs', '')} |")
+                note = ""
+                if "loo_1nn" in r:
+                    note = f"1-NN leave-one-out {r['loo_1nn']} % (fp32: {r['loo_1nn_fp32']} %)"
+                cos = r.get("min_cosine_to_pytorch", "")
+                out.append(f"| {name} | {shown} | {r.get('runs', '')} | {cos} | {note} |")
     if "accuracy" in secs:
         s = secs["accuracy"]
         d = s["details"]
         out += ["", "## Accuracy protocol", "", _meta(s), "", accuracy_table(results)]
-        if d.get("ablation"):
-            chosen = ", ".join(f"{c}: {m}" for c, m in d.get("chosen_on_dev", {}).items())
-            out += ["", "### Development ablation: each idea in turn", "",
-                    "On development people only (seed 0's training half: identification among them, "
-                    "and EER with half of them as strangers); never on test photos. Methods chosen "
-                    f"from it for the headline figures: {chosen}.", "",
-                    "| Variant | " + " | ".join(d["ablation_columns"]) + " |",
-                    "|---|" + "---|" * len(d["ablation_columns"])]
-            for name, vals in d["ablation"].items():
-                out.append(f"| {name} | " + " | ".join("—" if vals.get(c) is None else f"{vals[c]:.1f}"
-                                                        for c in d["ablation_columns"]) + " |")
+        if d.get("dev"):
+            out += ["", "### Development people: every candidate", "",
+                    f"On development people only (ORL s1–s10, seeds {s['config'].get('dev_seeds')}); never on test "
+                    f"people. Winner: `{d['dev_winner']}`; settings used by the product's default: "
+                    f"{d['chosen_settings']}; library default: {d['library_default']}.", ""] + dev_table(d)
         if d.get("protocol"):
             out += ["", "### Protocol", ""] + [f"- {p}" for p in d["protocol"]]
     if "scaling" in secs:
         s = secs["scaling"]
         out += ["", "## Scaling", "", _meta(s), "",
-                "| N | head fit | ms/item | head fit extra MB | extraction | ms/image | extraction extra MB | "
-                "features MB | all inputs at once MB |", "|---|---|---|---|---|---|---|---|---|"]
+                "| N | head fit | ms/item | head fit extra MiB | extraction | ms/image | extraction extra MiB | "
+                "features MiB | all inputs at once MiB |", "|---|---|---|---|---|---|---|---|---|"]
         for r in s["details"]["rows"]:
             out.append(f"| {r['n']:,} | {fmt_s(r['head_fit_s'])} | {r['head_fit_ms_per_item']} | "
                        f"{r['head_fit_peak_rss_mb']} | {fmt_s(r['extraction_s'])} | {r['extraction_ms_per_image']} | "

@@ -73,9 +73,9 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
         }
         rows.append(row)
         print(f"  [scaling] n={n:>6}: head fit {fmt_s(t_head.median)} ({row['head_fit_ms_per_item']} ms/item, "
-              f"+{row['head_fit_peak_rss_mb']} MB), extraction {fmt_s(t_ext.median)} "
-              f"({row['extraction_ms_per_image']} ms/image, +{row['extraction_peak_rss_mb']} MB; "
-              f"features {row['features_mb']} MB)", flush=True)
+              f"+{row['head_fit_peak_rss_mb']} MiB), extraction {fmt_s(t_ext.median)} "
+              f"({row['extraction_ms_per_image']} ms/image, +{row['extraction_peak_rss_mb']} MiB; "
+              f"features {row['features_mb']} MiB)", flush=True)
     first, last = rows[0], rows[-1]
     grow = last["n"] / first["n"]
     sec = Section("Scaling", config={"sizes": list(sizes), "epochs": epochs, "input_size": input_size,
@@ -93,7 +93,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
                last["extraction_s"], "s", f"{first['n']:,} images", first["extraction_s"],
                last["extraction_s"] / first["extraction_s"], f"× for {grow:,.0f}× the data"),
         Figure("scaling.extraction_memory", f"Extra memory while extracting {last['n']:,} images",
-               last["extraction_peak_rss_mb"], "MB", f"features alone / all input tensors at once",
-               last["features_mb"], None, f"inputs at once would be {last['all_input_tensors_mb']:,.0f} MB"),
+               last["extraction_peak_rss_mb"], "MiB", f"features alone / all input tensors at once",
+               last["features_mb"], None, f"inputs at once would be {last['all_input_tensors_mb']:,.0f} MiB"),
     ]
     return sec
