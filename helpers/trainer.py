@@ -25,7 +25,6 @@ import importlib
 import json
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from .data import FaceDataError
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, all_reduce_sum,
                           convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed, main_print,
                           rng_state, set_rng_state, shutdown)
+from .io import atomic_save, atomic_write_bytes
 from .model import FaceModel, build_model, set_trainable_stages
 from .runtime import set_seed
 from .streaming import PhotoStream, scan_people
@@ -182,18 +182,11 @@ def _set_modes(model: FaceModel, trainable: list[str]) -> None:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """torch.save (or JSON for a .json path) to a temporary file, then rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if path.suffix == ".json":
-                fh.write(json.dumps(obj, indent=1).encode())
-            else:
-                torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save (or JSON for a .json path), written atomically: never half a file."""
+    if path.suffix == ".json":
+        atomic_write_bytes(json.dumps(obj, indent=1).encode(), path)
+    else:
+        atomic_save(obj, path)
 
 
 def _fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
