@@ -7,7 +7,7 @@ never change, so they are computed once and each epoch runs the last stage only 
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -74,7 +74,7 @@ class BackboneTail(nn.Module):
     def stage_names(self) -> list[str]:
         return list(self.stage_names_held)
 
-    def stage_parameters(self, stage: str):
+    def stage_parameters(self, stage: str) -> Iterator[nn.Parameter]:
         if stage not in self.stage_names_held:
             return iter(())
         return self.backbone.stage_parameters(stage)
@@ -87,7 +87,7 @@ class BackboneTail(nn.Module):
         x = self._swish(self._bn1(self._conv_head(x)))
         return x.mean((2, 3))
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> "nn.Module":
         super().train(mode)
         if mode and self.backbone.keep_frozen_bn_eval:  # same rule as Backbone.train
             keep_frozen_in_eval(self)
@@ -115,8 +115,8 @@ def stage_input_extractor(backbone: Backbone, stage: str) -> nn.Module:
         return create_feature_extractor(backbone.body, return_nodes={nodes[inside[0] - 1]: "x"})
 
 
-def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform=None, batch_size: int = 16,
-                 device=None) -> torch.Tensor:
+def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform: Callable | None = None,
+                 batch_size: int = 16, device: torch.device | str | None = None) -> torch.Tensor:
     """Activations entering `stage` (N, C, h, w), float32 on the CPU, eval mode, no augmentation."""
     if not len(images):
         raise ValueError("no images given")
@@ -148,7 +148,7 @@ class FineTuneModel(FaceModel):
         super().__init__(embedding, head, backbone)
         self.bn_train = bn_train
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> "nn.Module":
         super().train(mode)
         if mode and self.backbone is not None and not self.bn_train:
             keep_frozen_in_eval(self.backbone, all_batchnorm=True)

@@ -6,6 +6,7 @@ threshold rule (`eer_threshold`) and one open-set report (`OpenSetReport`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import numpy as np
 import torch
@@ -16,22 +17,25 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from .runtime import run_batched
 from .training import evaluate_logits
 
+Array = Union[np.ndarray, torch.Tensor, Sequence]
+"""Anything `np.asarray` takes: a NumPy array, a (CPU) tensor or a list."""
+
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def l2_normalize(x) -> np.ndarray:
+def l2_normalize(x: Array) -> np.ndarray:
     x = _np(x).astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def predict(model, x) -> np.ndarray:
-    """Predicted person (label) for features or an ImageDataset."""
+def predict(model: torch.nn.Module, x: torch.Tensor | torch.utils.data.Dataset) -> np.ndarray:
+    """Predicted person (N,) for features (N, D) or an ImageDataset of N photos."""
     return _np(evaluate_logits(model, x).argmax(1))
 
 
-def embed(model, x, batch_size: int = 256) -> np.ndarray:
+def embed(model: torch.nn.Module, x: torch.Tensor | torch.utils.data.Dataset, batch_size: int = 256) -> np.ndarray:
     """L2-normalised embeddings (N, 512) of features (N, D) or an image Dataset, in eval mode."""
     was = model.training
     model.eval()
@@ -41,38 +45,38 @@ def embed(model, x, batch_size: int = 256) -> np.ndarray:
         model.train(was)
 
 
-def accuracy(y_true, y_pred) -> float:
+def accuracy(y_true: Array, y_pred: Array) -> float:
     return float((_np(y_true) == _np(y_pred)).mean())
 
 
-def per_person_accuracy(y_true, y_pred, names: list[str]) -> dict[str, float]:
+def per_person_accuracy(y_true: Array, y_pred: Array, names: list[str]) -> dict[str, float]:
     y_true, y_pred = _np(y_true), _np(y_pred)
     return {n: float((y_pred[y_true == i] == i).mean()) for i, n in enumerate(names) if (y_true == i).any()}
 
 
-def confusion(y_true, y_pred, num_classes: int) -> np.ndarray:
+def confusion(y_true: Array, y_pred: Array, num_classes: int) -> np.ndarray:
     return confusion_matrix(_np(y_true), _np(y_pred), labels=list(range(num_classes)))
 
 
-def nearest_neighbour_predict(gallery_x, gallery_y, query_x) -> np.ndarray:
+def nearest_neighbour_predict(gallery_x: Array, gallery_y: Array, query_x: Array) -> np.ndarray:
     """1-nearest-neighbour by cosine distance (scikit-learn): gallery (G, D), labels (G,), queries (Q, D) -> (Q,)."""
     knn = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
     return knn.fit(_np(gallery_x), _np(gallery_y)).predict(_np(query_x))
 
 
-def nearest_neighbour_accuracy(gallery_x, gallery_y, query_x, query_y) -> float:
+def nearest_neighbour_accuracy(gallery_x: Array, gallery_y: Array, query_x: Array, query_y: Array) -> float:
     return accuracy(query_y, nearest_neighbour_predict(gallery_x, gallery_y, query_x))
 
 
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
+def linear_probe_accuracy(train_x: Array, train_y: Array, test_x: Array, test_y: Array, seed: int = 0) -> float:
     """Logistic regression on L2-normalised frozen features (scikit-learn)."""
     clf = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
     clf.fit(l2_normalize(train_x), _np(train_y))
     return accuracy(test_y, clf.predict(l2_normalize(test_x)))
 
 
-def pair_scores(emb, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity and same-person flag for every pair i < j."""
+def pair_scores(emb: Array, labels: Array) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity (P,) and same-person flag (P,) for every pair i < j of N embeddings (N, D); P = N(N-1)/2."""
     e = l2_normalize(emb)
     labels = _np(labels)
     i, j = np.triu_indices(len(e), k=1)
@@ -115,7 +119,7 @@ def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> tu
     return float(eer), float(t_hi + w * (thresholds[k] - t_hi))
 
 
-def verification(emb, labels, far: float = 0.01) -> Verification:
+def verification(emb: Array, labels: Array, far: float = 0.01) -> Verification:
     """ROC, AUC, equal error rate and true-accept rate at a false-accept rate, over all pairs i < j.
 
     emb: (N, D) embeddings (normalised here); labels: (N,) person ids. EER and TAR come from the
@@ -130,8 +134,8 @@ def verification(emb, labels, far: float = 0.01) -> Verification:
     return Verification(float(roc_auc_score(same, scores)), eer, eer_t, tar, far, fpr, tpr, len(scores))
 
 
-def class_centroids(emb, labels, num_classes: int | None = None) -> np.ndarray:
-    """Mean embedding of each person, re-normalised: the enrolment gallery."""
+def class_centroids(emb: Array, labels: Array, num_classes: int | None = None) -> np.ndarray:
+    """Mean embedding of each person, re-normalised: the enrolment gallery (people, D) from (N, D) and labels (N,)."""
     e, labels = l2_normalize(emb), _np(labels)
     k = num_classes or int(labels.max()) + 1
     return l2_normalize(np.stack([e[labels == c].mean(0) for c in range(k)]))
@@ -164,13 +168,13 @@ class OpenSetReport:
         return {k: round(float(v), 4) for k, v in self.__dict__.items()}
 
 
-def best_match(gallery: np.ndarray, query) -> tuple[np.ndarray, np.ndarray]:
+def best_match(gallery: np.ndarray, query: Array) -> tuple[np.ndarray, np.ndarray]:
     """(index of the closest gallery entry (N,), its cosine score (N,)) for queries (N, D)."""
     sims = l2_normalize(query) @ l2_normalize(gallery).T
     return sims.argmax(1), sims.max(1)
 
 
-def open_set_rates(known_score, known_right, stranger_score, threshold: float) -> OpenSetReport:
+def open_set_rates(known_score: Array, known_right: Array, stranger_score: Array, threshold: float) -> OpenSetReport:
     """The open-set report from best-match scores: known photos' scores (N,) and whether their best
     match is the right person (N,), strangers' best scores (M,; may be empty)."""
     known_score, known_right = np.asarray(known_score, float), np.asarray(known_right, bool)
@@ -183,14 +187,14 @@ def open_set_rates(known_score, known_right, stranger_score, threshold: float) -
                          s_rej, 1 - s_rej, float(threshold))
 
 
-def open_set(gallery: np.ndarray, known_emb, known_labels, stranger_emb, threshold: float) -> OpenSetReport:
+def open_set(gallery: np.ndarray, known_emb: Array, known_labels: Array, stranger_emb: Array | None, threshold: float) -> OpenSetReport:
     """Open-set report for a gallery (people, D) of person centroids at `threshold`."""
     idx, score = best_match(gallery, known_emb)
     s_score = best_match(gallery, stranger_emb)[1] if stranger_emb is not None and len(stranger_emb) else []
     return open_set_rates(score, idx == _np(known_labels), s_score, threshold)
 
 
-def eer_threshold(genuine, impostor) -> float:
+def eer_threshold(genuine: Array, impostor: Array) -> float:
     """The course's one threshold rule: where false rejects of `genuine` scores equal false accepts
     of `impostor` scores (ties: the smallest total error, then the lowest threshold).
 
@@ -211,7 +215,7 @@ def eer_threshold(genuine, impostor) -> float:
     return float(np.clip((below + scores[i]) / 2, -1.0, 1.0))
 
 
-def threshold_from_strangers(gallery: np.ndarray, known_emb, known_labels, stranger_emb) -> float:
+def threshold_from_strangers(gallery: np.ndarray, known_emb: Array, known_labels: Array, stranger_emb: Array) -> float:
     """`eer_threshold` between known photos accepted as the right person and strangers rejected.
 
     Use validation photos and strangers who are not the test strangers: never the test data.
@@ -222,7 +226,7 @@ def threshold_from_strangers(gallery: np.ndarray, known_emb, known_labels, stran
     return eer_threshold(k, s)
 
 
-def threshold_without_strangers(gallery: np.ndarray, emb, labels) -> float:
+def threshold_without_strangers(gallery: np.ndarray, emb: Array, labels: Array) -> float:
     """`eer_threshold` when no stranger photos exist: each held-out photo scored against the other
     people only plays a stranger (a known person missing from the gallery)."""
     emb, labels = l2_normalize(emb), _np(labels)

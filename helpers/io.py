@@ -5,8 +5,12 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    import onnxruntime
 
 
 def normal_rights(path: str | Path) -> None:
@@ -32,14 +36,14 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
     return path
 
 
-def atomic_save(obj, path: str | Path) -> Path:
+def atomic_save(obj: object, path: str | Path) -> Path:
     """`torch.save(obj)` written atomically (temporary file + rename), with the usual file rights."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(buf.getvalue(), path)
 
 
-def onnx_session(path: str | Path, n_threads: int | None = None):
+def onnx_session(path: str | Path, n_threads: int | None = None) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session for an exported model; `n_threads` defaults to `default_threads()`."""
     import onnxruntime as ort
 

@@ -108,7 +108,8 @@ def describe_environment() -> dict:
     return info
 
 
-def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], items, batch_size: int = 256,
+def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], items: torch.Tensor | Sequence | torch.utils.data.Dataset,
+                batch_size: int = 256,
                 device: torch.device | str | None = None,
                 prepare: Callable[[Sequence], torch.Tensor] | None = None) -> torch.Tensor:
     """`fn` over `items` in batches, without gradients; outputs concatenated on the CPU.
