@@ -69,7 +69,7 @@ def cmd_train(args) -> int:
     print(f"trained: {info['people']} people, {info['photos']} photos ({info['method']}, "
           f"{rec.backbone.name}, input {rec.size} px)")
     print(f"threshold {rec.threshold:.2f} ({info['threshold_from']})")
-    print(f"saved {args.out} ({mb:.1f} MB)")
+    print(f"saved {args.out} ({mb:.1f} MiB)")
     return 0
 
 
