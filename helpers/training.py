@@ -29,6 +29,8 @@ class History:
     val_acc: list[float] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     diverged: str = ""
+    val_loss: list[float] = field(default_factory=list)  # same objective as `loss` (margin included)
+    extra: dict[str, list[float]] = field(default_factory=dict)  # fit(epoch_metrics=...) per epoch
 
     @property
     def epochs(self) -> int:
@@ -124,10 +126,13 @@ def _fast_adamw(device: torch.device) -> dict:
 def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
         backbone_lr: float | dict | None = None, batch_size: int = 64, weight_decay: float = 5e-4,
         seed: int = 0, device=None, progress: bool = True,
-        on_epoch: Callable[[History], None] | None = None, raise_on_divergence: bool = False) -> History:
+        on_epoch: Callable[[History], None] | None = None, raise_on_divergence: bool = False,
+        epoch_metrics: dict[str, Callable[[FaceModel], float]] | None = None) -> History:
     """Train `model` on `train` = (features, labels) tensors or an ImageDataset; AdamW, cosine schedule.
 
-    Only trainable parameters are optimised. A NaN/inf loss stops training, puts back the
+    After each epoch: validation accuracy and loss (the training objective, margin included, in eval
+    mode) when `val` is given, and each `epoch_metrics` function of the model (e.g. the strangers'
+    EER) into `History.extra[name]`. Only trainable parameters are optimised. A NaN/inf loss stops training, puts back the
     weights of the last finished epoch and is reported in `History.diverged` (or raised with
     `raise_on_divergence`).
     """
@@ -184,7 +189,11 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
         hist.loss.append(loss_sum / max(total, 1))
         hist.train_acc.append(correct / max(total, 1))
         if val is not None:
-            hist.val_acc.append(accuracy_of(model, val))
+            acc, vloss = val_scores(model, val)
+            hist.val_acc.append(acc)
+            hist.val_loss.append(vloss)
+        for name, metric in (epoch_metrics or {}).items():
+            hist.extra.setdefault(name, []).append(float(metric(model)))
         hist.seconds.append(time.perf_counter() - t0)
         bar.set_postfix(loss=f"{hist.loss[-1]:.3f}", val=f"{hist.val_acc[-1]:.3f}" if hist.val_acc else "-")
         if on_epoch is not None:
@@ -202,14 +211,41 @@ def accuracy_of(model: FaceModel, data) -> float:
     return (evaluate_logits(model, x).argmax(1) == y.long()).float().mean().item()
 
 
+def objective_logits(model: FaceModel, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The training logits (the true class's logit with the head's margin) in any mode."""
+    cos = model.head.cosine(emb)
+    onehot = F.one_hot(labels, cos.shape[1]).bool()
+    return model.head.s * torch.where(onehot, model.head.target_logit(cos), cos)
+
+
+def val_scores(model: FaceModel, data) -> tuple[float, float]:
+    """(accuracy, loss) on (features, labels) or an ImageDataset, in eval mode, one pass.
+
+    The loss is the training objective (margin included), so it is comparable with the training loss.
+    """
+    x, y = (data[0], torch.as_tensor(data[1])) if isinstance(data, tuple) else (data, data.labels)
+    y = y.long()
+    was = model.training
+    model.eval()
+    try:
+        emb = run_batched(lambda xb: model.embedding(model.features(xb)), x, 256,
+                          next(model.parameters()).device)
+        with torch.no_grad():
+            acc = (model.head.cosine(emb).argmax(1) == y).float().mean().item()
+            loss = F.cross_entropy(objective_logits(model, emb, y), y).item()
+    finally:
+        model.train(was)
+    return acc, loss
+
+
 SMALL_FIT = 512  # vectors: below this the head is fitted on one thread
 
 
 def train_head_on_features(train_x: torch.Tensor, train_y, val_x=None, val_y=None, head: str = "arcface",
                            s: float = 16.0, m: float | None = None, easy_margin: bool = False,
                            epochs: int = 30, lr: float = 1e-2, batch_size: int = 64, seed: int = 0,
-                           progress: bool = True, on_epoch=None,
-                           n_threads: int | None = None) -> tuple[FaceModel, History]:
+                           progress: bool = True, on_epoch=None, n_threads: int | None = None,
+                           epoch_metrics: dict | None = None) -> tuple[FaceModel, History]:
     """Frozen training: a fresh embedding + head fitted on cached backbone features.
 
     `n_threads` default: 1 below SMALL_FIT vectors (tiny matrix products stall when two threads
@@ -224,5 +260,6 @@ def train_head_on_features(train_x: torch.Tensor, train_y, val_x=None, val_y=Non
         n_threads = 1 if len(train_x) < SMALL_FIT else torch.get_num_threads()
     with threads(n_threads):
         hist = fit(model, (train_x, train_y), val, epochs=epochs, lr=lr, batch_size=batch_size,
-                   seed=seed, device="cpu", progress=progress, on_epoch=on_epoch)
+                   seed=seed, device="cpu", progress=progress, on_epoch=on_epoch,
+                   epoch_metrics=epoch_metrics)
     return model.eval(), hist

@@ -311,3 +311,26 @@ def test_plots_of_notebooks_00_to_02(course, clusters, small_images):
     fig = plots.show_predictions({"p": small_images[0]}, {"p": [("cat", 0.5)]})
     assert "cat 50 %" in fig.axes[0].get_title()
     plt.close("all")
+
+
+def test_t_interval_matches_the_textbook():
+    mean, half = experiments.t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / np.sqrt(3), rel=1e-5)
+    assert np.isnan(experiments.t_interval([1.0])[1])
+
+
+def test_seed_comparison_pairs_by_seed():
+    c = experiments.SeedComparison("t", [0, 1, 2], {
+        "a": {"val": [0.9, 0.8, 0.7], "test": [0.9, 0.8, 0.7], "eer": [0.10, 0.20, 0.30]},
+        "b": {"val": [0.9, 0.8, 0.7], "test": [0.9, 0.8, 0.7], "eer": [0.12, 0.22, 0.32]}})
+    assert c.clear("b", "a", "eer")                       # +2 points on every seed: clear when paired
+    assert not c.clear("b", "a", "test")                  # identical
+    mean, half = c.interval("a", "eer")
+    assert half > 0.02                                    # unpaired, the seeds' spread hides it
+    assert "paired by seed" in str(c) and "strangers' EER +2.0 ± 0.0 %-points" in str(c)
+
+
+def test_course_data_shots_keeps_k_training_photos(course):
+    data = experiments.load_course_data("orl", n_known=9, seed=0, shots=2)
+    assert data.split.sizes() == {"train": 18, "val": 18, "test": 27}
+    assert list(data.split.val) == list(course.split.val) and list(data.split.test) == list(course.split.test)

@@ -141,3 +141,20 @@ def test_history_summary_text():
     h = History(loss=[2.0, 1.0], train_acc=[0.5, 0.75], val_acc=[0.4, 0.6], seconds=[0.1, 0.3])
     assert h.summary() == "2 epochs, final loss 1.000, train acc 75.0 %, val acc 60.0 %"
     assert h.seconds_per_epoch == pytest.approx(0.2)
+
+
+def test_fit_records_val_loss_and_epoch_metrics():
+    """Validation loss is the training objective (margin included); epoch_metrics run after each epoch."""
+    import numpy as np
+    import torch
+
+    from helpers.training import train_head_on_features
+
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(3).repeat_interleave(8)
+    x = (torch.randn(3, 16, generator=gen) * 3)[y] + 0.3 * torch.randn(24, 16, generator=gen)
+    calls = []
+    model, hist = train_head_on_features(x, y, x, y, epochs=4, progress=False,
+                                         epoch_metrics={"n": lambda m: calls.append(1) or len(calls)})
+    assert hist.extra["n"] == [1, 2, 3, 4] and len(hist.val_loss) == 4
+    assert all(np.isfinite(hist.val_loss)) and hist.val_loss[-1] < hist.val_loss[0]

@@ -148,3 +148,45 @@ def test_unfrozen_training_fine_tunes_a_copy_of_the_backbone():
     assert tuned is not bb
     assert any(not torch.equal(a, b) for a, b in zip(before, tuned.parameters()))   # the copy trained
     assert all(torch.equal(a, b) for a, b in zip(before, bb.parameters()))           # the original did not
+
+
+def test_clicks_report_strangers_and_compare_with_the_last_click(clusters):
+    """Issue 14: each click reports the strangers' EER / TAR and how val and EER moved since the last."""
+    x, y, split = clusters
+    gen = torch.Generator().manual_seed(5)
+    s_labels = np.repeat(np.arange(3), 6)
+    s_x = (torch.randn(3, 16, generator=gen) * 4)[s_labels] + 0.3 * torch.randn(18, 16, generator=gen)
+    panel = training_panel(x, y, split, epochs=10, strangers=(s_x, s_labels))
+    panel.controls.train.click()
+    first = panel.results[-1]
+    assert np.isfinite(first.stranger_eer) and 0 <= first.stranger_tar <= 1
+    assert "vs last run" not in _text(panel.controls.output)
+    assert "strangers' EER" in _text(panel.controls.output)
+    panel.controls.lr.value = 1e-3
+    panel.controls.train.click()
+    text = _text(panel.controls.output)
+    assert "vs last run" in text and panel.results[-1].previous is first
+    assert len(first.history.extra["strangers' EER"]) == 10                      # one slot per epoch
+    assert np.isfinite(first.history.extra["strangers' EER"][4]) and np.isnan(first.history.extra["strangers' EER"][0])
+    assert len(first.history.val_loss) == 10 and all(np.isfinite(first.history.val_loss))
+
+
+def test_unticking_freeze_shows_the_cost_and_caps_the_epochs():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(2), 6)
+    images = [Image.fromarray((rng.integers(0, 60, (32, 32, 3)) + 180 * l).astype(np.uint8)) for l in labels]
+    split = split_per_person(labels, seed=0)
+    bb = tiny_backbone()
+    feats = torch.zeros(len(images), bb.feature_dim)
+    s_labels = np.repeat(np.arange(2), 3)
+    s_images = [Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)) for _ in s_labels]
+    panel = training_panel(feats, labels, split, images=images, backbone=bb, epochs=50,
+                           strangers=(torch.zeros(6, bb.feature_dim), s_labels), stranger_images=s_images)
+    assert panel.controls.warning.value == ""
+    panel.controls.freeze.value = False
+    assert "Fine-tuning" in panel.controls.warning.value and "3 epochs" in panel.controls.warning.value
+    panel.controls.train.click()
+    res = panel.results[-1]
+    assert isinstance(res, TrainResult), res
+    assert res.history.epochs == 3 and "3 of the 50 epochs asked" in _text(panel.controls.output)
+    assert np.isfinite(res.stranger_eer)

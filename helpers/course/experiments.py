@@ -7,10 +7,8 @@ and ends with a "Result:" line: the plain notebook cell and the widget panel bot
 """
 from __future__ import annotations
 
-import base64
 import contextlib
 import copy
-import io
 import os
 import shutil
 import tempfile
@@ -19,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
@@ -28,9 +25,10 @@ from ..data import FaceDataError, FaceSet, Split, load_faces, split_known_strang
 from ..evaluation import predict
 from ..features import extract_features
 from ..model import build_model, count_parameters
-from ..training import History, ImageDataset, fit, train_head_on_features
+from ..training import train_head_on_features
+from .training_runs import (FINETUNE_MAX_EPOCHS, FINETUNE_SIZE, HEAD_NAMES, LiveFigure,  # noqa: F401 (re-exported)
+                            TrainResult, _Curves, figure_bundle, stranger_metric, train_and_report)
 
-HEAD_NAMES = {"arcface": "ArcFace", "cosface": "CosFace", "softmax": "softmax (no margin)"}
 
 
 # ------------------------------------------------------------------------------ the data
@@ -68,13 +66,17 @@ def indices_in(faces: FaceSet, subset: FaceSet) -> np.ndarray:
 
 
 def load_course_data(source: str = "orl", n_known: int = 9, seed: int = 0,
-                     val: float = 0.2, test: float = 0.3) -> CourseData:
-    """Load `source`, pick `n_known` people to recognise (seeded), split their photos train/val/test."""
+                     val: float = 0.2, test: float = 0.3, shots: int | None = None) -> CourseData:
+    """Load `source`, pick `n_known` people to recognise (seeded), split their photos train/val/test.
+
+    `shots=k` keeps k training photos per known person (the rest of the training share is unused);
+    None keeps them all (5 of ORL's 10 with the default fractions: the guide's case).
+    """
     faces = load_faces(source)
     known, strangers = split_known_strangers(faces, n_known=n_known, seed=seed)
     known_idx = indices_in(faces, known)
     stranger_idx = indices_in(faces, strangers) if strangers is not None else np.array([], dtype=int)
-    split = split_per_person(known.labels, val=val, test=test, seed=seed)
+    split = split_per_person(known.labels, val=val, test=test, shots=shots, seed=seed)
     return CourseData(faces, known, strangers, known_idx, stranger_idx, split, seed)
 
 
@@ -121,186 +123,8 @@ def cache_demo(backbone: Backbone, images: Sequence, batch_size: int | None = No
     return t1 - t0, t2 - t1
 
 
-# ------------------------------------------------------------------------------ live figures
-
-def figure_bundle(fig, text: str = "[figure]", dpi: int = 80) -> dict:
-    """A matplotlib figure as a Jupyter display bundle (PNG + a fixed text); pyplot figures are closed."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    if plt.fignum_exists(getattr(fig, "number", -1)):
-        plt.close(fig)
-    return {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": text}
-
-
-class LiveFigure:
-    """A figure redrawn in place while training runs.
-
-    In a notebook cell it uses a display handle (one output, updated); given an ipywidgets
-    `Output`, it replaces that widget's outputs (works from a button callback and in pytest).
-    Outside IPython, with no Output, it draws nothing.
-    """
-
-    def __init__(self, output=None, text: str = "[training curves: loss and accuracy per epoch]"):
-        self.output, self.text, self.handle, self.lines = output, text, None, []
-
-    def show(self, fig) -> None:
-        from IPython import get_ipython
-        from IPython.display import display
-
-        if self.output is None and get_ipython() is None:
-            return
-        data = figure_bundle(fig, self.text)
-        if self.output is not None:
-            self.output.outputs = ({"output_type": "display_data", "data": data, "metadata": {}},
-                                   *self._line_outputs())
-        elif self.handle is None:
-            self.handle = display(data, raw=True, display_id=True)
-        else:
-            self.handle.update(data, raw=True)
-
-    def say(self, text: str) -> None:
-        """A line of text under the figure (printed in a cell; appended in an Output)."""
-        if self.output is None:
-            print(text)
-        else:
-            self.lines.append(text)
-            figs = tuple(o for o in self.output.outputs if o.get("output_type") == "display_data")
-            self.output.outputs = (*figs, *self._line_outputs())
-
-    def _line_outputs(self) -> tuple:
-        if not self.lines:
-            return ()
-        return ({"output_type": "stream", "name": "stdout", "text": "\n".join(self.lines) + "\n"},)
-
-
-# ------------------------------------------------------------------------------ training runs
-
-@dataclass
-class TrainResult:
-    """One training run of the face model and what it scored."""
-
-    model: torch.nn.Module
-    history: History
-    head: str
-    frozen: bool
-    lr: float
-    epochs: int
-    val_acc: float
-    test_acc: float
-    test_true: np.ndarray
-    test_pred: np.ndarray
-    seconds: float
-    num_people: int
-    sizes: dict
-
-    @property
-    def diverged(self) -> bool:
-        return bool(self.history.diverged)
-
-    def line(self) -> str:
-        """The one-line summary, starting with "Result:"."""
-        how = "frozen backbone (cached features)" if self.frozen else "backbone fine-tuned on the photos"
-        what = f"Result: {HEAD_NAMES.get(self.head, self.head)} head, {how}, lr={self.lr:.3g}, "
-        if self.diverged:
-            return what + f"training diverged: {self.history.diverged}"
-        s = self.sizes
-        val = f"val {100 * self.val_acc:.1f} %, " if s["val"] else ""
-        return (what + f"{self.history.epochs} epochs: {val}test {100 * self.test_acc:.1f} % "
-                f"({self.num_people} people; {s['train']} train / {s['val']} val / {s['test']} test photos), "
-                f"trained in {sum(self.history.seconds):.1f} s")
-
-
 def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
-
-
-def train_and_report(features, labels, split: Split, head: str = "arcface", lr: float = 1e-2,
-                     epochs: int = 50, freeze: bool = True, seed: int = 0, images: Sequence | None = None,
-                     backbone: Backbone | None = None, output=None, progress: bool = True,
-                     redraw_every: int = 10, batch_size: int = 64) -> TrainResult:
-    """Train the guide's model (embedding 512 + BatchNorm -> `head`), show live curves, end with "Result:".
-
-    `freeze=True` trains on the cached `features` (seconds). `freeze=False` fine-tunes a copy of
-    `backbone` on `images` (augmented; one backbone pass per photo per epoch: slow on a CPU).
-    With `output` (an ipywidgets Output) the curves and the Result line go there.
-    """
-    if head not in HEAD_NAMES:
-        raise ValueError(f"unknown head {head!r}; choose one of {tuple(HEAD_NAMES)}")
-    if not (epochs >= 1 and lr > 0):
-        raise ValueError(f"epochs must be >= 1 and lr > 0 (got epochs={epochs}, lr={lr})")
-    y = torch.as_tensor(np.asarray(labels)).long()
-    live = LiveFigure(output)
-    label = HEAD_NAMES[head].split(" ")[0]
-
-    curves = _Curves(label, epochs)
-    drawn = [0]
-
-    def on_epoch(hist: History) -> None:
-        if hist.epochs % redraw_every == 0 or hist.epochs == epochs:
-            live.show(curves.draw(hist))
-            drawn[0] = hist.epochs
-
-    has_val = len(split.val) > 0
-    if freeze:
-        x = _as_tensor(features)
-        model, hist = train_head_on_features(
-            x[split.train], y[split.train], x[split.val] if has_val else None,
-            y[split.val] if has_val else None, head=head, epochs=epochs, lr=lr, seed=seed,
-            batch_size=batch_size, progress=progress, on_epoch=on_epoch)
-        test_data = (x[split.test], y[split.test])
-    else:
-        if images is None or backbone is None:
-            raise ValueError("freeze=False fine-tunes the backbone on the photos: pass images=... and "
-                             "backbone=... (the panel gets them from training_panel(..., images, backbone))")
-        bb = copy.deepcopy(backbone)
-        model = build_model(int(y.max()) + 1, backbone=bb, head=head, freeze_backbone=False)
-        pick = lambda idx, tf: ImageDataset([images[i] for i in idx], y[idx], tf)  # noqa: E731
-        train_ds = pick(split.train, bb.transform(train=True))
-        val_ds = pick(split.val, bb.transform()) if has_val else None
-        hist = fit(model, train_ds, val_ds, epochs=epochs, lr=lr, batch_size=min(batch_size, 16),
-                   seed=seed, progress=progress, on_epoch=on_epoch)
-        model.eval()
-        test_data = pick(split.test, bb.transform())
-    if hist.epochs and drawn[0] != hist.epochs:  # stopped early (diverged): draw what there is
-        live.show(curves.draw(hist))
-    test_pred = predict(model, test_data[0]) if isinstance(test_data, tuple) else predict(model, test_data)
-    test_true = np.asarray(y[split.test])
-    result = TrainResult(model, hist, head, freeze, float(lr), int(epochs),
-                         hist.final_val_acc, float((test_pred == test_true).mean()), test_true, test_pred,
-                         float(sum(hist.seconds)), int(y.max()) + 1, split.sizes())
-    live.say(result.line())
-    return result
-
-
-class _Curves:
-    """Loss and accuracy axes kept between redraws (a pyplot-free Figure: nothing auto-shows)."""
-
-    def __init__(self, label: str, epochs: int):
-        from matplotlib.figure import Figure
-
-        self.fig = Figure(figsize=(8, 2.8))
-        self.loss_ax, self.acc_ax = self.fig.subplots(1, 2)
-        (self.loss,) = self.loss_ax.plot([], [], label=f"{label} loss")
-        (self.train,) = self.acc_ax.plot([], [], "--", label=f"{label} train")
-        (self.val,) = self.acc_ax.plot([], [], label=f"{label} val")
-        for ax in (self.loss_ax, self.acc_ax):
-            ax.set_xlim(0.5, epochs + 0.5)
-            ax.set_xlabel("epoch")
-        self.loss_ax.set(ylabel="loss (log scale)", title="training loss", yscale="log", ylim=(1e-3, 10))
-        self.acc_ax.set(ylabel="accuracy (%)", title="accuracy", ylim=(0, 102))
-        self.loss_ax.legend(fontsize=7)
-        self.acc_ax.legend(fontsize=7, loc="lower right")
-        self.fig.tight_layout()
-
-    def draw(self, hist: History):
-        ep = np.arange(1, hist.epochs + 1)
-        self.loss.set_data(ep, np.maximum(np.asarray(hist.loss, dtype=float), 1e-6))  # log axis: no zeros
-        self.train.set_data(ep, 100 * np.asarray(hist.train_acc))
-        self.val.set_data(ep[:len(hist.val_acc)], 100 * np.asarray(hist.val_acc))
-        shown = [max(v, 1e-6) for v in hist.loss if np.isfinite(v)]
-        if shown:
-            self.loss_ax.set_ylim(min(shown) / 1.5, max(shown) * 1.5 + 1e-6)
-        return self.fig
 
 
 # ------------------------------------------------------------------------------ freeze switch
@@ -440,3 +264,84 @@ def backbone_availability() -> str:
     return (f"resnet18 ImageNet weights           {resnet}\n"
             f"efficientnet_lite0 ImageNet weights {eff}\n"
             "random init (any architecture)     yes: needs no file (used as a 'no pretraining' control)")
+
+
+# ------------------------------------------------------------------------------ claims over seeds
+
+def t_interval(values, level: float = 0.95) -> tuple[float, float]:
+    """(mean, half-width) of the Student-t interval of the mean; half-width NaN for one value."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) < 2:
+        return float(v.mean()), float("nan")
+    return float(v.mean()), float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+
+
+@dataclass
+class SeedComparison:
+    """Per-seed val / test accuracy and strangers' EER of each variant (same people and splits per seed)."""
+
+    task: str
+    seeds: list[int]
+    runs: dict[str, dict[str, list[float]]]  # variant -> metric -> one value per seed
+
+    def interval(self, variant: str, metric: str) -> tuple[float, float]:
+        return t_interval(self.runs[variant][metric])
+
+    def difference(self, a: str, b: str, metric: str) -> tuple[float, float]:
+        """Mean and 95 % half-width of a - b, paired by seed (same people, same split)."""
+        return t_interval(np.subtract(self.runs[a][metric], self.runs[b][metric]))
+
+    def clear(self, a: str, b: str, metric: str) -> bool:
+        """True when the paired 95 % interval of a - b excludes 0."""
+        mean, half = self.difference(a, b, metric)
+        return bool(np.isfinite(half) and abs(mean) > half)
+
+    def __str__(self) -> str:
+        names = list(self.runs)
+        width = max(len(n) for n in names) + 2
+        lines = [f"{self.task}; mean ± 95 % t-interval over {len(self.seeds)} seeds "
+                 "(seed = which people are known, their split, the training)",
+                 f"{'':<{width}}{'val accuracy':>17}{'test accuracy':>17}{'strangers EER':>17}"]
+        for n in names:
+            cells = [f"{100 * m:5.1f} ± {100 * h:4.1f} %" for m, h in
+                     (self.interval(n, k) for k in ("val", "test", "eer"))]
+            lines.append(f"{n:<{width}}" + "".join(f"{c:>17}" for c in cells))
+        base = names[0]
+        lines.append(f"paired by seed, minus {base} (an interval that contains 0: no clear difference):")
+        for n in names[1:]:
+            parts = [f"{what} {100 * m:+.1f} ± {100 * h:.1f} %-points" for what, (m, h) in
+                     (("test", self.difference(n, base, "test")), ("strangers' EER", self.difference(n, base, "eer")))]
+            lines.append(f"  {n:<{width}}" + ", ".join(parts))
+        return "\n".join(lines)
+
+
+def compare_over_seeds(features, source: str = "orl", n_known: int = 30, shots: int | None = 2,
+                       variants: dict[str, dict] | None = None, seeds: Sequence[int] = range(5),
+                       epochs: int = 50, lr: float = 1e-2) -> SeedComparison:
+    """Train each variant (keyword arguments of `train_head_on_features`, e.g. head=, m=, s=, lr=) on
+    the frozen features of each seed's known people; report val / test accuracy and the strangers' EER.
+
+    `features`: of every photo of `source` (`course_features`). The first variant is the reference
+    the others are compared with, seed by seed.
+    """
+    from ..evaluation import embed, verification
+
+    variants = variants or {"ArcFace": dict(head="arcface"), "softmax": dict(head="softmax")}
+    x = _as_tensor(features)
+    runs = {name: {"val": [], "test": [], "eer": []} for name in variants}
+    for seed in seeds:
+        data = load_course_data(source, n_known=n_known, seed=seed, shots=shots)
+        kx, ky, sp = x[data.known_idx], torch.as_tensor(data.known.labels).long(), data.split
+        for name, kw in variants.items():
+            kw = {"lr": lr, "epochs": epochs} | kw
+            model, hist = train_head_on_features(kx[sp.train], ky[sp.train], kx[sp.val], ky[sp.val],
+                                                 seed=seed, progress=False, **kw)
+            runs[name]["val"].append(hist.final_val_acc)
+            runs[name]["test"].append(float((predict(model, kx[sp.test]) == np.asarray(ky[sp.test])).mean()))
+            runs[name]["eer"].append(verification(embed(model, x[data.stranger_idx]), data.strangers.labels).eer)
+    shots_txt = "all 5" if shots is None else str(shots)
+    task = (f"{n_known} known people x {shots_txt} training photos, "
+            f"{len(data.strangers.labels) if data.strangers is not None else 0} stranger photos")
+    return SeedComparison(task, list(seeds), runs)

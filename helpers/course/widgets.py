@@ -9,13 +9,17 @@ from __future__ import annotations
 # ============================================================================ training panel (notebook 02)
 
 def training_panel(features, labels, split, images=None, backbone=None, lr: float = 1e-2,
-                   epochs: int = 50, head: str = "arcface", freeze: bool = True, seed: int = 0):
+                   epochs: int = 50, head: str = "arcface", freeze: bool = True, seed: int = 0,
+                   strangers=None, stranger_images=None):
     """Retrain the face model from a panel: learning rate (log slider), epochs, freeze, head, Train.
 
     Nothing trains until Train is clicked; each click calls `experiments.train_and_report` with the
-    panel's values, drawing the curves and a "Result:" line into the panel's Output. An error is
-    shown there as one clear line. `panel.controls` holds the widgets, `panel.results` every run.
-    Unticking "freeze backbone" fine-tunes the backbone on `images` (needs `images` and `backbone`).
+    panel's values, drawing the curves and a "Result:" line into the panel's Output; the line says
+    how validation accuracy and the strangers' EER (`strangers` = (features, labels) of people never
+    trained on) moved since the previous click. An error is shown there as one clear line.
+    `panel.controls` holds the widgets, `panel.results` every run. Unticking "freeze backbone"
+    fine-tunes the backbone on `images` (needs `images`, `backbone`, and `stranger_images` with
+    `strangers`); a warning under the controls says what that costs.
     """
     import contextlib
     import io
@@ -23,7 +27,7 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
 
     import ipywidgets as W
 
-    from .experiments import HEAD_NAMES, train_and_report
+    from .experiments import FINETUNE_MAX_EPOCHS, FINETUNE_SIZE, HEAD_NAMES, train_and_report
 
     wide = {"description_width": "initial"}
     lr_w = W.FloatLogSlider(value=lr, base=10, min=-4, max=0, step=0.25, description="lr",
@@ -39,8 +43,18 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
     run.add_class("course-run")
     out = W.Output(layout=W.Layout(border="1px solid #ddd", min_height="60px"))  # no width: a border on
     out.add_class("course-output")                                                # 100 % would overflow
-    panel = W.VBox([W.HBox([lr_w, epochs_w]), W.HBox([head_w, freeze_w, run]), out],
-                   layout=W.Layout(width="100%", max_width="820px"))
+    warn = W.HTML(layout=W.Layout(margin="0 0 4px 4px"))
+    warn.add_class("course-warning")
+
+    def show_warning(_=None):
+        warn.value = ("" if freeze_w.value else
+                      f"<b>Fine-tuning</b> sends every photo through the whole backbone and back, at "
+                      f"{FINETUNE_SIZE} px and at most {FINETUNE_MAX_EPOCHS} epochs: about a minute on a "
+                      f"2-core CPU (the strangers' EER is measured on their photos after each epoch).")
+    freeze_w.observe(show_warning, names="value")
+    show_warning()
+    panel = W.VBox([W.HBox([lr_w, epochs_w]), W.HBox([head_w, freeze_w, run]), warn, out],
+                   layout=W.Layout(width="100%", max_width="980px"))
     panel.add_class("course-panel")
     results: list = []
 
@@ -52,9 +66,12 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
+                last = next((r for r in reversed(results) if not isinstance(r, Exception)), None)
                 res = train_and_report(features, labels, split, head=head_w.value, lr=lr_w.value,
                                        epochs=epochs_w.value, freeze=freeze_w.value, seed=seed,
-                                       images=images, backbone=backbone, output=out, progress=False)
+                                       images=images, backbone=backbone, output=out, progress=False,
+                                       strangers=strangers, stranger_images=stranger_images,
+                                       previous=last)
             results.append(res)
             extra = printed.getvalue().strip()
             if extra:  # e.g. "training stopped: loss became nan ..." from the training loop
@@ -67,7 +84,8 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
             run.disabled = False
 
     run.on_click(on_click)
-    panel.controls = SimpleNamespace(lr=lr_w, epochs=epochs_w, freeze=freeze_w, head=head_w, train=run, output=out)
+    panel.controls = SimpleNamespace(lr=lr_w, epochs=epochs_w, freeze=freeze_w, head=head_w, train=run,
+                                     output=out, warning=warn)
     panel.results = results
     return panel
 
