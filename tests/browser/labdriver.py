@@ -427,6 +427,7 @@ class PanelReport:
     click_s: float
     result: str
     layout: list[str] = field(default_factory=list)   # what does not look right at 1280x900
+    full: str = ""   # the whole last Result line (`result` is cut at 120 characters)
 
 
 @dataclass
@@ -767,10 +768,47 @@ class NotebookSession:
                           f"({res['outputWidth']:.0f}px)")
         rep = PanelReport(controls=controls + (f", '{info['runLabel']}'" if info["run"] else
                                                ", no run button (live)"),
-                          changed=changed, click_s=click_s, result=res["result"][-1][:120])
+                          changed=changed, click_s=click_s, result=res["result"][-1][:120],
+                          full=res["result"][-1])
         rep.layout = layout   # check_notebook fails on these after trying every panel
         self.report.panels.append(rep)
         return rep
+
+    def toggle_and_run(self, i: int, checkbox: str, click_timeout: float = 300.0,
+                       expect_warning: str | None = None) -> str:
+        """Toggle panel i's checkbox labelled `checkbox`, click its run button, return the new Result line.
+
+        With `expect_warning`, that text must appear in the panel (class course-warning) once toggled.
+        """
+        where = f"{self.name} panel {i + 1}"
+        page = self.page
+        panel = page.locator(f"{ACTIVE} .course-panel").nth(i)
+        box = panel.locator(".widget-checkbox").filter(has_text=checkbox).locator("input").first
+        if not box.count():
+            self.fail(f"no checkbox labelled {checkbox!r}", where)
+        box.click()
+        page.wait_for_timeout(300)
+        if expect_warning is not None:
+            warn = panel.locator(".course-warning").first
+            text = warn.inner_text() if warn.count() else ""
+            if expect_warning not in text:
+                self.fail(f"after toggling {checkbox!r} the panel shows no warning with "
+                          f"{expect_warning!r} (warning text: {text!r})", where)
+        page.evaluate(_MARK_JS, [ACTIVE, i])
+        panel.locator(".course-run").first.click()
+        deadline = time.monotonic() + click_timeout
+        res: dict = {}
+        while time.monotonic() < deadline:
+            self.scan(where)
+            res = page.evaluate(_RESULT_JS, [ACTIVE, i])
+            if res["img"] and res["result"]:
+                break
+            page.wait_for_timeout(500)
+        else:
+            self.fail(f"toggling {checkbox!r} and clicking gave no new figure and Result line within "
+                      f"{click_timeout:.0f} s (output: {(res.get('text') or '')[:300]!r})", where)
+        self.wait_idle(click_timeout, where)
+        return res["result"][-1]
 
     def screenshot(self, i: int, path: Path) -> Path:
         """The viewport (1280x900) with panel i at the top, saved to `path`."""
@@ -800,9 +838,10 @@ class NotebookSession:
 
 def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path | None,
                    run_timeout: float = 420.0, click_timeout: float = 120.0,
-                   until: re.Pattern | None = None) -> NotebookReport:
+                   until: re.Pattern | None = None, then=None) -> NotebookReport:
     """Open, run all (or up to the last cell matching `until`), exercise every `course-panel`,
-    screenshot each; raise on any failure."""
+    screenshot each; then `then(session)` (more clicks and asserts on the open notebook); raise on
+    any failure."""
     nb = NotebookSession(context, base_url, rel_path)
     try:
         nb.open_and_run_all(run_timeout=run_timeout, until=until)
@@ -811,6 +850,8 @@ def check_notebook(context, base_url: str, rel_path: str, screenshot_dir: Path |
             if screenshot_dir is not None:
                 stem = Path(rel_path).stem + ("" if i == 0 else f"-panel{i + 1}")
                 nb.screenshot(i, screenshot_dir / f"{stem}.png")
+        if then is not None:
+            then(nb)
         nb.scan()
         layout = [f"panel {k}: {msg}" for k, p in enumerate(nb.report.panels, 1) for msg in p.layout]
         if layout:

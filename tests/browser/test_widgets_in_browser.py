@@ -175,10 +175,47 @@ def test_notebook_widgets_work_in_browser(lab, notebook):
         pytest.skip("no notebook in notebooks/ builds a widget panel yet")
     if RUN_MODE not in ("all", "to-panel"):
         pytest.fail(f"FACE_COURSE_BROWSER_RUN={RUN_MODE!r}: use 'all' or 'to-panel'")
+    then = _training_panel_reacts if notebook.name.startswith("02_") else None
     rep = _check(lab, f"notebooks/{notebook.name}", screenshot_dir=SCREENSHOTS,
-                 run_timeout=RUN_TIMEOUT, until=PANEL_CODE if RUN_MODE == "to-panel" else None)
+                 run_timeout=RUN_TIMEOUT, until=PANEL_CODE if RUN_MODE == "to-panel" else None,
+                 then=then)
     assert rep.panels, "no panel was exercised"
     assert all(p.result.startswith("Result:") for p in rep.panels)
+
+
+def _numbers(line: str) -> dict[str, float]:
+    """The measured numbers of a training panel's Result line: val, test, strangers' EER and TAR."""
+    import re
+
+    out = {}
+    for key, pattern in (("val", r"val ([\d.]+) %"), ("test", r"test ([\d.]+) %"),
+                         ("eer", r"strangers' EER ([\d.]+) %"), ("tar", r"TAR ([\d.]+) %")):
+        m = re.search(pattern, line)
+        assert m, f"no {key} number in the Result line: {line!r}"
+        out[key] = float(m.group(1))
+    return out
+
+
+def _training_panel_reacts(nb) -> None:
+    """02's promise: the learning rate and the freeze box change what the Result line reports.
+
+    After the generic check (lr moved one step, Train clicked), the lr is moved one more step and
+    Train clicked again: the numbers must differ and the line must compare with the last click.
+    Then "freeze backbone" is unticked: the cost warning must show, and fine-tuning (capped at a
+    few epochs, small photos) must give other numbers again.
+    """
+    first = nb.report.panels[0].full
+    second_rep = nb.exercise_panel(0, click_timeout=120.0)
+    second = second_rep.full
+    assert "vs last run" in second, f"the Result line does not compare with the last click: {second!r}"
+    a, b = _numbers(first), _numbers(second)
+    assert a != b, f"moving the learning rate ({second_rep.changed}) changed no number: {first!r} / {second!r}"
+    third = nb.toggle_and_run(0, "freeze backbone", click_timeout=400.0, expect_warning="Fine-tuning")
+    assert "fine-tuned" in third, f"unticking freeze did not fine-tune: {third!r}"
+    c = _numbers(third)
+    assert c != b, f"unticking freeze changed no number: {second!r} / {third!r}"
+    labdriver.REPORT_LINES.append(
+        f"02 training panel: lr {second_rep.changed}: {a} -> {b}; freeze unticked: {c}")
 
 
 def test_enrol_yourself_panel_with_real_files(lab, orl_photo_files):
