@@ -39,6 +39,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+@pytest.mark.slow
 def test_results_file_is_well_formed(smoke):
     tmp, _, _ = smoke
     res = json.loads((tmp / "results.json").read_text())
@@ -58,6 +59,7 @@ def test_results_file_is_well_formed(smoke):
     assert len(keys) == len(set(keys)), "figure keys must be unique"
 
 
+@pytest.mark.slow
 def test_each_benchmark_measured_its_comparison(smoke):
     tmp, _, _ = smoke
     s = json.loads((tmp / "results.json").read_text())["sections"]
@@ -86,6 +88,7 @@ def test_each_benchmark_measured_its_comparison(smoke):
     assert [r["n"] for r in rows] == sorted(r["n"] for r in rows) and len(rows) >= 2
 
 
+@pytest.mark.slow
 def test_readme_table_generated_between_markers_only(smoke):
     tmp, _, _ = smoke
     text = (tmp / "README.md").read_text()
@@ -101,6 +104,7 @@ def test_readme_table_generated_between_markers_only(smoke):
     assert "## Whole course" in md and "## Scaling" in md and "### Protocol" in md
 
 
+@pytest.mark.slow
 def test_committed_results_untouched(smoke):
     _, _, before = smoke
     after = COMMITTED.read_bytes() if COMMITTED.exists() else None
@@ -114,6 +118,7 @@ def test_update_readme_without_markers_leaves_file(tmp_path):
     assert p.read_text() == "no markers here\n"
 
 
+@pytest.mark.slow
 def test_report_regenerates_from_results_file(smoke, tmp_path):
     tmp, _, _ = smoke
     out = tmp_path / "results.json"

@@ -111,6 +111,7 @@ def test_recognize_an_unreadable_photo_is_one_line_and_exit_1(model, folder, cap
     assert ": s2 (score" in out.splitlines()[1]
 
 
+@pytest.mark.slow
 def test_evaluate_json_is_complete_and_reproducible(capsys):
     argv = ["evaluate", "--data", "orl", "--known", "9", "--shots", "3", "--seed", "0", "--json", *FAST]
     code, out, err = run(capsys, *argv)
@@ -128,6 +129,7 @@ def test_evaluate_json_is_complete_and_reproducible(capsys):
     assert other["seed"] == 1 and other != res
 
 
+@pytest.mark.slow
 def test_default_method_survives_degraded_photos_where_raw_features_fail(capsys):
     """The issue's case on a small scale: 9 known people with 3 enrolment photos each, query photos
     mildly degraded (helpers.degrade), 112 px. Measured here: default 100 % / EER 13 %, raw 59 % / 30 %."""
@@ -142,6 +144,7 @@ def test_default_method_survives_degraded_photos_where_raw_features_fail(capsys)
     assert default["eer"] < raw["eer"] - 0.05
 
 
+@pytest.mark.slow
 def test_evaluate_a_folder_without_strangers(folder, capsys):
     code, out, err = run(capsys, "evaluate", "--data", folder / "people", "--known", "3", "--json", *FAST)
     assert code == 0, err
@@ -180,6 +183,7 @@ def test_help_lists_the_three_commands(capsys):
     assert e.value.code == 0 and all(c in out for c in ("train", "recognize", "evaluate"))
 
 
+@pytest.mark.slow
 def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
     """One real `python -m helpers` process: the module entry point, exit status, no traceback."""
     code, text = cli.run_cli(["recognize", "--model", "none.pt", "a.jpg"], cwd=tmp_path, timeout_s=120)

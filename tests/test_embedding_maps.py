@@ -54,6 +54,7 @@ def sets(synthetic):
 
 # ---------------------------------------------------------------------- projections
 
+@pytest.mark.slow
 def test_umap_is_deterministic_and_times_are_reported():
     t = E.warm_up_umap(n=40, dim=8)
     assert t.import_s >= 0 and t.first_fit_s > 0 and "numba compiles" in str(t)
@@ -62,6 +63,7 @@ def test_umap_is_deterministic_and_times_are_reported():
     assert a.shape == (60, 2) and np.array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_umap_and_tsne_keep_clusters_apart(sets):
     x, y, _, _ = sets.select("raw features", "strangers")
     for method in ("umap", "tsne"):
@@ -134,6 +136,7 @@ def test_neighbour_measures_tell_structure_from_noise(sets):
     assert E.same_person_neighbours(np.eye(4)[y] + 0.01 * np.random.default_rng(0).normal(size=(20, 4)), y, k=4) == 1.0
 
 
+@pytest.mark.slow
 def test_plot_maps_and_map_view(sets):
     fig = E.plot_maps(sets, views=["raw features"], methods=("pca",), split="test + strangers")
     assert len(fig.axes) == 1

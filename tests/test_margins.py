@@ -152,6 +152,7 @@ def margin_runs(known_features):
     return MR.run_margins(x, y.numpy(), [(16, 0.0), (4, 0.2)], epochs=20)
 
 
+@pytest.mark.slow
 def test_run_margins_measures_accuracy_and_angles(margin_runs, known_features):
     _, y = known_features
     no_margin, small_s = margin_runs
@@ -167,6 +168,7 @@ def test_run_margins_measures_accuracy_and_angles(margin_runs, known_features):
     assert small_s.losses[0] >= margins.loss_floor(4, 0.2, 9) - 1e-6
 
 
+@pytest.mark.slow
 def test_format_runs_and_summary(margin_runs):
     table = MR.format_runs(margin_runs, num_classes=9)
     assert "s=16, m=0 (no margin)" in table and "never" in table      # s=4 never reaches p = 0.99
@@ -178,6 +180,7 @@ def test_format_runs_and_summary(margin_runs):
     assert "best possible loss" in MR.format_lr_sweep(sweep, 9)
 
 
+@pytest.mark.slow
 def test_angle_distributions_plot(margin_runs):
     fig = MR.plot_angle_distributions(margin_runs)
     assert len(fig.axes) == 2

@@ -87,6 +87,7 @@ def test_whitened_recogniser_embeds_photos_as_enrolment_did(whitened, four, effn
     assert "mirror TTA" in rec.describe() and "whitening" in rec.describe()
 
 
+@pytest.mark.slow
 def test_whitened_recogniser_saves_loads_and_exports(whitened, four, tmp_path):
     from helpers import export as X
 

@@ -162,6 +162,7 @@ def sets():
     return s
 
 
+@pytest.mark.slow
 def test_umap_panel_contract_and_compute(sets):
     panel = umap_panel(sets, split="strangers", n_neighbors=8)
     run, out = _contract(panel, "Compute", lr=False)
