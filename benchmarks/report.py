@@ -33,7 +33,7 @@ def _ratio(f: dict) -> str:
     r, lab = f.get("ratio"), f.get("ratio_label", "")
     if r is None:
         return lab or "—"
-    if lab == "of fastest":
+    if lab.startswith("of "):  # a share: "of fastest", "of model-only"
         return f"{100 * r:.0f} % {lab}"
     return f"{r:,.1f}{lab}" if lab.startswith("×") else f"{r:,.2f} {lab}"
 
@@ -58,7 +58,12 @@ def machine_line(results: dict) -> str:
     loads = [s["loadavg_before"][0] for s in secs if s.get("loadavg_before")] + \
             [s["loadavg_after"][0] for s in secs if s.get("loadavg_after")]
     date = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
-    line = (f"Measured on {date}: {m['cpu']}, **{m['cores']} cores**, {m['memory_gb']} GB RAM, "
+    cpus: dict[str, list[str]] = {}
+    for k in ORDER:
+        if k in results.get("sections", {}):
+            cpus.setdefault(results["sections"][k]["machine"]["cpu"], []).append(k)
+    cpu = m["cpu"] if len(cpus) == 1 else "; ".join(f"{c} ({', '.join(ks)})" for c, ks in cpus.items())
+    line = (f"Measured on {date}: {cpu}, **{m['cores']} cores**, {m['memory_gb']} GiB RAM, "
             f"**{m['device']}**, torch {m['torch']} ({m['torch_threads']} threads), Python {m['python']}.")
     if loads:
         line += (f" 1-minute load average during the runs: {min(loads):.1f}–{max(loads):.1f} "
