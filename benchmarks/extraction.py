@@ -3,7 +3,10 @@
 The same PIL photos -> (N, D) features, preprocessing included (end to end: what a learner
 waits for), for the course's default backbone at its input size. Recipes, each written here
 independently of the helpers (own export, own session, library defaults):
-  * helpers: `helpers.features.compute_features` with its defaults (what `extract_features` runs);
+  * helpers: `helpers.features.compute_features` with its defaults (what `extract_features` runs:
+    notebooks 01-05 and the recogniser's raw/head methods);
+  * the recogniser's extractor: `helpers.representations.compute_pooled` (the default method's
+    multi-layer features: ONNX Runtime, batched preprocessing prepared while the model runs);
   * eager PyTorch: eval, inference_mode, channels_last, batch 16 (its fastest batch here);
   * torch.compile (default mode) of the same network, batch 16 (if it compiles on this machine;
     if not, the reason is recorded);
@@ -34,6 +37,7 @@ import torch
 from helpers.backbones import BackboneUnavailable, load_backbone
 from helpers.features import compute_features, default_batch_size
 from helpers.onnx_backbone import resolve_engine
+from helpers.representations import compute_pooled
 
 from .common import Figure, Section, time_repeats
 
@@ -65,6 +69,51 @@ def compiled(net, transform, bs=16) -> Callable:
         with torch.inference_mode():
             return torch.cat([fn(b).float() for b in _batches(images, transform, bs)])
     return run
+
+
+COMPILE_TIMEOUT_S = 480
+
+
+def compiled_in_subprocess(backbone: str, size: int, n_images: int, repeats: int, ref: np.ndarray) -> dict:
+    """torch.compile timed in a child process with a time limit (Inductor compiles C++ for minutes
+    on a small CPU; a compile that does not finish must not hang the benchmark)."""
+    import os
+    import subprocess
+    import sys
+
+    out = Path(tempfile.mkdtemp(prefix="bench-compile-")) / "features.npy"
+    code = f"""
+import time, numpy as np, torch
+from helpers.backbones import load_backbone
+from helpers.data import load_orl
+from benchmarks.extraction import compiled
+from benchmarks.common import time_repeats
+torch.set_num_threads({torch.get_num_threads()})
+bb = load_backbone({backbone!r}, allow_download=False, verbose=False)
+faces = load_orl(); images = [faces.images[i] for i in range({n_images})]
+fn = compiled(bb.body, bb.transform(size={size}))
+t0 = time.perf_counter(); fn(images[:8]); compile_s = time.perf_counter() - t0
+t = time_repeats(lambda: fn(images), repeats={repeats}, warmup=0)
+np.save({str(out)!r}, fn(images).numpy())
+print("RESULT", compile_s, *t.seconds)
+"""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S,
+                           env=env)
+    except subprocess.TimeoutExpired:
+        return {"images_per_s": None, "recipe": "compile",
+                "error": f"did not compile and run within {COMPILE_TIMEOUT_S} s on this machine"}
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
+    if r.returncode or not line:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return {"images_per_s": None, "recipe": "compile", "error": f"exit {r.returncode}: {last[:200]}"}
+    compile_s, *secs = map(float, line[0].split()[1:])
+    feats = np.load(out)
+    return {"images_per_s": round(n_images / float(np.median(secs)), 1), "recipe": "compile",
+            "runs": [round(n_images / x, 1) for x in secs], "compile_s": round(compile_s, 1),
+            "min_cosine_to_pytorch": round(_min_cos(feats, ref), 6),
+            "agrees": _min_cos(feats, ref) >= AGREE}
 
 
 def export_onnx(net, size) -> Path:
@@ -154,10 +203,16 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
 
     add(f"helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
         lambda: (lambda ims: compute_features(bb, ims, transform=transform, progress=False)), recipe="helpers")
+    add("recogniser's extractor (compute_pooled, batch 64)",
+        lambda: (lambda ims: compute_pooled(bb, ims, size)["final"]), recipe="helpers-pooled")
     add("eager PyTorch, channels_last, inference_mode (batch 16)", lambda: eager(bb.body, transform),
         recipe="eager")
     if not smoke:
-        add("torch.compile, default mode (batch 16)", lambda: compiled(bb.body, transform), recipe="compile")
+        rows["torch.compile, default mode (batch 16)"] = compiled_in_subprocess(bb.name, size, len(images), repeats,
+                                                                                 ref)
+        r = rows["torch.compile, default mode (batch 16)"]
+        print(f"    {'torch.compile, default mode (batch 16)':<48} " + (f"failed: {r['error']}" if r["images_per_s"] is None
+              else f"{r['images_per_s']:7.1f} images/s, min cosine {r['min_cosine_to_pytorch']}"), flush=True)
     path = export_onnx(bb.body, size)
     add("ONNX Runtime, default session options (batch 64)", lambda: ort_default(path, transform)[0],
         recipe="onnxruntime-default")
@@ -177,7 +232,8 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
         "images_per_s": round(len(images) / t.median, 1), "recipe": "preprocessing"}
 
     helpers_name = next(k for k in rows if k.startswith("helpers"))
-    agreeing = {k: v for k, v in rows.items() if v.get("agrees") and k != helpers_name}
+    agreeing = {k: v for k, v in rows.items() if v.get("agrees") and k in fns
+                and v.get("recipe") not in ("helpers", "helpers-pooled")}
     if agreeing and fns.get(helpers_name):
         best = max(agreeing, key=lambda k: agreeing[k]["images_per_s"])
         times = {helpers_name: [], best: []}
@@ -193,6 +249,10 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
                                   "ratio": round(rate[helpers_name] / rate[best], 3)}
         print(f"    head to head: helpers {rate[helpers_name]:.1f} vs {best} {rate[best]:.1f} images/s", flush=True)
     return rows
+
+
+def best_rate_of(rows: dict, name: str | None) -> float | None:
+    return rows.get(name, {}).get("images_per_s") if name else None
 
 
 def run(smoke: bool = False, backbone: str = "auto", size: int | None = None, n_images: int = 192,
@@ -229,11 +289,20 @@ def run(smoke: bool = False, backbone: str = "auto", size: int | None = None, n_
             "recipe that agrees with PyTorch (cosine ≥ 0.999)", helpers, "images/s", f"fastest: {fastest}",
             best_rate, helpers / best_rate, "of fastest", "≥ 95 % of fastest", helpers / best_rate >= 0.95))
     ceiling = rows["(model alone: ONNX Runtime default, ready batch of 64)"]["images_per_s"]
-    if helpers and ceiling:
+    pooled = rows.get("recogniser's extractor (compute_pooled, batch 64)", {}).get("images_per_s")
+    if pooled and best_rate_of(rows, fastest):
+        b = best_rate_of(rows, fastest)
         sec.figures.append(Figure(
-            f"extraction.{key}.vs_model_alone", f"{bb.name} {size}px: helpers end to end vs the model alone on a "
-            "ready batch", helpers, "images/s", "model alone (ONNX Runtime, batch 64)", ceiling, helpers / ceiling,
-            "of fastest", "≥ 85 % of model-only", helpers / ceiling >= 0.85))
+            f"extraction.{key}.pooled_vs_fastest", f"{bb.name} {size}px: the recogniser's extractor (compute_pooled) "
+            "vs the fastest agreeing independent recipe (sweep)", pooled, "images/s", f"fastest: {fastest}", b,
+            pooled / b, "of fastest", "≥ 95 % of fastest", pooled / b >= 0.95))
+    for name, value in (("helpers extractor", rows[helpers_name]["images_per_s"]), ("recogniser's extractor", pooled)):
+        if value and ceiling:
+            sec.figures.append(Figure(
+                f"extraction.{key}.{'pooled_' if name.startswith('rec') else ''}vs_model_alone",
+                f"{bb.name} {size}px: {name} end to end vs the model alone on a ready batch", value, "images/s",
+                "model alone (ONNX Runtime, batch 64)", ceiling, value / ceiling, "of model-only",
+                "≥ 85 % of model-only", value / ceiling >= 0.85))
     q = rows.get("int8 dynamic quantisation, ONNX Runtime (batch 64)", {})
     if q.get("images_per_s"):
         sec.figures.append(Figure(
