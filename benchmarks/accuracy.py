@@ -274,9 +274,10 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
         if m.key not in thresholds and not m.classifier:
             thresholds[m.key] = dev_measure(m, data, bank)["threshold"] if m.key != "dlib" else None
 
-    table, timing, measured = {}, {}, {}
+    table, timing, measured, kept = {}, {}, {}, []
     for m in table_methods:
         if only and m.key not in only and previous and m.key in previous.get("details", {}).get("table", {}):
+            kept.append(m.key)
             pd = previous["details"]
             table[m.key], timing[m.key] = pd["table"][m.key], pd["seconds"].get(m.key)
             measured[m.key] = pd.get("measured", {}).get(m.key, previous.get("started"))
@@ -333,6 +334,9 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
     if not match:
         notes.append(f"the library's default {library} differs from the development choice {chosen_settings}: "
                      "update helpers/representations.py and helpers/recognizer_pipeline.py")
+    if kept:
+        notes.append(f"rows kept from an earlier run of the same protocol (deterministic per seed; see "
+                     f"'measured'): {', '.join(kept)}; rerun here: {', '.join(k for k in table if k not in kept)}")
     sec.notes = notes
     return sec
 
