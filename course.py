@@ -6,6 +6,8 @@
                                     notebooks under nbval, and the widgets in a real browser
     python course.py test --quick   unit tests only, without the slow and the browser ones (~2 min)
     python course.py quick          the same as 'test --quick'
+    python course.py notebooks      only the notebooks under nbval (CI runs it a second time as on
+                                    another CPU: ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=4)
     python course.py bench          run the benchmarks and refresh the README's performance table
 
 Anything after the command goes to JupyterLab, pytest or the benchmarks unchanged. `bash course.sh
@@ -27,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 # What the environment is built from: a change to either file reinstalls on the next call.
 REQUIREMENT_FILES = ("requirements.txt", "pyproject.toml")
 STAMP_NAME = ".course-requirements.sha256"
-USAGE = "usage: python course.py lab | test [--quick] | quick | bench   (or: bash course.sh ...)"
+USAGE = "usage: python course.py lab | test [--quick] | quick | notebooks | bench   (or: bash course.sh ...)"
 MIN_PYTHON = (3, 10)
 
 
@@ -149,17 +151,22 @@ def browser_ready(environ: dict | None = None, platform: str = sys.platform, roo
 
 # --- the commands -------------------------------------------------------------------------------
 
-def pytest_args(extra: Sequence[str] = (), quick: bool = False) -> list[str]:
-    """Everything after `python -m pytest`, for the full run or the quick one.
+NBVAL = ["--nbval", "--nbval-current-env", "--nbval-sanitize-with", ".ci/nbval_sanitize.cfg"]
 
-    Full: the unit tests, every notebook under nbval (outputs compared after the sanitizer) and
-    the browser test. Quick: the unit tests without the browser and the `@pytest.mark.slow` ones.
+
+def pytest_args(extra: Sequence[str] = (), quick: bool = False, notebooks_only: bool = False) -> list[str]:
+    """Everything after `python -m pytest`, for the full run, the quick one or the notebooks alone.
+
+    Full: the unit tests, every notebook under nbval (outputs compared by meaning, see
+    notebooks/conftest.py) and the browser test. Quick: the unit tests without the browser and
+    the `@pytest.mark.slow` ones. Notebooks: only the notebooks under nbval.
     """
     if quick:
         args = ["tests", "--ignore=tests/browser", "-m", "not slow", "-p", "no:cacheprovider"]
+    elif notebooks_only:
+        args = ["notebooks", *NBVAL, "-p", "no:cacheprovider"]
     else:
-        args = ["tests", "notebooks", "--nbval", "--nbval-current-env",
-                "--nbval-sanitize-with", ".ci/nbval_sanitize.cfg", "-p", "no:cacheprovider"]
+        args = ["tests", "notebooks", *NBVAL, "-p", "no:cacheprovider"]
     return args + list(extra)
 
 
@@ -184,7 +191,7 @@ def run_last(cmd: list[str], env: dict, cwd: Path = ROOT) -> int:
 def parse(argv: Sequence[str]) -> tuple[str, bool, list[str]] | None:
     """(command, quick, extra arguments), or None for a command line that is not one;
     'quick' and 'test --quick' both give ('test', True, ...)."""
-    if not argv or argv[0] not in ("lab", "test", "quick", "bench"):
+    if not argv or argv[0] not in ("lab", "test", "quick", "notebooks", "bench"):
         return None
     command, rest = argv[0], list(argv[1:])
     quick = command == "quick"
@@ -216,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not quick:
             browser_ready()
         return run_last([str(python), "-m", "pytest", *pytest_args(extra, quick)], env)
+    if command == "notebooks":
+        return run_last([str(python), "-m", "pytest", *pytest_args(extra, notebooks_only=True)], env)
     return run_last([str(python), "-m", "benchmarks", *extra], env)
 
 

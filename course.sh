@@ -5,6 +5,7 @@
 #   bash course.sh test          set up (first time only) and run every test: unit tests, the
 #                                notebooks under nbval, and the widgets in a real browser
 #   bash course.sh quick         unit tests only, without the slow and browser ones (= test --quick)
+#   bash course.sh notebooks     only the notebooks under nbval
 #   bash course.sh bench         run the benchmarks and refresh the README's performance table
 # Needs Python 3.10+ with pip ($PYTHON, default python3). The environment lives in .venv
 # (FACE_COURSE_VENV to change); NUMBA_CACHE_DIR defaults to .cache/numba.

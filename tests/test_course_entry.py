@@ -145,6 +145,11 @@ def test_full_test_run_is_todays_pytest_call():
     assert course.pytest_args(["-k", "margins", "-x"]) == TODAY_FULL + ["-k", "margins", "-x"]
 
 
+def test_notebooks_run_is_nbval_on_the_notebooks_alone():
+    args = course.pytest_args(["-x"], notebooks_only=True)
+    assert args[0] == "notebooks" and "tests" not in args and "--nbval" in args and args[-1] == "-x"
+
+
 def test_quick_run_is_unit_tests_without_slow_browser_or_notebooks():
     args = course.pytest_args(["-x"], quick=True)
     assert args[0] == "tests" and "notebooks" not in args and "--nbval" not in args
@@ -161,6 +166,7 @@ def test_quick_run_is_unit_tests_without_slow_browser_or_notebooks():
     (["quick", "-k", "cli"], ("test", True, ["-k", "cli"])),
     (["lab", "--port=9999"], ("lab", False, ["--port=9999"])),
     (["bench", "--smoke"], ("bench", False, ["--smoke"])),
+    (["notebooks", "-x"], ("notebooks", False, ["-x"])),
     ([], None),
     (["nonsense"], None),
 ])
@@ -196,6 +202,7 @@ def test_is_root_false_where_there_is_no_geteuid(monkeypatch):
     (["quick"], ["-m", "pytest", *course.pytest_args(quick=True)]),
     (["lab"], ["-m", "jupyter", "lab", "--notebook-dir=notebooks", "--allow-root"]),
     (["bench", "--smoke"], ["-m", "benchmarks", "--smoke"]),
+    (["notebooks"], ["-m", "pytest", "notebooks", *course.NBVAL, "-p", "no:cacheprovider"]),
 ])
 def test_main_runs_the_venv_python_with_the_built_arguments(monkeypatch, tmp_path, argv, tail):
     ran, browser = [], []
