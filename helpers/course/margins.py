@@ -213,10 +213,12 @@ def train_toy(features: torch.Tensor, labels, names: Sequence[str], train_idx, t
         raise ValueError(f"the training photos need labels 0..{c - 1} (one name per label) and at least 2 photos")
     set_seed(seed)
     model = FaceModel(EmbeddingHead(x_tr.shape[1], 2), make_head("arcface", 2, c, s, m, easy_margin))
+    # float64: a 2-D toy is chaotic (which basin it lands in depends on float32 rounding, which
+    # differs between CPUs' kernels); in double precision every CPU follows the same path
     with threads(1):
-        hist = fit(model, (x_tr, torch.as_tensor(y_tr)), None, epochs=epochs, lr=lr, seed=seed,
-                   device="cpu", progress=False)
-    return Toy(model.eval(), list(names), (x_tr, y_tr), (x_te, y_te), float(s), float(m), bool(easy_margin),
+        hist = fit(model.double(), (x_tr.double(), torch.as_tensor(y_tr)), None, epochs=epochs, lr=lr,
+                   seed=seed, device="cpu", progress=False)
+    return Toy(model.float().eval(), list(names), (x_tr, y_tr), (x_te, y_te), float(s), float(m), bool(easy_margin),
                float(lr), int(epochs), hist)
 
 
