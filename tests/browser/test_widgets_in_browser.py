@@ -254,12 +254,12 @@ def test_enrol_yourself_panel_with_real_files(lab, orl_photo_files):
         choose(uploads.nth(0), [*enrol, enrol[0].with_name("notes.jpg")])
         wait_text(uploads.nth(0), r"\(4\)", "the chosen files")
         cell.locator(".widget-text input").fill("Ada")
-        cell.locator("button", has_text="Enrol").click()
+        cell.get_by_role("button", name="Enrol", exact=True).click()   # not "Photos to enrol"
         status = wait_text(cell, r"Enrolled 'Ada' from 3 photo\(s\)", "enrolment")
         assert "notes.jpg: skipped: not an image" in status
         wait_text(uploads.nth(0), r"\(0\)", "the cleared upload")
         choose(uploads.nth(1), [query])
-        cell.locator("button", has_text="Who is it?").click()
+        cell.get_by_role("button", name="Who is it?", exact=True).click()
         answer = wait_text(cell, r"Answer: .*threshold", "the answer")
         assert re.search(r"Answer: Ada \(score [\d.]+ >= threshold [\d.]+\)", answer), answer
         wait_text(uploads.nth(1), r"\(0\)", "the cleared query upload")
@@ -282,7 +282,10 @@ def orl_photo_files(tmp_path):
     person = orl.names.index(strangers.names[0])
     idx = [i for i in range(len(orl)) if orl.labels[i] == person]
     files = []
-    for k, i in enumerate(idx[:4]):
+    # enrol photos 1-3, ask with photo 8: measured with notebook 06's recogniser, this person's
+    # photos 4-7 and 10 (head turned, other light) are answered "unknown" at scores 0.20-0.31 and
+    # photos 8-9 are named (0.96, 0.79); the panel's job here is to show an answer and its score
+    for k, i in enumerate([*idx[:3], idx[7]]):
         files.append(tmp_path / f"ada{k}.png")
         orl.images[i].save(files[-1])
     (tmp_path / "notes.jpg").write_text("not a photo")
