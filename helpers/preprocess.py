@@ -3,9 +3,9 @@
 Does what `Backbone.transform(size=size)` does at evaluation time — shorter side resized to
 `size` (bilinear), centre crop to size x size, scale to [0, 1], normalise with the backbone's mean
 and std — but resizes with Pillow (in worker threads: Pillow releases the GIL while resizing) and
-converts and normalises the whole batch at once in NumPy. Pixels can differ from torchvision's
-tensor resize by one grey level (rounding), so values by up to ~0.02 after normalising; features
-agree to cosine > 0.9999 (tests/test_preprocess.py). `prefetched_batches` prepares the next batch
+normalises the whole batch at once in NumPy. The resize runs in float (Pillow mode "F"), as
+`Backbone.transform` does since it stopped rounding to grey levels; tests/test_preprocess.py bounds
+the difference from torchvision's transform. `prefetched_batches` prepares the next batch
 while the caller runs the model on the current one.
 """
 from __future__ import annotations
@@ -18,25 +18,29 @@ from PIL import Image
 
 
 def resized_crop(img: Image.Image, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: shorter side to `size` (bilinear, as torchvision computes the size),
-    then the centre crop (torchvision's rounding)."""
+    """(size, size, 3) float32 in [0, 255]: shorter side to `size` (bilinear, antialiased, computed
+    in float like `Backbone.transform`: no rounding to grey levels, the same on every CPU), then the
+    centre crop (torchvision's size and rounding)."""
     img = img if img.mode == "RGB" else img.convert("RGB")
     w, h = img.size
     if w <= h:
         nw, nh = size, int(size * h / w)
     else:
         nw, nh = int(size * w / h), size
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.BILINEAR)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    a = np.asarray(img, dtype=np.float32)
+    if (nw, nh) == (w, h):
+        return a[top:top + size, left:left + size]
+    box = (left, top, left + size, top + size)
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F")
+                                .resize((nw, nh), Image.BILINEAR).crop(box)) for c in range(3)], -1)
 
 
 def to_batch(images: Sequence[Image.Image], size: int, mean, std, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
     """(B, 3, size, size) float32, C-contiguous: resized, cropped, scaled and normalised."""
     crops = list(pool.map(lambda im: resized_crop(im, size), images)) if pool else \
         [resized_crop(im, size) for im in images]
-    x = np.stack(crops).astype(np.float32)
+    x = np.stack(crops).astype(np.float32, copy=False)
     scale = (1.0 / (255.0 * np.asarray(std, np.float32)))
     x = x * scale - np.asarray(mean, np.float32) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))

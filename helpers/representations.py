@@ -208,7 +208,7 @@ def pooled_features(backbone: Backbone, images: Sequence[Image.Image], size: int
     size = size or backbone.input_size
     if not cache:
         return {k: v.numpy() for k, v in compute_pooled(backbone, images, size, batch_size).items()}
-    h = hashlib.sha256(f"{backbone.cache_key()}|{weights_digest(backbone)}|{size}|{TAPPED}|pooled-v2".encode())
+    h = hashlib.sha256(f"{backbone.cache_key()}|{weights_digest(backbone)}|{size}|{TAPPED}|pooled-v3".encode())
     for im in images:
         h.update(image_digest(im).encode())
     path = cache_dir("features", "pooled") / f"{backbone.name}-{size}-{h.hexdigest()[:24]}.pt"
