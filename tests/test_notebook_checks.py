@@ -76,3 +76,11 @@ def test_cell_tolerances_say_why(path):
         tol = cell.get("metadata", {}).get("nbval_tolerance")
         if tol is not None:
             assert tol.get("why"), f"cell {i} widens its tolerance without saying why"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_stored_output_without_a_run(path):
+    """nbval fails a cell with outputs but no execution count ("unrun reference cell has outputs")."""
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        if cell["cell_type"] == "code" and cell.get("outputs"):
+            assert cell.get("execution_count") is not None, f"cell {i} has outputs but never ran"

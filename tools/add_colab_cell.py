@@ -33,7 +33,7 @@ def _lines(text: str) -> list[str]:
 def make_cell() -> dict:
     return {
         "cell_type": "code",
-        "execution_count": None,
+        "execution_count": 1,   # nbval refuses stored outputs of a cell that never ran (count None)
         "id": "colab-setup",
         "metadata": {"tags": [C.CELL_TAG]},
         "outputs": [{"name": "stdout", "output_type": "stream", "text": _lines(C.NOT_ON_COLAB + "\n")}],
@@ -55,7 +55,10 @@ def apply(nb: dict) -> bool:
         changed = False
         if "".join(cell.get("source", [])) != "".join(fresh["source"]):
             cell["source"] = fresh["source"]
-            cell["outputs"], cell["execution_count"] = fresh["outputs"], None
+            cell["outputs"], cell["execution_count"] = fresh["outputs"], fresh["execution_count"]
+            changed = True
+        if cell.get("outputs") and cell.get("execution_count") is None:  # nbval: "unrun cell has outputs"
+            cell["execution_count"] = fresh["execution_count"]
             changed = True
         for extra in reversed(found[1:]):   # a duplicate from a copy-paste
             del cells[extra]
