@@ -52,10 +52,27 @@ def test_cell_tolerance_widens_only_that_cell():
     assert M.outputs_agree("acc 80.0 %", "acc 72.0 %", {"percent": 8.5})
 
 
-def test_comparison_is_installed_in_nbval():
-    from nbval import plugin
+def test_nbval_run_uses_the_tolerant_comparison(tmp_path):
+    """A real nbval run next to notebooks/conftest.py: last-digit noise passes, a real change fails."""
+    import shutil
+    import subprocess
+    import sys
 
-    assert getattr(plugin.IPyNbCell, "_tolerant", False)
+    import nbformat
+
+    shutil.copy(ROOT / "notebooks" / "conftest.py", tmp_path / "conftest.py")
+    nb = nbformat.v4.new_notebook()
+    for i, (code, stored) in enumerate([('print("acc 93.8 %, loss 5.227")', "acc 94.4 %, loss 5.226\n"),
+                                        ('print("acc 83.8 %")', "acc 94.4 %\n")], start=1):
+        cell = nbformat.v4.new_code_cell(code, execution_count=i)
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+        nb.cells.append(cell)
+    nbformat.write(nb, tmp_path / "t.ipynb")
+    out = subprocess.run([sys.executable, "-m", "pytest", "t.ipynb", "--nbval", "--nbval-current-env",
+                          "-p", "no:cacheprovider", "-q"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert "1 failed, 1 passed" in out.stdout, out.stdout[-2000:]
+    assert "t.ipynb::Cell 1" in out.stdout  # the 10-point change, not the noise
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
