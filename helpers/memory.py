@@ -42,7 +42,7 @@ def _release_free_memory() -> None:
 
 
 class PeakMemory:
-    """Context manager: peak extra memory (MB) used inside a block, and how it was measured.
+    """Context manager: peak extra memory (MiB, `peak_mb`) used inside a block, and how it was measured.
 
     GPU: `torch.cuda.max_memory_allocated` above the allocation at the start (tensors only).
     Linux CPU: the process's resident-set high-water mark (VmHWM, reset through

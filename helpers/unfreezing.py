@@ -215,6 +215,10 @@ class RunResult:
     def diverged(self) -> str:
         return next((h.diverged for h in self.histories if h.diverged), "")
 
+    def stage_ends(self) -> list[int]:
+        """The epoch after which each stage ended, counted from 1 across stages (boundaries of one curve)."""
+        return np.cumsum([h.epochs for h in self.histories]).tolist()
+
     def combined_history(self) -> History:
         """All stages' epochs one after another (for a single curve)."""
         out = History()
@@ -222,6 +226,7 @@ class RunResult:
             out.loss += h.loss
             out.train_acc += h.train_acc
             out.val_acc += h.val_acc
+            out.val_loss += h.val_loss
             out.seconds += h.seconds
             out.diverged = out.diverged or h.diverged
         return out
@@ -306,6 +311,35 @@ def run_schedule(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "
     return RunResult(method or " + ".join(p.name for p in plans), model, list(plans), histories, trainable,
                      count_parameters(model).total, seconds, peak, mem_method,
                      trained_stages=tuple(s for s in backbone.stage_names if s in trained))
+
+
+def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[str] | None = None,
+              seed: int = 0, measure_memory: bool = True, progress: bool = False) -> list[RunResult]:
+    """Run `plans` one after another on ONE model (stage k starts from stage k-1's weights), evaluate after each.
+
+    Element k is the model after stages 1..k+1, with their histories, seconds and peak memory accumulated,
+    so `result[-1].combined_history()` is one curve across all stages and `stage_ends()` its boundaries.
+    """
+    data.inputs("train")  # the one-off cost, outside every stage's timing
+    data.features("train")
+    out: list[RunResult] = []
+    for k, plan in enumerate(plans):
+        prev = out[-1] if out else None
+        name = names[k] if names else " + ".join(p.name for p in plans[:k + 1])
+        r = run_schedule(data, [plan], name, seed, model=copy.deepcopy(prev.model) if prev else None,
+                         trained_stages=prev.trained_stages if prev else (), measure_memory=measure_memory,
+                         progress=progress)
+        if prev is not None:
+            r.histories, r.plans = prev.histories + r.histories, prev.plans + r.plans
+            r.stage_seconds = prev.stage_seconds + r.stage_seconds
+            if r.peak_mb is not None or prev.peak_mb is not None:
+                r.peak_mb = max(prev.peak_mb or 0.0, r.peak_mb or 0.0)
+        r.one_off_seconds = data.one_off_seconds
+        evaluate_run(r, data, seed)
+        out.append(r)
+        if r.diverged:
+            break
+    return out
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -182,10 +182,45 @@ def test_compare_methods_on_one_split(tiny_data):
             assert 0.0 <= v <= 1.0
         assert len(r.seconds_per_epoch()) == len(r.histories)
     table = L.comparison_table(res)
-    assert table.count("\n") == 5 and "full fine-tuning" in table and "MB" in table
+    assert table.count("\n") == 5 and "full fine-tuning" in table and "MiB" in table
     assert L.accuracy_table(res).count("|") == 8 * 6
     raw = U.raw_feature_metrics(data)
     assert 0 <= raw["strangers_eer"] <= 1
+
+
+def _first(model) -> torch.Tensor:
+    return next(model.embedding.parameters())
+
+
+def test_run_chain_continues_each_stage_from_the_previous_one(tiny_data):
+    data = _fresh(tiny_data)
+    plans = U.gradual_schedule(data.backbone, epochs=(3, 2, 1))
+    chain = U.run_chain(data, plans, ["s1", "s1-2", "s1-3"], measure_memory=False)
+    assert [r.method for r in chain] == ["s1", "s1-2", "s1-3"]
+    assert chain[-1].stage_ends() == [3, 5, 6] and chain[1].stage_ends() == [3, 5]
+    h = chain[-1].combined_history()
+    assert h.epochs == 6 and len(h.val_loss) == 6 and len(h.val_acc) == 6
+    # stage 2 started from stage 1's weights: the embedding stage 1 left is not the fresh one
+    fresh = U.run_schedule(data, plans[1:2], "stage 2 from scratch", measure_memory=False)
+    assert not torch.equal(_first(fresh.model), _first(chain[1].model))
+    # ... and the frozen result was not changed by the later stages (each stage trains a copy)
+    again = U.run_chain(_fresh(tiny_data), plans[:1], measure_memory=False)[0]
+    assert torch.equal(_first(again.model), _first(chain[0].model))
+    assert all(r.metrics is not None for r in chain)
+    fig = L.plot_chain(chain)
+    assert len(fig.axes) == 3 and len(fig.axes[0].lines) == 2 + 2  # train + val loss, 2 stage boundaries
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_describe_result_compares_with_the_previous_run(tiny_data):
+    data = _fresh(tiny_data)
+    a = U.train_stages(data, [], epochs=1)
+    b = U.train_stages(data, [], epochs=3)
+    line = L.describe_result(b, a)
+    want = 100 * (b.metrics.test_acc - a.metrics.test_acc)
+    assert f"vs previous click: test acc {want:+.1f} pts" in line
+    assert "vs previous" not in L.describe_result(b)
 
 
 def test_train_stages_checks_its_arguments(tiny_data):

@@ -94,3 +94,20 @@ def test_the_pretrained_backbone_is_left_alone(data):
     panel.controls.train.click()
     after = data.backbone.state_dict()
     assert all((before[k] == after[k]).all() for k in before)
+
+
+def test_chain_box_runs_the_three_stages_one_after_another(data):
+    panel = unfreezing_panel(data, epochs=1)
+    c = panel.controls
+    c.train.click()
+    c.chain.value = True
+    c.lr.value, c.backbone_lr.value = 1e-2, 1e-3
+    c.train.click()
+    res = panel.results[-1]
+    assert isinstance(res, U.RunResult), res
+    assert [p.name for p in res.plans] == ["stage 1", "stage 2", "stage 3"] and res.stage_ends() == [30, 31, 32]
+    assert [p.lr for p in res.plans] == pytest.approx([1e-2, 1e-3, 1e-2 / 30])
+    assert [p.backbone_lr for p in res.plans[1:]] == pytest.approx([1e-3, 1e-4])
+    text = _text(c.output)
+    assert _figures(c.output) == 1 and "strangers' EER after each stage:" in text
+    assert "vs previous click:" in text  # the first click's result is the comparison

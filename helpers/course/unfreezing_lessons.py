@@ -13,46 +13,90 @@ from torch import nn
 from ..backbones import Backbone
 from ..model import FaceModel, build_model
 from ..runtime import set_seed
-from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, model_features, run_schedule)
+from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, full_schedule, gradual_schedule,
+                          model_features, prepare_data, run_chain, run_schedule)
+from .experiments import SeedComparison
 
 
 def compare_methods(data: UnfreezeData, gradual: Sequence[StagePlan], full: Sequence[StagePlan],
-                    seed: int = 0, progress: bool = False) -> list[RunResult]:
+                    seed: int = 0, progress: bool = False, measure_memory: bool = True) -> list[RunResult]:
     """Frozen (stage 1 alone), gradual after stage 2, gradual (3 stages), full fine-tuning: same split.
 
-    The gradual run continues from the frozen run's model (stage 1 is shared, not repeated).
+    The three gradual results are one chain (`run_chain`): stage 2 continues from stage 1's model,
+    stage 3 from stage 2's, so stage 1 is shared, not repeated.
     """
     gradual = list(gradual)
     if len(gradual) != 3:
         raise ValueError("the gradual schedule has three stages")
-    data.inputs("train")  # the one-off cost, outside every run's timing
-    data.features("train")
-    frozen = run_schedule(data, gradual[:1], "frozen (stage 1 only)", seed, progress=progress)
-    evaluate_run(frozen, data, seed)
-    frozen.one_off_seconds = data.one_off_seconds
-
-    model2 = copy.deepcopy(frozen.model)
-    g2 = run_schedule(data, gradual[1:2], "gradual, stages 1-2", seed, model=model2, progress=progress)
-    g2.histories = frozen.histories + g2.histories
-    g2.plans = gradual[:2]
-    g2.stage_seconds = frozen.stage_seconds + g2.stage_seconds
-    g2.peak_mb = max(frozen.peak_mb or 0.0, g2.peak_mb or 0.0) if g2.peak_mb is not None else None
-    g2.one_off_seconds = data.one_off_seconds
-    evaluate_run(g2, data, seed)
-
-    model3 = copy.deepcopy(g2.model)
-    g3 = run_schedule(data, gradual[2:], "gradual, stages 1-3", seed, model=model3,
-                      trained_stages=g2.trained_stages, progress=progress)
-    g3.histories = g2.histories + g3.histories
-    g3.plans = gradual
-    g3.stage_seconds = g2.stage_seconds + g3.stage_seconds
-    g3.peak_mb = max(g2.peak_mb or 0.0, g3.peak_mb or 0.0) if g3.peak_mb is not None else None
-    g3.one_off_seconds = data.one_off_seconds
-    evaluate_run(g3, data, seed)
-
-    f = run_schedule(data, full, "full fine-tuning", seed, progress=progress)
+    chain = run_chain(data, gradual, ["frozen (stage 1 only)", "gradual, stages 1-2", "gradual, stages 1-3"],
+                      seed, measure_memory=measure_memory, progress=progress)
+    f = run_schedule(data, full, "full fine-tuning", seed, measure_memory=measure_memory, progress=progress)
     evaluate_run(f, data, seed)
-    return [frozen, g2, g3, f]
+    return [*chain, f]
+
+
+def gradual_chain(data: UnfreezeData, epochs: tuple[int, int, int] = (30, 3, 3), lr: float = 1e-2,
+                  backbone_lr: float = 3e-4, seed: int = 0) -> list[RunResult]:
+    """The panel's chain: the guide's three stages with the head's lr falling 1 -> 1/10 -> 1/30 and the
+    backbone's 1 -> 1/10 (the defaults 1e-2 / 3e-4 give `gradual_schedule`'s rates)."""
+    plans = gradual_schedule(data.backbone, epochs, lr=(lr, lr / 10, lr / 30), backbone_lr=(backbone_lr, backbone_lr / 10))
+    return run_chain(data, plans, ["stage 1", "stages 1-2", "stages 1-3"], seed, measure_memory=False)
+
+
+def compare_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
+                       size: int, epochs: dict[str, int], n_threads: int | None = None,
+                       first: Sequence[RunResult] | None = None) -> SeedComparison:
+    """`compare_methods` on each seed's people and split; val / test accuracy and strangers' EER per seed.
+
+    `first`: the results already computed for `seeds[0]` (not run again). Memory is not measured.
+    """
+    runs: dict[str, dict[str, list[float]]] = {}
+    for k, seed in enumerate(seeds):
+        if k == 0 and first is not None:
+            results = list(first)
+        else:
+            data = prepare_data(backbone, faces, n_known=n_known, size=size, seed=seed, shots=shots,
+                                n_threads=n_threads)
+            gradual = gradual_schedule(backbone, (epochs["stage 1"], epochs["stage 2"], epochs["stage 3"]))
+            results = compare_methods(data, gradual, full_schedule(backbone, epochs["full"]), seed,
+                                      measure_memory=False)
+        for r in results:
+            row = runs.setdefault(r.method, {"val": [], "test": [], "eer": []})
+            row["val"].append(r.metrics.val_acc)
+            row["test"].append(r.metrics.test_acc)
+            row["eer"].append(r.metrics.strangers_eer)
+    task = f"{n_known} known people x {'all' if shots is None else shots} training photos at {size} px"
+    return SeedComparison(task, list(seeds), runs)
+
+
+def plot_chain(chain: Sequence[RunResult]):
+    """One curve across the chained stages of `run_chain`: training and validation loss, validation accuracy,
+    and the strangers' EER after each stage; dotted lines mark where a stage ends (10 x 3 inches)."""
+    import matplotlib.pyplot as plt
+
+    last = chain[-1]
+    h = last.combined_history()
+    ep = np.arange(1, h.epochs + 1)
+    ends = last.stage_ends()
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(10, 3))
+    a1.plot(ep, h.loss, label="train (augmented in stage 3)")
+    if h.val_loss:
+        a1.plot(ep, h.val_loss, label="validation")
+    a1.set(xlabel="epoch (all stages)", ylabel="loss", title="loss", yscale="log")
+    a2.plot(ep, 100 * np.array(h.val_acc), color="tab:orange")
+    a2.set(xlabel="epoch (all stages)", ylabel="%", title="validation accuracy (known people)")
+    a3.plot(ends[:len(chain)], [100 * r.metrics.strangers_eer for r in chain], "o-", color="tab:red")
+    a3.set(xlabel="epoch (all stages)", ylabel="%", title="strangers' EER after each stage")
+    for ax in (a1, a2, a3):
+        for k, e in enumerate(ends[:-1]):
+            ax.axvline(e + 0.5, ls=":", color="k", lw=1)
+        ax.title.set_fontsize(9)
+    for k, (start, e) in enumerate(zip([0, *ends[:-1]], ends)):
+        a2.text((start + e) / 2 + 0.5, 0.02, f"stage {k + 1}", transform=a2.get_xaxis_transform(),
+                ha="center", fontsize=7)
+    a1.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def _pct(x: float) -> str:
@@ -72,51 +116,52 @@ def accuracy_table(results: Sequence[RunResult]) -> str:
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:
-    """The whole comparison: parameters, time per epoch, memory and accuracy (pipe table)."""
+    """What each method costs: parameters, epochs, time per epoch, caching, memory (pipe table; the
+    accuracy columns are `accuracy_table`'s)."""
     head = ("| method | trainable params | epochs | s/epoch by stage | training time | one-off caching | "
-            "peak extra memory | train-val gap (acc / cos) | test acc (known) | 1-shot new people | strangers' EER |")
-    lines = [head, "|" + "---|" * 11]
+            "peak extra memory |")
+    lines = [head, "|" + "---|" * 7]
     for r in results:
-        m = r.metrics
         spe = " / ".join(f"{s:.2f} s" for s in r.seconds_per_epoch())
-        mem = "n/a" if r.peak_mb is None else f"{r.peak_mb:.0f} MB"
+        mem = "n/a" if r.peak_mb is None else f"{r.peak_mb:.0f} MiB"
         lines.append(f"| {r.method} | {r.trainable:,} | {r.epochs} | {spe} | {r.train_seconds:.1f} s | "
-                     f"{r.one_off_seconds:.1f} s | {mem} | {100 * m.gap:+.1f} pts / {m.cos_gap:+.2f} | "
-                     f"{_pct(m.test_acc)} | "
-                     f"{_pct(m.new_people_1shot)} | {_pct(m.strangers_eer)} |")
+                     f"{r.one_off_seconds:.1f} s | {mem} |")
     return "\n".join(lines)
 
 
+def show_table(table: str) -> None:
+    """Display a pipe table rendered as a table (Markdown), with the same text as its plain form."""
+    from IPython.display import display
+
+    display({"text/markdown": table, "text/plain": table}, raw=True)
+
+
 def plot_comparison(results: Sequence[RunResult], raw: dict | None = None):
-    """One figure: accuracy measures, cosine to the own person (overfitting), strangers' EER, seconds per epoch
-    (last stage) and peak memory, one bar group per method."""
+    """Four panels, one bar per method: accuracy (validation, test, 1-shot new people), strangers' EER,
+    seconds per epoch of the last stage, peak memory (13 x 3.2 inches)."""
     import matplotlib.pyplot as plt
 
     names = [r.method.replace(", ", "\n").replace(" (", "\n(") for r in results]
     x = np.arange(len(results))
-    fig, axes = plt.subplots(1, 5, figsize=(16, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
     w = 0.27
-    for k, (attr, label) in enumerate([("train_acc", "train"), ("test_acc", "test (known)"),
+    for k, (attr, label) in enumerate([("val_acc", "validation"), ("test_acc", "test (known)"),
                                        ("new_people_1shot", "1-shot new people")]):
         axes[0].bar(x + (k - 1) * w, [100 * getattr(r.metrics, attr) for r in results], w, label=label)
     axes[0].axhspan(85, 92, color="tab:gray", alpha=0.15, label="guide: frozen 85-92 %")
     axes[0].set(title="accuracy (%)", ylim=(0, 105))
     axes[0].legend(fontsize=7, loc="lower left")
-    for k, (attr, label) in enumerate([("train_cos", "train"), ("val_cos", "validation")]):
-        axes[1].bar(x + (k - 0.5) * 0.4, [getattr(r.metrics, attr) for r in results], 0.4, label=label)
-    axes[1].set(title="cosine to own person (gap = overfitting)", ylim=(0, 1))
-    axes[1].legend(fontsize=7)
-    axes[2].bar(x, [100 * r.metrics.strangers_eer for r in results], color="tab:red")
+    axes[1].bar(x, [100 * r.metrics.strangers_eer for r in results], color="tab:red")
     if raw:
-        axes[2].axhline(100 * raw["strangers_eer"], ls="--", color="k", label="raw frozen features")
-        axes[2].legend(fontsize=7)
-    axes[2].set(title="strangers' EER (%, lower is better)")
-    axes[3].bar(x, [r.seconds_per_epoch()[-1] for r in results], color="tab:green")
-    axes[3].set(title="seconds per epoch (last stage)", yscale="log")
-    axes[4].bar(x, [r.peak_mb or 0 for r in results], color="tab:purple")
-    axes[4].set(title="peak extra memory (MB)")
+        axes[1].axhline(100 * raw["strangers_eer"], ls="--", color="k", label="raw frozen features")
+        axes[1].legend(fontsize=7)
+    axes[1].set(title="strangers' EER (%, lower is better)")
+    axes[2].bar(x, [r.seconds_per_epoch()[-1] for r in results], color="tab:green")
+    axes[2].set(title="seconds per epoch (last stage, log)", yscale="log")
+    axes[3].bar(x, [r.peak_mb or 0 for r in results], color="tab:purple")
+    axes[3].set(title="peak extra memory (MiB)")
     for ax in axes:
-        ax.set_xticks(x, names, fontsize=6.5)
+        ax.set_xticks(x, names, fontsize=7)
         ax.title.set_fontsize(9)
     fig.tight_layout()
     return fig
@@ -233,13 +278,19 @@ def show_augmentations(data: UnfreezeData, index: int = 0, n: int = 6, seed: int
     return fig
 
 
-def describe_result(res: RunResult) -> str:
-    """One line: 'Result: ...' with accuracy, gap, EER, time per epoch, trainable parameters, memory."""
+def describe_result(res: RunResult, previous: RunResult | None = None) -> str:
+    """One line: 'Result: ...' with accuracy, gap, EER, time per epoch, trainable parameters, memory;
+    with `previous` (the panel's last click), how test accuracy and the strangers' EER moved since."""
     if res.diverged:
         return f"Result: training diverged ({res.diverged})"
     m = res.metrics
-    mem = "n/a" if res.peak_mb is None else f"{res.peak_mb:.0f} MB"
-    return (f"Result: test acc {_pct(m.test_acc)}, val acc {_pct(m.val_acc)}, train-val gap "
+    mem = "n/a" if res.peak_mb is None else f"{res.peak_mb:.0f} MiB"
+    line = (f"Result: test acc {_pct(m.test_acc)}, val acc {_pct(m.val_acc)}, train-val gap "
             f"{100 * m.gap:+.1f} pts (cos {m.cos_gap:+.2f}), strangers' EER {_pct(m.strangers_eer)}; "
             f"{res.seconds_per_epoch()[-1]:.2f} s/epoch, {res.trainable:,} trainable parameters, "
             f"peak extra memory {mem}")
+    if previous is not None and previous.metrics is not None and not previous.diverged:
+        p = previous.metrics
+        line += (f" | vs previous click: test acc {100 * (m.test_acc - p.test_acc):+.1f} pts, "
+                 f"strangers' EER {100 * (m.strangers_eer - p.strangers_eer):+.1f} pts")
+    return line

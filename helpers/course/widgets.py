@@ -301,12 +301,13 @@ def threshold_panel(scores, threshold: float | None = None):
 def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1e-3, epochs: int = 3,
                      seed: int = 0):
     """05: checkboxes for the backbone stages to unfreeze, lr (head) and backbone lr (log sliders),
-    epochs and Train. Nothing trains on display. `panel.results` holds each RunResult (or the error)."""
+    epochs, a "chain" box (the guide's three stages one after another) and Train. Nothing trains on
+    display. `panel.results` holds each RunResult (a chain: its last stage) or the error."""
     from types import SimpleNamespace
 
     from ..backbone_tail import last_stage
     from ..unfreezing import train_stages
-    from .unfreezing_lessons import describe_result
+    from .unfreezing_lessons import describe_result, gradual_chain, plot_chain
 
     W, wide = _panel_parts()
     order = [s for s in data.backbone.stage_names if data.backbone.stage_paths[s]]
@@ -320,43 +321,58 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
                              readout_format=".1e", style=wide, layout=W.Layout(width="340px"))
     epochs_w = W.IntSlider(value=epochs, min=1, max=20, step=1, description="epochs", style=wide,
                            layout=W.Layout(width="260px"))
+    chain_w = W.Checkbox(value=False, description="chain the guide's 3 stages", indent=False, style=wide,
+                         layout=W.Layout(width="auto"))
     run = _panel_run_button(W, "Train", "train the head and the ticked stages from the pretrained backbone")
     out = _panel_output(W)
     hint = W.HTML("<small>none ticked: head only (cached features) &middot; only the last stage: cached "
-                  "activations (seconds) &middot; anything else: whole photos, augmented (slow on a CPU)</small>")
+                  "activations (seconds) &middot; anything else: whole photos, augmented (slow on a CPU) "
+                  "&middot; <b>chain</b> (ignores the ticks): stage 1 head, 30 epochs at lr; stage 2 + last "
+                  "stage, <i>epochs</i> at lr/10 (backbone lr); stage 3 all, <i>epochs</i> at lr/30 "
+                  "(backbone lr/10), each stage from the previous one's weights</small>")
     panel = W.VBox([W.HBox([W.Label("unfreeze:"), *boxes.values()]), W.HBox([lr_w, blr_w]),
-                    W.HBox([epochs_w, run]), hint, out], layout=W.Layout(width="100%", max_width="820px"))
+                    W.HBox([epochs_w, chain_w, run]), hint, out], layout=W.Layout(width="100%", max_width="820px"))
     panel.add_class("course-panel")
     results: list = []
 
     def train():
+        previous = next((r for r in reversed(results) if not isinstance(r, Exception)), None)
+        if chain_w.value:
+            chain = gradual_chain(data, (30, epochs_w.value, epochs_w.value), lr_w.value, blr_w.value, seed)
+            eers = ", ".join(f"{100 * r.metrics.strangers_eer:.1f} %" for r in chain)
+            text = describe_result(chain[-1], previous) + f"\nstrangers' EER after each stage: {eers}"
+            return plot_chain(chain), text, chain[-1]
         ticked = [s for s, b in boxes.items() if b.value]
         res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value, seed=seed)
-        return _unfreezing_figure(res), describe_result(res), res
+        return _unfreezing_figure(res), describe_result(res, previous), res
 
     def on_click(_=None):
         ticked = [s for s, b in boxes.items() if b.value]
+        what = ("the guide's three stages, chained" if chain_w.value else
+                f"head + {', '.join(ticked) or 'no backbone stage'} for {epochs_w.value} epoch(s)")
         _panel_run(out, results, train, "[loss and accuracy per epoch]", "Training",
-                   f"training head + {', '.join(ticked) or 'no backbone stage'} for {epochs_w.value} "
-                   f"epoch(s), lr {lr_w.value:.1e}, backbone lr {blr_w.value:.1e} ...", run)
+                   f"training {what}, lr {lr_w.value:.1e}, backbone lr {blr_w.value:.1e} ...", run)
 
     run.on_click(on_click)
-    panel.controls = SimpleNamespace(stages=boxes, lr=lr_w, backbone_lr=blr_w, epochs=epochs_w, train=run,
-                                     output=out)
+    panel.controls = SimpleNamespace(stages=boxes, lr=lr_w, backbone_lr=blr_w, epochs=epochs_w, chain=chain_w,
+                                     train=run, output=out)
     panel.results = results
     return panel
 
 
 def _unfreezing_figure(res):
-    """Loss and accuracy per epoch of one panel run (7.5 x 2.6 inches)."""
+    """Training and validation loss, and accuracy per epoch of one panel run (7.5 x 2.6 inches)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     h = res.combined_history()
     ep = np.arange(1, h.epochs + 1)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 2.6))
-    a1.plot(ep, h.loss, marker="o")
-    a1.set(xlabel="epoch", ylabel="loss", title="training loss")
+    a1.plot(ep, h.loss, marker="o", label="train")
+    if h.val_loss:
+        a1.plot(ep, h.val_loss, marker="o", label="validation")
+    a1.set(xlabel="epoch", ylabel="loss", title="loss")
+    a1.legend(fontsize=7)
     a2.plot(ep, 100 * np.array(h.train_acc), "--", marker="o", label="train (train mode)")
     if h.val_acc:
         a2.plot(ep, 100 * np.array(h.val_acc), marker="o", label="validation")
