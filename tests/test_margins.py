@@ -173,7 +173,8 @@ def test_format_runs_and_summary(margin_runs):
     table = MR.format_runs(margin_runs, num_classes=9)
     assert "s=16, m=0 (no margin)" in table and "never" in table      # s=4 never reaches p = 0.99
     summary = MR.closing_summary({"9 people": margin_runs})
-    assert summary.startswith("9 people: (16, 0)") and "(4, 0.2)" in summary
+    assert summary.startswith("9 people:\n  (16, 0) test ") and "(4, 0.2) test" in summary
+    assert "EER" not in summary                      # no strangers measured by run_margins
     broken = MR.MarginRun(64.0, 0.5, [], [], diverged="loss became nan")
     assert "diverged" in MR.format_runs([broken])
     sweep = {0.01: margin_runs}
@@ -181,11 +182,79 @@ def test_format_runs_and_summary(margin_runs):
 
 
 @pytest.mark.slow
-def test_angle_distributions_plot(margin_runs):
-    fig = MR.plot_angle_distributions(margin_runs)
+def test_angle_scatter_plot(margin_runs):
+    fig = MR.plot_angle_scatter(margin_runs)
     assert len(fig.axes) == 2
+    a, b = fig.axes
+    assert a.get_xlim() == b.get_xlim() == a.get_ylim()          # the same axes in every panel
+    # y = x in every panel; y = x + m (dashed) only where there is a margin
+    lines = [[tuple(l.get_ydata() - l.get_xdata()) for l in ax.get_lines()] for ax in fig.axes]
+    assert lines[0] == [(0.0, 0.0)]
+    assert lines[1][0] == (0.0, 0.0) and lines[1][1] == pytest.approx((math.degrees(0.2),) * 2)
+    r = margin_runs[1]
+    assert f"{int((r.test_angles.other > r.test_angles.own).sum())} of {len(r.test_angles.own)}" in b.get_title()
     with pytest.raises(ValueError):
-        MR.plot_angle_distributions([MR.MarginRun(1.0, 0.0, [], [], diverged="x")])
+        MR.plot_angle_scatter([MR.MarginRun(1.0, 0.0, [], [], diverged="x")])
+
+
+# ---------------------------------------------------------------------- runs over several draws, with strangers
+
+def _tasks(seeds=(0, 1, 2)):
+    """Synthetic draws: 6 clustered 'people', the first 4 known (2 training photos each), 2 strangers."""
+    from types import SimpleNamespace
+
+    x, y = _clusters(c=6, per=10, spread=0.6)
+    known_idx, stranger_idx = np.flatnonzero(y < 4), np.flatnonzero(y >= 4)
+    tasks = [SimpleNamespace(known=SimpleNamespace(labels=y[known_idx]), known_idx=known_idx,
+                             strangers=SimpleNamespace(labels=y[stranger_idx] - 4), stranger_idx=stranger_idx,
+                             split=split_per_person(y[known_idx], shots=2, seed=k), seed=k) for k in seeds]
+    return x, tasks
+
+
+def test_run_margins_on_tasks_measures_each_draw_and_the_strangers(one_thread):
+    x, tasks = _tasks()
+    runs = MR.run_margins_on_tasks(x, tasks, [(16, 0.3), (16, 0.0)], epochs=10)
+    for r in runs:
+        assert len(r.accuracies) == len(r.eers) == len(r.losses) == 3
+        assert all(0 <= e <= 0.5 for e in r.eers) and all(0 <= a <= 1 for a in r.accuracies)
+        assert len(r.test_angles.own) == len(tasks[0].split.test)       # angles of the first draw
+        assert r.history is not None and not r.diverged
+    assert MR.find_run(runs, (16, 0)) is runs[1]
+    table = MR.format_runs(runs, num_classes=4)
+    assert "strangers EER" in table and table.count("±") == 4
+    diffs = MR.format_differences(runs)
+    assert diffs.startswith("paired by seed, minus s=16, m=0.3") and "s=16, m=0 (no margin)" in diffs
+    assert "EER" in MR.closing_summary({"toy": runs})
+    with pytest.raises(KeyError, match="no run for"):
+        MR.find_run(runs, (64, 0.5))
+
+
+def test_run_margins_on_tasks_rejects_bad_input():
+    x, tasks = _tasks(seeds=(0,))
+    with pytest.raises(ValueError, match="at least one task"):
+        MR.run_margins_on_tasks(x, [], [(16, 0.3)])
+    with pytest.raises(ValueError, match="at least one"):
+        MR.run_margins_on_tasks(x, tasks, [])
+    tasks[0].strangers = None
+    with pytest.raises(ValueError, match="no strangers"):
+        MR.run_margins_on_tasks(x, tasks, [(16, 0.3)])
+
+
+def test_verdicts_are_paired_by_seed():
+    ref = MR.MarginRun(16.0, 0.3, [0.90, 0.80, 0.85], [0, 0, 0], eers=[0.10, 0.20, 0.15])
+    worse = MR.MarginRun(16.0, 0.0, [0.91, 0.79, 0.86], [0, 0, 0], eers=[0.12, 0.22, 0.17])  # +2 points each seed
+    noisy = MR.MarginRun(64.0, 0.5, [0.95, 0.75, 0.85], [0, 0, 0], eers=[0.14, 0.16, 0.15])
+    # the seeds' spread (10 points) hides nothing when the difference is paired
+    assert MR.verdict(worse, ref, "eer") == "higher" and MR.verdict(ref, worse, "eer") == "lower"
+    assert MR.difference(worse, ref, "eer")[0] == pytest.approx(0.02)
+    assert MR.verdict(noisy, ref, "eer") == "no clear difference"
+    assert MR.verdict(worse, ref, "acc") == "no clear difference"
+    text = MR.format_differences([ref, worse, noisy])
+    assert "strangers' EER +2.0 ± 0.0 (higher)" in text and "(no clear difference)" in text
+    with pytest.raises(ValueError, match="same seeds"):
+        MR.difference(MR.MarginRun(8.0, 0.3, [0.9], [0], eers=[0.1]), ref, "eer")
+    with pytest.raises(ValueError, match="metric"):
+        ref.values("auc")
 
 
 def test_run_margins_rejects_bad_pairs(known_features):
