@@ -130,8 +130,13 @@ def test_neighbour_measures_tell_structure_from_noise(sets):
     table = E.neighbour_table(sets).splitlines()
     raw = [r for r in table if r.startswith("raw features")][0]
     noise = [r for r in table if r.startswith("noise")][0]
-    assert raw.count("100.0 %") == 2
-    assert float(noise.split()[-2]) < 40     # random vectors: neighbours rarely the same person
+    assert raw.count("100.0 %") == 2         # known people among themselves, strangers among themselves
+    assert float(noise.split()[-4]) < 40     # random vectors: neighbours rarely the same person
+    shares = E.neighbour_shares(sets)
+    assert shares["raw features"][:2] == (1.0, 1.0)
+    # pooled test + strangers: 3 test photos per known person, so at most 2 of their 5 neighbours match
+    known, strangers, pooled = shares["raw features"]
+    assert pooled < 1.0 and pooled == pytest.approx(E.pooled_neighbours(sets, "raw features"))
     y = np.repeat(np.arange(4), 5)
     assert E.same_person_neighbours(np.eye(4)[y] + 0.01 * np.random.default_rng(0).normal(size=(20, 4)), y, k=4) == 1.0
 
@@ -142,8 +147,30 @@ def test_plot_maps_and_map_view(sets):
     assert len(fig.axes) == 1
     plt.close(fig)
     fig, msg = E.map_view(sets, "raw features", "strangers", n_neighbors=8, min_dist=0.2)
-    assert msg.startswith("Result: UMAP of 70 photos (strangers, raw features)") and "100 %" in msg
+    assert msg.startswith("Result: UMAP of 70 photos (strangers, raw features)") and "100.0 %" in msg
     plt.close(fig)
+    fig, msg = E.map_view(sets, "raw features", "test + strangers", n_neighbors=8)
+    pooled = E.neighbour_shares(sets)["raw features"][2]
+    assert f"; {100 * pooled:.1f} % of the 5 nearest neighbours among these photos" in msg   # the table's number
+    plt.close(fig)
+
+
+def test_map_colours_each_stranger_and_mutes_known_people(sets):
+    x, y, stranger, test = sets.select("raw features", "test + strangers")
+    ax = E.plot_map(E.project(x, "pca"), y, sets.names, stranger, test)
+    crosses = [c for c in ax.collections if c.get_label().startswith("stranger")]
+    assert len(crosses) == 7 and len({tuple(c.get_facecolor()[0]) for c in crosses}) == 7   # a colour each
+    known = [c for c in ax.collections if c not in crosses]
+    assert known and all(c.get_alpha() < 1 for c in known)                                  # pale beside them
+    plt.close(ax.figure)
+    ax = E.plot_map(E.project(x, "pca"), y, sets.names, stranger, test, colour_strangers=False)
+    grey = [c for c in ax.collections if c.get_label().startswith("strangers")]
+    assert len(grey) == 1 and all(c.get_alpha() in (None, 1) for c in ax.collections if c is not grey[0])
+    plt.close(ax.figure)
+    many = [f"p{i}" for i in range(20)]           # over 12 known people: one legend entry for them all
+    ax = E.plot_map(np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 20, many)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["known people (20, a colour each)"]
+    plt.close(ax.figure)
 
 
 def test_heatmap_contrast_and_galleries(sets):
@@ -182,6 +209,51 @@ def test_seen_vs_unseen_rows(synthetic, one_thread):
     assert "strangers' EER" in str(rows[0])
     with pytest.raises(ValueError, match="fewer than 2 strangers"):
         V.seen_vs_unseen(feats, data.faces, n_known_values=(11,))
+
+
+def test_seen_vs_unseen_takes_shots_and_seeds(synthetic, one_thread, monkeypatch):
+    data, feats = synthetic
+    sizes = []
+    real = V.train_head_on_features
+    monkeypatch.setattr(V, "train_head_on_features", lambda x, y, **kw: (sizes.append(len(x)), real(x, y, **kw))[1])
+    V.seen_vs_unseen(feats, data.faces, (4,), epochs=2, shots=2)
+    V.seen_vs_unseen(feats, data.faces, (4,), epochs=2)
+    assert sizes == [4 * 2, 4 * 5]                 # 2 training photos each, or all 5 of the training share
+    over = V.seen_vs_unseen_over_seeds(feats, data.faces, (4, 8), seeds=(0, 1, 2), epochs=2, shots=2)
+    assert list(over.rows) == [4, 8] and all(len(r) == 3 for r in over.rows.values())
+    assert [r.n_known for r in over.at(1)] == [4, 8]
+    mean, half = over.difference(4)
+    assert mean == pytest.approx(np.mean([r.eer_arcface - r.eer_raw for r in over.rows[4]])) and half >= 0
+    assert over.clear(4) == (abs(mean) > half)
+    text = str(over)
+    assert "trained on  4 people" in text and text.count("  ArcFace minus raw features: ") == 2
+
+
+def _comparison(a, b):
+    from helpers.course.experiments import SeedComparison
+    runs = {"m = 0.5": {"eer": a, "val": a, "test": a}, "m = 0": {"eer": b, "val": b, "test": b}}
+    return SeedComparison("toy", [0, 1, 2, 3], runs)
+
+
+def test_seed_lines_and_paired_plot_say_whether_the_interval_contains_zero():
+    clear = _comparison([0.10, 0.12, 0.09, 0.11], [0.14, 0.16, 0.13, 0.15])
+    text = V.seed_lines(clear)
+    assert "m = 0 minus m = 0.5: +4.0 %-points ± 0.0 %-points over 4 seeds" in text and "a clear difference" in text
+    assert "14.0 %" in text.splitlines()[3]
+    assert "no clear difference" in V.seed_lines(_comparison([0.10, 0.12, 0.09, 0.11], [0.12, 0.10, 0.11, 0.09]))
+    ax = V.plot_paired_seeds(clear)
+    assert len(ax.lines) == 5 and [t.get_text() for t in ax.get_xticklabels()] == ["m = 0.5", "m = 0"]
+    plt.close(ax.figure)
+
+
+def test_roc_and_score_histograms(sets):
+    v = {view: verification(sets.views[view]["strangers"], sets.labels["strangers"]) for view in sets.views}
+    fig = V.plot_roc_and_scores(v, {view: (sets.views[view]["strangers"], sets.labels["strangers"]) for view in v})
+    assert len(fig.axes) == 3
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert labels == ["same person (315)", "different people (2,100)"]   # 7 strangers x 10 photos
+    assert fig.axes[1].lines[0].get_xdata()[0] == pytest.approx(v["raw features"].eer_threshold)
+    plt.close(fig)
 
 
 def test_roc_plot_has_eer_in_legend(sets):
@@ -239,6 +311,19 @@ def test_open_set_rates_auc_and_view(sets):
         V.threshold_view(raw, 1.5)
 
 
+def test_open_set_comparison_and_stranger_best_match(sets):
+    open_set = {view: V.open_set_for(sets, view) for view in sets.views}
+    text = V.open_set_comparison(open_set)
+    n_test, n_str = len(open_set["noise"].known_score), len(open_set["noise"].stranger_score)
+    assert f"(one photo of {n_test} is {100 / n_test:.1f} %)" in text and f"one photo of {n_str}" in text
+    assert text.startswith("known test photos named right: raw features 100.0 %, noise ")
+    match = V.stranger_vs_known(sets, 0)
+    best, median, share = match["raw features"]
+    assert best < median and share == 0.0          # clean clusters: a stranger matches no one as well
+    assert 0 <= match["noise"][2] <= 1
+    assert V.stranger_best_match(sets, 0).splitlines()[0].startswith("raw features  the stranger's best match")
+
+
 # ---------------------------------------------------------------------- exercise checks (04)
 
 def test_check_rejection_threshold(sets, capsys):
@@ -270,3 +355,5 @@ def test_check_unseen_eer(synthetic, capsys, one_thread):
     assert ok is True
     if abs(row.eer_arcface - row.eer_raw) > 0.01:
         assert exercises.check_unseen_eer(100 * row.eer_raw, feats, data.faces, n_known=5, epochs=5) is False
+    few = V.seen_vs_unseen(feats, data.faces, (5,), s=64, m=0.5, epochs=5, shots=1)[0]
+    assert exercises.check_unseen_eer(100 * few.eer_arcface, feats, data.faces, n_known=5, epochs=5, shots=1) is True

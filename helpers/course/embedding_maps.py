@@ -178,31 +178,41 @@ def palette(n: int):
 
 
 def plot_map(xy: np.ndarray, labels, names: Sequence[str], is_stranger=None, is_test=None, ax=None,
-             title: str = "", legend: bool = True, colour_strangers: bool = False) -> plt.Axes:
-    """Scatter a 2-D map: known people coloured by person (train: dots, test: dots with a black edge),
-    strangers as grey crosses (coloured by stranger when `colour_strangers`)."""
+             title: str = "", legend: bool = True, colour_strangers: bool = True) -> plt.Axes:
+    """Scatter a 2-D map. Strangers: crosses, one colour per stranger (grey if not `colour_strangers`).
+    Known people: dots coloured by person (test photos: black edge), small and pale beside coloured
+    strangers so that these stand out; over 12 known people the legend names them as one group."""
     labels = np.asarray(labels)
     n = len(labels)
     is_stranger = np.zeros(n, bool) if is_stranger is None else np.asarray(is_stranger, bool)
     is_test = np.zeros(n, bool) if is_test is None else np.asarray(is_test, bool)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    if is_stranger.any():
-        s_lab = labels[is_stranger]
-        if colour_strangers:
-            ids = np.unique(s_lab)
-            cols = palette(len(ids))
-            c = [cols[int(np.searchsorted(ids, v))] for v in s_lab]
-        else:
-            c = "0.55"
-        ax.scatter(*xy[is_stranger].T, marker="x", s=14, lw=0.8, c=c, alpha=0.8, label="strangers (never trained on)")
-    cols = palette(len(names))
+    mute = bool(colour_strangers and is_stranger.any())
+    cols, group, labelled = palette(len(names)), len(names) > 12, set()
     for k, name in enumerate(names):
         for test, edge in ((False, "none"), (True, "k")):
             sel = (~is_stranger) & (labels == k) & (is_test == test)
             if sel.any():
-                ax.scatter(*xy[sel].T, s=26, color=cols[k], edgecolor=edge, lw=0.7,
-                           label=name if not test or not ((~is_stranger) & (labels == k) & ~is_test).any() else None)
+                key = "all" if group else k       # one legend entry per person, or one for them all
+                label = None if key in labelled else f"known people ({len(names)}, a colour each)" if group else name
+                labelled.add(key)
+                ax.scatter(*xy[sel].T, s=12 if mute else 26, color=cols[k], alpha=0.45 if mute else 1,
+                           edgecolor=edge, lw=0.5 if mute else 0.7, label=label)
+    if is_stranger.any():
+        s_lab = labels[is_stranger]
+        ids = np.unique(s_lab)
+        if not colour_strangers:
+            ax.scatter(*xy[is_stranger].T, marker="x", s=14, lw=0.8, c="0.55", alpha=0.8,
+                       label="strangers (never trained on)")
+        # up to 10 strangers: tab10, its grey made black (bold crosses, never mistaken for pale known dots)
+        cols = ([plt.get_cmap("tab10")(i) if i != 7 else (0, 0, 0, 1) for i in range(len(ids))] if len(ids) <= 10
+                else palette(len(ids)))
+        for j, (sid, col) in enumerate(zip(ids, cols if colour_strangers else [])):
+            label = (f"stranger {j + 1}" if len(ids) <= 10 else
+                     "strangers (a colour each)" if j == 0 else None)
+            ax.scatter(*xy[is_stranger][s_lab == sid].T, marker="X", s=34, color=col, edgecolor="k", lw=0.4,
+                       label=label)
     ax.set(xticks=[], yticks=[])
     ax.set_title(title, fontsize=9)
     if legend:
@@ -241,18 +251,29 @@ def same_person_neighbours(x, labels, k: int = 5) -> float:
     return float((labels[nn] == labels[:, None]).mean())
 
 
-def neighbour_table(sets: EmbeddingSets, k: int = 5) -> str:
-    """For each view: the share of each photo's k nearest neighbours (cosine, full embedding) that show the
-    same person, among all photos of the known people and among the strangers."""
-    head = f"{'embedding':<16}{'known people':>16}{'strangers':>14}"
-    lines = [head, "-" * len(head)]
+def pooled_neighbours(sets: EmbeddingSets, view: str, split: str = "test + strangers", k: int = 5) -> float:
+    """`same_person_neighbours` over the photos of `split` pooled (what the UMAP panel reports): a
+    stranger's neighbours may be known people's photos, and each person has only the photos of `split`."""
+    x, y, stranger, _ = sets.select(view, split)
+    return same_person_neighbours(x, np.where(stranger, y + len(sets.names), y), k)
+
+
+def neighbour_shares(sets: EmbeddingSets, k: int = 5, pooled: str = "test + strangers") -> dict[str, tuple]:
+    """Per view: `same_person_neighbours` (k, full embedding) among all photos of the known people, among
+    the strangers, and among the photos of `pooled` together (the UMAP panel's number)."""
     known_parts = [p for p in ("train", "val", "test") if p in sets.labels]
-    for view, v in sets.views.items():
-        kx = np.concatenate([v[p] for p in known_parts])
-        ky = np.concatenate([sets.labels[p] for p in known_parts])
-        known = same_person_neighbours(kx, ky, k)
-        strangers = same_person_neighbours(v["strangers"], sets.labels["strangers"], k)
-        lines.append(f"{view:<16}{100 * known:>14.1f} %{100 * strangers:>12.1f} %")
+    ky = np.concatenate([sets.labels[p] for p in known_parts])
+    return {view: (same_person_neighbours(np.concatenate([v[p] for p in known_parts]), ky, k),
+                   same_person_neighbours(v["strangers"], sets.labels["strangers"], k),
+                   pooled_neighbours(sets, view, pooled, k)) for view, v in sets.views.items()}
+
+
+def neighbour_table(sets: EmbeddingSets, k: int = 5, pooled: str = "test + strangers") -> str:
+    """`neighbour_shares` as a table, in percent."""
+    head = f"{'embedding':<16}{'known people':>16}{'strangers':>14}{pooled:>20}"
+    lines = [head, "-" * len(head)]
+    for view, (known, strangers, both) in neighbour_shares(sets, k, pooled).items():
+        lines.append(f"{view:<16}{100 * known:>14.1f} %{100 * strangers:>12.1f} %{100 * both:>18.1f} %")
     return "\n".join(lines)
 
 
@@ -264,12 +285,12 @@ def map_view(sets: EmbeddingSets, view: str, split: str = "test + strangers", n_
     xy = project(x, "umap", seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
     seconds = time.perf_counter() - t0
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    plot_map(xy, y, sets.names, stranger, test, ax=ax, colour_strangers=(split == "strangers"),
+    plot_map(xy, y, sets.names, stranger, test, ax=ax,
              title=f"{view}: UMAP, n_neighbors={min(n_neighbors, len(x) - 1)}, min_dist={min_dist:g}")
     fig.tight_layout()
-    k = same_person_neighbours(x, np.where(stranger, y + len(sets.names), y))
-    msg = (f"Result: UMAP of {len(x)} photos ({split}, {view}) in {seconds:.1f} s; {100 * k:.0f} % of the "
-           f"5 nearest neighbours (full embedding) are the same person")
+    k = pooled_neighbours(sets, view, split)
+    msg = (f"Result: UMAP of {len(x)} photos ({split}, {view}) in {seconds:.1f} s; {100 * k:.1f} % of the "
+           f"5 nearest neighbours among these photos (full embedding) are the same person")
     return fig, msg
 
 

@@ -264,15 +264,15 @@ def check_rejection_threshold(answer, scores, target: float = 0.95, step: float 
 
 
 def check_unseen_eer(answer, features, faces, n_known: int = 9, s: float = 64.0, m: float = 0.5, seed: int = 0,
-                     epochs: int = 30, lr: float = 1e-2) -> bool:
-    """04, exercise 2: the strangers' EER (%) of an ArcFace embedding trained with (s, m) on n_known people
-    (recomputed here, a few seconds)."""
+                     epochs: int = 30, lr: float = 1e-2, shots: int | None = None) -> bool:
+    """04, exercise 2: the strangers' EER (%) of an ArcFace embedding trained with (s, m) on n_known people,
+    `shots` training photos each (recomputed here, a few seconds)."""
     from .verification_plots import seen_vs_unseen
 
     value = _as_number(answer, "EER in percent")
     if value is None:
         return False
-    row = seen_vs_unseen(features, faces, (n_known,), seed=seed, s=s, m=m, epochs=epochs, lr=lr)[0]
+    row = seen_vs_unseen(features, faces, (n_known,), seed=seed, s=s, m=m, epochs=epochs, lr=lr, shots=shots)[0]
     want = 100 * row.eer_arcface
     if abs(value - want) <= 0.3:
         other = "higher" if want > 100 * row.eer_raw else "lower"

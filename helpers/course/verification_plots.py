@@ -4,7 +4,8 @@
 - "seen vs unseen": the EER among strangers of the raw frozen features and of an ArcFace embedding
   trained on k known people, for several k;
 - open set: each photo's best match against the known people's centres, and at a threshold the
-  share of known people accepted vs strangers rejected.
+  share of known people accepted vs strangers rejected;
+- claims over seeds: per-seed values and the paired 95 % interval of a difference.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from ..data import FaceSet, split_known_strangers, split_people, split_per_person
-from ..evaluation import (OpenSetReport, Verification, best_match, class_centroids, embed,
-                          open_set_rates, threshold_from_strangers, predict, accuracy, verification)
+from ..evaluation import (OpenSetReport, Verification, best_match, class_centroids, embed, l2_normalize,
+                          open_set_rates, pair_scores, threshold_from_strangers, predict, accuracy, verification)
 from ..training import train_head_on_features
 
 
@@ -35,6 +36,25 @@ def plot_roc(results: dict[str, Verification], ax=None, title: str = "strangers:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     return ax
+
+
+def plot_roc_and_scores(results: dict[str, Verification], pairs: dict[str, tuple]) -> plt.Figure:
+    """The ROC curves, and beside them per view the cosine of every same-person (genuine) and
+    different-person (impostor) pair, with the EER threshold; `pairs[view]` = (embeddings, labels)."""
+    fig, axes = plt.subplots(1, 1 + len(results), figsize=(4.4 + 3.4 * len(results), 3.4))
+    plot_roc(results, ax=axes[0])
+    for ax, (view, v) in zip(axes[1:], results.items()):
+        scores, same = pair_scores(*pairs[view])
+        bins = np.linspace(float(scores.min()), 1, 49)
+        ax.hist(scores[same], bins, density=True, alpha=0.7, color="tab:green", label=f"same person ({same.sum():,})")
+        ax.hist(scores[~same], bins, density=True, alpha=0.6, color="tab:red",
+                label=f"different people ({(~same).sum():,})")
+        ax.axvline(v.eer_threshold, color="k", lw=1.2)
+        ax.set(xlabel="cosine similarity of a pair", ylabel="density", yticks=[])
+        ax.set_title(f"{view}: pairs, EER threshold {v.eer_threshold:.2f}", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return fig
 
 
 @dataclass
@@ -55,10 +75,11 @@ class UnseenRow:
 
 
 def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Sequence[int] = (9, 20),
-                   seed: int = 0, s: float = 16.0, m: float = 0.5, epochs: int = 30, lr: float = 1e-2) -> list[UnseenRow]:
+                   seed: int = 0, s: float = 16.0, m: float = 0.5, epochs: int = 30, lr: float = 1e-2,
+                   shots: int | None = None) -> list[UnseenRow]:
     """For each k: pick k known people (seeded, as the course does), train the ArcFace embedding on
-    their train photos (cached features of all photos in `features`), and measure verification
-    among the remaining people, who were never trained on."""
+    their train photos (`shots` per person, None: all; cached features of all photos in `features`),
+    and measure verification among the remaining people, who were never trained on."""
     from .experiments import indices_in
 
     rows = []
@@ -68,7 +89,7 @@ def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Seque
             raise ValueError(f"n_known={k} leaves fewer than 2 strangers out of {faces.num_people} people")
         kx = features[indices_in(faces, known)]
         sx = features[indices_in(faces, strangers)]
-        sp = split_per_person(known.labels, seed=seed)
+        sp = split_per_person(known.labels, shots=shots, seed=seed)
         model, hist = train_head_on_features(kx[sp.train], known.labels[sp.train], s=s, m=m, epochs=epochs,
                                              lr=lr, seed=seed, progress=False)
         if hist.diverged:
@@ -78,6 +99,78 @@ def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Seque
         acc = accuracy(known.labels[sp.test], predict(model, kx[sp.test]))
         rows.append(UnseenRow(k, strangers.num_people, raw.num_pairs, acc, raw.eer, arc.eer))
     return rows
+
+
+@dataclass
+class UnseenOverSeeds:
+    """`seen_vs_unseen` for several seeds (each seed: other known people, split and training)."""
+
+    seeds: list[int]
+    rows: dict[int, list[UnseenRow]]     # n_known -> one row per seed
+
+    def at(self, seed: int) -> list[UnseenRow]:
+        return [rows[self.seeds.index(seed)] for rows in self.rows.values()]
+
+    def difference(self, n_known: int) -> tuple[float, float]:
+        """Mean and 95 % half-width of the strangers' EER, ArcFace minus raw features, paired by seed."""
+        from .experiments import t_interval
+        return t_interval([r.eer_arcface - r.eer_raw for r in self.rows[n_known]])
+
+    def clear(self, n_known: int) -> bool:
+        mean, half = self.difference(n_known)
+        return bool(np.isfinite(half) and abs(mean) > half)
+
+    def __str__(self) -> str:
+        lines = [f"strangers' EER per seed ({', '.join(map(str, self.seeds))}) and ArcFace minus raw features, "
+                 "paired by seed (mean ± 95 % t-interval):"]
+        for k, rows in self.rows.items():
+            mean, half = self.difference(k)
+            lines += [f"trained on {k:>2} people",
+                      "  raw features " + "".join(f"{100 * r.eer_raw:7.1f} %" for r in rows),
+                      "  ArcFace      " + "".join(f"{100 * r.eer_arcface:7.1f} %" for r in rows),
+                      f"  ArcFace minus raw features: {100 * mean:+.1f} %-points ± {100 * half:.1f} %-points"]
+        return "\n".join(lines)
+
+
+def seen_vs_unseen_over_seeds(features: torch.Tensor, faces: FaceSet, n_known_values: Sequence[int] = (9, 20),
+                              seeds: Sequence[int] = range(5), **kw) -> UnseenOverSeeds:
+    """`seen_vs_unseen` (keyword arguments `kw`) once per seed."""
+    per_seed = [seen_vs_unseen(features, faces, n_known_values, seed=seed, **kw) for seed in seeds]
+    return UnseenOverSeeds(list(seeds), {k: [rows[i] for rows in per_seed] for i, k in enumerate(n_known_values)})
+
+
+def seed_lines(comparison, metric: str = "eer", what: str = "strangers' EER") -> str:
+    """Per-seed values of each variant of an `experiments.SeedComparison`, then each variant minus the
+    first, paired by seed (mean ± 95 % t-interval) and whether that interval contains 0."""
+    names = list(comparison.runs)
+    width = max(len(n) for n in names) + 2
+    lines = [f"{what} per seed", f"{'seed':<{width}}" + "".join(f"{s:>9}" for s in comparison.seeds)]
+    lines += [f"{n:<{width}}" + "".join(f"{100 * v:7.1f} %" for v in comparison.runs[n][metric]) for n in names]
+    for n in names[1:]:
+        mean, half = comparison.difference(n, names[0], metric)
+        verdict = ("excludes 0: a clear difference" if comparison.clear(n, names[0], metric) else
+                   "contains 0: no clear difference")
+        lines.append(f"{n} minus {names[0]}: {100 * mean:+.1f} %-points ± {100 * half:.1f} %-points over "
+                     f"{len(comparison.seeds)} seeds; the interval {verdict}")
+    return "\n".join(lines)
+
+
+def plot_paired_seeds(comparison, metric: str = "eer", ax=None, ylabel: str = "strangers' EER (%)") -> plt.Axes:
+    """One grey line per seed across the variants (paired: same people and split), the mean in black."""
+    names = list(comparison.runs)
+    vals = 100 * np.array([comparison.runs[n][metric] for n in names])     # (variants, seeds)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3.2, 3.0))
+    x = np.arange(len(names))
+    for j, seed in enumerate(comparison.seeds):
+        ax.plot(x, vals[:, j], "o-", color="0.6", lw=1, ms=4)
+        ax.annotate(f"seed {seed}", (x[-1], vals[-1, j]), xytext=(4, 0), textcoords="offset points", fontsize=6,
+                    va="center")
+    ax.plot(x, vals.mean(1), "s-", color="k", lw=2, label="mean")
+    ax.set(xticks=x, xlim=(-0.4, len(names) - 0.4), ylabel=ylabel)
+    ax.set_xticklabels(names, fontsize=8)
+    ax.legend(fontsize=7)
+    return ax
 
 
 # ---------------------------------------------------------------------- open set
@@ -158,6 +251,37 @@ def open_set_for(sets, view: str, seed: int = 0) -> OpenSetScores:
     v = sets.views[view]
     return open_set_scores(v["train"], sets.labels["train"], v["test"], sets.labels["test"], v["strangers"][test_s],
                            val_emb=v["val"], val_labels=sets.labels["val"], val_stranger_emb=v["strangers"][val_s])
+
+
+def open_set_comparison(open_set: dict[str, OpenSetScores]) -> str:
+    """The open-set rates of each view side by side, with what one photo is worth in percent."""
+    first = next(iter(open_set.values()))
+    nk, ns = len(first.known_score), len(first.stranger_score)
+    rates = {view: sc.rates() for view, sc in open_set.items()}
+    known = ", ".join(f"{view} {100 * r.known_correct:.1f} %" for view, r in rates.items())
+    rejected = ", ".join(f"{view} {100 * r.strangers_rejected:.1f} %" for view, r in rates.items())
+    return (f"known test photos named right: {known} (one photo of {nk} is {100 / nk:.1f} %)\n"
+            f"test strangers rejected: {rejected} (one photo of {ns} is {100 / ns:.1f} %)")
+
+
+def stranger_vs_known(sets, stranger: int, gallery_split: str = "train") -> dict[str, tuple[float, float, float]]:
+    """Per view of embedding_maps.EmbeddingSets: (the best cosine of stranger photo `stranger` to a known
+    person's `gallery_split` photo, the median of the known test photos' best cosine to their own person,
+    the share of those below the stranger's)."""
+    out = {}
+    for view, v in sets.views.items():
+        g, gy = l2_normalize(v[gallery_split]), np.asarray(sets.labels[gallery_split])
+        own = np.where(gy[None] == np.asarray(sets.labels["test"])[:, None], l2_normalize(v["test"]) @ g.T, -2).max(1)
+        best = float((l2_normalize(v["strangers"][stranger:stranger + 1]) @ g.T).max())
+        out[view] = (best, float(np.median(own)), float((own < best).mean()))
+    return out
+
+
+def stranger_best_match(sets, stranger: int, gallery_split: str = "train") -> str:
+    """`stranger_vs_known` in words, one line per view."""
+    return "\n".join(f"{view:<13} the stranger's best match {best:.2f}; the known test photos' best match with "
+                     f"their own person: median {median:.2f}, lower than the stranger's for {100 * share:.0f} %"
+                     for view, (best, median, share) in stranger_vs_known(sets, stranger, gallery_split).items())
 
 
 def rate_table(scores: OpenSetScores, thresholds) -> str:
