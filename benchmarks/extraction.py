@@ -202,7 +202,7 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
               flush=True)
 
     add(f"helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
-        lambda: (lambda ims: compute_features(bb, ims, transform=transform, progress=False)), recipe="helpers")
+        lambda: (lambda ims: compute_features(bb, ims, size=size, progress=False)), recipe="helpers")
     add("recogniser's extractor (compute_pooled, batch 64)",
         lambda: (lambda ims: compute_pooled(bb, ims, size)["final"]), recipe="helpers-pooled")
     add("eager PyTorch, channels_last, inference_mode (batch 16)", lambda: eager(bb.body, transform),

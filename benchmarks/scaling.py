@@ -49,7 +49,6 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
         sizes, epochs, input_size, repeats = (20, 40), 2, 64, 1
     bb = load_backbone(backbone, verbose=False)
     pool = load_orl().images
-    transform = bb.transform(size=input_size)
     rows = []
     for n in sizes:
         x, y = synthetic_features(n, bb.feature_dim)
@@ -58,7 +57,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
                                   repeats=repeats if n <= 3000 else 1, warmup=0)
         images = LazyImages(pool, n)
         with PeakRSS() as m_ext:
-            t_ext = time_repeats(lambda: compute_features(bb, images, transform=transform, progress=False),
+            t_ext = time_repeats(lambda: compute_features(bb, images, size=input_size, progress=False),
                                  repeats=repeats if n <= 1000 else 1, warmup=0)
         row = {
             "n": n,

@@ -36,8 +36,7 @@ DEFAULT_METHOD = WHITEN  # the development people's winner (benchmarks/accuracy.
 def features_for(backbone: Backbone, images: Sequence, size: int | None = None, n_threads: int | None = None) -> torch.Tensor:
     """Frozen features at input `size`, from the course's on-disk cache when already computed."""
     with threads(n_threads):
-        return extract_features(backbone, list(images),
-                                transform=backbone.transform(size=size or backbone.input_size),
+        return extract_features(backbone, list(images), size=size or backbone.input_size,
                                 progress=False, verbose=False)
 
 

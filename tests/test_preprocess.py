@@ -44,3 +44,25 @@ def test_features_agree_with_the_torchvision_path(orl, effnet):
         ref = effnet.eval()(torch.stack([effnet.transform(size=112)(im) for im in photos])).numpy()
     cos = (fast * ref).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() > 0.99999
+
+
+def test_resize_is_the_same_linear_map_as_pillow_for_odd_sizes():
+    rng = np.random.default_rng(0)
+    for w, h, size in [(92, 112, 224), (300, 200, 64), (64, 64, 64), (50, 700, 32)]:
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        a = np.asarray(img, dtype=np.float32)
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        pil = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(a[..., c]), mode="F")
+                                   .resize((nw, nh), Image.BILINEAR)
+                                   .crop((left, top, left + size, top + size))) for c in range(3)], -1)
+        assert np.abs(resized_crop(img, size) - pil).max() < 1e-3   # Pillow, channel by channel, in float
+
+
+def test_compute_features_default_is_the_eval_transform_batched(orl, effnet):
+    from helpers.features import compute_features
+    photos = orl.images[:10]
+    fast = compute_features(effnet, photos, progress=False, engine="torch", size=64)
+    slow = compute_features(effnet, photos, transform=effnet.transform(size=64), progress=False, engine="torch")
+    assert fast.shape == slow.shape == (10, effnet.feature_dim)
+    assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
