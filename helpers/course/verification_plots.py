@@ -245,8 +245,8 @@ def threshold_view(scores: OpenSetScores, threshold: float | None = None) -> tup
 
 def open_set_for(sets, view: str, seed: int = 0) -> OpenSetScores:
     """Open-set scores of one view of embedding_maps.EmbeddingSets: the known people are enrolled from their
-    train photos; the threshold is chosen on the val photos and half of the strangers (by person); the
-    rates are measured on the test photos and the other half of the strangers."""
+    train photos; the threshold is chosen on their val photos and on half of the strangers (by person), other
+    strangers than the test strangers; the rates are measured on the test photos and the other half."""
     val_s, test_s = split_people(sets.labels["strangers"], 0.5, seed)
     v = sets.views[view]
     return open_set_scores(v["train"], sets.labels["train"], v["test"], sets.labels["test"], v["strangers"][test_s],
