@@ -38,12 +38,19 @@ class Bank:
         self._f: dict[str, dict[str, np.ndarray]] = {}
 
     def get(self, source: str, seed: int = 0) -> dict[str, np.ndarray]:
-        key = source if source in ("clean", "flip") or source.startswith("view") else f"{source}{seed}"
+        fixed = source in ("clean", "flip") or source.startswith(("view", "phone"))
+        key = source if fixed else f"{source}{seed}"
         if key not in self._f:
             d = self.data
             images = {"clean": lambda: d.images, "flip": lambda: [flipped(i) for i in d.images],
                       "deg": lambda: d.degraded(seed), "degflip": lambda: [flipped(i) for i in d.degraded(seed)]}
-            ims = d.views(int(source[4:])) if source.startswith("view") else images[source]()
+            if source.startswith("view"):
+                ims = d.views(int(source[4:]))
+            elif source.startswith("phone"):  # "phone{strength}:{view}"
+                strength, view = source[5:].split(":")
+                ims = d.phone(int(view), float(strength))
+            else:
+                ims = images[source]()
             f = layer_features(self.bb, ims, self.size)
             self._f[key] = {k: v.numpy() for k, v in f.items()}
         return self._f[key]
@@ -56,6 +63,7 @@ class Ctx:
     data: ProtocolData
     bank: Bank
     seed: int
+    background: tuple = ()  # ORL people a background-whitened method may use (never evaluated ones)
     _memo: dict = field(default_factory=dict)
 
     def feats(self, layers: tuple, source: str, tta: bool = False) -> np.ndarray:
@@ -70,11 +78,19 @@ class Ctx:
             self._memo[key] = x
         return self._memo[key]
 
-    def views(self, layers: tuple, idx: np.ndarray, n_views: int) -> list[np.ndarray]:
-        """Un-averaged vectors of the mirror images and `n_views` augmented views of photos `idx`
-        (what `helpers.representations.enrolment_set` adds to the photos themselves)."""
+    def views(self, layers: tuple, idx: np.ndarray, n_views: int, n_phone: int = 0,
+              strength: float = 1.0) -> list[np.ndarray]:
+        """Un-averaged vectors of the mirror images, `n_views` augmented views and `n_phone` phone views
+        of photos `idx` (what `helpers.representations.enrolment_set` adds to the photos themselves)."""
         out = [combine(self.bank.get("flip"), layers)[idx]]
-        return out + [combine(self.bank.get(f"view{v}"), layers)[idx] for v in range(n_views)]
+        out += [combine(self.bank.get(f"view{v}"), layers)[idx] for v in range(n_views)]
+        return out + [combine(self.bank.get(f"phone{strength:g}:{v}"), layers)[idx] for v in range(n_phone)]
+
+    def enrolment(self, layers: tuple, idx: np.ndarray, y: np.ndarray, n_views: int, n_phone: int = 0,
+                  strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, labels) of `helpers.representations.enrolment_set` for photos `idx` labelled `y`."""
+        xs = [self.feats(layers, "clean")[idx]] + self.views(layers, idx, n_views, n_phone, strength)
+        return np.vstack(xs), np.tile(y, len(xs))
 
 
 class Fitted:
@@ -108,21 +124,33 @@ class RawPixels(Method):
 
 class Frozen(Method):
     """1-NN on frozen features: `layers` beside the final output, mirror TTA, within-class whitening
-    with strength `lam` fitted on the training photos, their mirrors and `n_views` augmented views."""
+    with strength `lam` fitted on the training photos, their mirrors, `n_views` augmented views and
+    `n_phone` phone views (blur + JPEG of that `strength`); with `background`, the same of every photo
+    of the context's background people joins the within-class covariance (`fit_whitening`)."""
 
-    def __init__(self, key, label, layers=(), tta=False, whiten=False, lam=0.01, n_views=0, cost=1):
+    def __init__(self, key, label, layers=(), tta=False, whiten=False, lam=0.01, n_views=0, cost=1,
+                 background=False, n_phone=0, strength=1.0):
         self.key, self.label, self.layers, self.tta, self.whiten, self.lam, self.n_views, self.cost = \
             key, label, tuple(layers), tta, whiten, lam, n_views, cost
+        self.background, self.n_phone, self.strength = background, n_phone, strength
 
     def settings(self):
         return {"layers": ["final", *self.layers], "tta": self.tta, "whiten": self.whiten,
-                **({"lam": self.lam, "views": self.n_views} if self.whiten else {})}
+                **({"lam": self.lam, "views": self.n_views, "background": self.background,
+                    "phone_views": self.n_phone, "phone_strength": self.strength} if self.whiten else {})}
 
     def fit(self, ctx, train_idx, train_y):
         f = None
         if self.whiten:
-            xs = [ctx.feats(self.layers, "clean")[train_idx]] + ctx.views(self.layers, train_idx, self.n_views)
-            f = fit_whitening(np.vstack(xs), np.tile(train_y, len(xs)), self.lam).apply
+            kw = dict(n_phone=self.n_phone, strength=self.strength)
+            bg = None
+            if self.background and len(ctx.background):
+                b_idx = np.flatnonzero(np.isin(ctx.data.labels, ctx.background))
+                if np.isin(ctx.data.labels[train_idx], ctx.background).any():
+                    raise AssertionError("a background person is enrolled")
+                bg = ctx.enrolment(self.layers, b_idx, ctx.data.labels[b_idx], self.n_views, **kw)
+            x, y = ctx.enrolment(self.layers, train_idx, train_y, self.n_views, **kw)
+            f = fit_whitening(x, y, self.lam, bg).apply
         return Fitted(lambda s: (f or (lambda z: z))(ctx.feats(self.layers, s, self.tta)))
 
 

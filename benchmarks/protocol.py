@@ -27,7 +27,7 @@ from helpers.data import FaceSet, load_orl
 
 # the degradations and augmented views live in the library (the product uses them too)
 from helpers.degrade import DEGRADE, degrade  # noqa: E402,F401
-from helpers.representations import VIEWS, augmented_view  # noqa: E402,F401
+from helpers.representations import VIEWS, augmented_view, phone_view  # noqa: E402,F401
 
 
 def flipped(img: Image.Image) -> Image.Image:
@@ -85,6 +85,7 @@ class ProtocolData:
         self.n_views = n_views
         self._degraded: dict[int, list[Image.Image]] = {}
         self._views: dict[int, list[Image.Image]] = {}
+        self._phone: dict[tuple, list[Image.Image]] = {}
 
     @property
     def images(self) -> list[Image.Image]:
@@ -103,6 +104,13 @@ class ProtocolData:
         if view not in self._views:
             self._views[view] = [augmented_view(im, view, i) for i, im in enumerate(self.images)]
         return self._views[view]
+
+
+    def phone(self, view: int, strength: float) -> list[Image.Image]:
+        """Phone view `view` (blur + JPEG, helpers.representations.phone_view) of every photo."""
+        if (view, strength) not in self._phone:
+            self._phone[view, strength] = [phone_view(im, view, i, strength) for i, im in enumerate(self.images)]
+        return self._phone[view, strength]
 
 
 def raw_pixels(images: Sequence[Image.Image], size: int = 32) -> np.ndarray:

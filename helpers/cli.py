@@ -199,7 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
                             help=f"{DEFAULT_METHOD} (default; won on the benchmark's development people): "
                                  "frozen features of several layers + mirror test-time augmentation + "
-                                 "within-class whitening fitted on the photos and augmented views of them; "
+                                 "within-class whitening fitted on the photos, augmented and blurred/JPEG "
+                                 "copies of them and the photos of 10 background people (the packaged ORL "
+                                 "s1-s10, minus anyone in --data or the strangers); "
                                  "head: train an embedding + ArcFace head on the frozen features; raw: enrol "
                                  "the frozen features as they are (see benchmarks/RESULTS.md, notebook 06)")
             sp.add_argument("--epochs", type=int, default=30)

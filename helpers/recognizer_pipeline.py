@@ -4,8 +4,9 @@ gallery; and the course's evaluation protocol on a fixed split (what `python -m 
 Methods (`METHODS`; the default is the one that won on the benchmark's development people,
 see benchmarks/RESULTS.md):
   * multilayer-tta-whiten: frozen features of several layers, mirror test-time augmentation and
-    within-class whitening fitted on the enrolment photos and augmented views of them
-    (`helpers.representations`); no gradient training;
+    within-class whitening fitted on the enrolment photos and augmented (and "phone") views of them,
+    plus a background of other people's photos (ORL s1–s10 minus anyone enrolled or evaluated,
+    `helpers.background`) when `USE_BACKGROUND` (`helpers.representations`); no gradient training;
   * head: an embedding + ArcFace head trained on the frozen features;
   * raw: the frozen backbone's features as they are.
 """
@@ -23,14 +24,22 @@ from .evaluation import best_match, threshold_from_strangers, threshold_without_
 from .features import extract_features
 from .images import image_digest
 from .recognizer import Recognizer, open_set_report
-from .representations import DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_VIEWS, Representation, fit_representation, \
-    mirrored, pooled_features
+from .background import BACKGROUND_PEOPLE, background_faces
+from .representations import DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, DEFAULT_VIEWS, Representation, \
+    fit_representation, mirrored, pooled_features
 from .runtime import threads
 from .training import train_head_on_features
 
 WHITEN = "multilayer-tta-whiten"
 METHODS = (WHITEN, "head", "raw")
 DEFAULT_METHOD = WHITEN  # the development people's winner (benchmarks/accuracy.py checks it still is)
+USE_BACKGROUND = True    # the product's whitening uses the background people (chosen on development people)
+
+
+def background_for(*image_lists) -> "FaceSet | None":
+    """The product's background (ORL s1–s10) minus anyone with a photo in `image_lists` (pass every
+    photo that will be enrolled or evaluated: known people, queries, strangers); None when not used."""
+    return background_faces(*image_lists) if USE_BACKGROUND else None
 
 
 def features_for(backbone: Backbone, images: Sequence, size: int | None = None, n_threads: int | None = None) -> torch.Tensor:
@@ -56,10 +65,19 @@ def method_features(backbone: Backbone, images: Sequence, size: int | None = Non
 def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequence[str],
                    size: int | None = None, method: str = "head", epochs: int = 30, seed: int = 0,
                    lr: float = 1e-2, train_images: Sequence | None = None, n_views: int = DEFAULT_VIEWS,
-                   lam: float = DEFAULT_LAMBDA, n_threads: int | None = None) -> Recognizer:
+                   lam: float | None = None, n_threads: int | None = None, background=None, exclude_images=(),
+                   n_phone: int | None = None, phone_strength: float = DEFAULT_PHONE_STRENGTH) -> Recognizer:
     """A recogniser from cached features (`method_features`): 'head' trains embedding + ArcFace head
     (frozen backbone), 'raw' uses the features as they are, the whitened method fits its whitening
-    on `train_images` and `n_views` augmented views of each; the gallery is enrolled from the same photos."""
+    on `train_images`, `n_views` augmented views and `n_phone` phone views of each; the gallery is
+    enrolled from the same photos. `lam`, `n_phone` None: the development choices for the case
+    (`helpers.representations.fit_representation`).
+
+    `background` (whitened method only): None (none), 'orl' (the product's, ORL s1–s10) or a FaceSet
+    of other people. Any background person with a photo among `train_images` or `exclude_images` is
+    dropped: pass every photo you will evaluate (queries, strangers) as `exclude_images`, e.g.
+    `background=background_for(known.images, strangers.images)` or `background='orl',
+    exclude_images=[*known.images, *strangers.images]`."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     labels = np.asarray(train_labels)
@@ -69,8 +87,14 @@ def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequenc
             raise ValueError(f"{WHITEN} needs the training photos (train_images) to fit its whitening")
         if len(names) < 2:
             raise ValueError("within-class whitening needs at least 2 people")
+        if isinstance(background, str):
+            if background != "orl":
+                raise ValueError(f"background must be None, 'orl' or a FaceSet, got {background!r}")
+            background = background_faces()
         with threads(n_threads):
-            rep = fit_representation(backbone, list(train_images), labels, size, n_views=n_views, lam=lam)
+            rep = fit_representation(backbone, list(train_images), labels, size, n_views=n_views, lam=lam,
+                                     background=background, exclude=list(exclude_images), n_phone=n_phone,
+                                     phone_strength=phone_strength)
         rec = Recognizer(backbone, None, size, names, torch.zeros(len(names), np.shape(train_feats)[1]),
                          representation=rep)
         rec.enrol([], labels, names, embeddings=embed_features(rec, train_feats))
@@ -99,12 +123,16 @@ def embed_features(rec: Recognizer, feats: torch.Tensor) -> np.ndarray:
     return F.normalize(f, dim=1).numpy()
 
 
-def stand_in_strangers(faces: FaceSet) -> FaceSet | None:
+def stand_in_strangers(faces: FaceSet, without_background: bool = False) -> FaceSet | None:
     """The packaged ORL faces minus anyone who appears in `faces` (same pixels): strangers for
-    choosing a threshold when a learner's folder has none. None when nobody is left."""
+    choosing a threshold when a learner's folder has none. None when nobody is left. With
+    `without_background`, the background people (ORL s1–s10) are left out too (a whitening fitted
+    with them must not be tested on them)."""
     orl = load_orl()
     mine = {image_digest(im) for im in faces.images}
     overlap = {int(lab) for im, lab in zip(orl.images, orl.labels) if image_digest(im) in mine}
+    if without_background:
+        overlap |= set(BACKGROUND_PEOPLE)
     keep = np.flatnonzero(~np.isin(orl.labels, sorted(overlap)))
     if len(np.unique(orl.labels[keep])) < 2:
         return None
@@ -126,11 +154,14 @@ def train_recognizer(faces, backbone: Backbone, size: int | None = None, method:
     labels = np.asarray(faces.labels)
     split = split_per_person(labels, val=0.2, test=0.15, seed=seed)
     held = np.sort(np.r_[split.val, split.test])
-    rec = fit_recognizer(backbone, feats[split.train], labels[split.train], faces.names, size, method, epochs, seed,
-                         train_images=[faces.images[i] for i in split.train], n_threads=n_threads)
-    held_emb = embed_features(rec, feats[held])
+    use_bg = method == WHITEN and USE_BACKGROUND
     if isinstance(strangers, str) and strangers == "orl":
-        strangers = stand_in_strangers(faces)
+        strangers = stand_in_strangers(faces, without_background=use_bg)
+    s_images = [] if strangers is None else list(strangers.images)
+    rec = fit_recognizer(backbone, feats[split.train], labels[split.train], faces.names, size, method, epochs, seed,
+                         train_images=[faces.images[i] for i in split.train], n_threads=n_threads,
+                         background=background_for(faces.images, s_images) if use_bg else None)
+    held_emb = embed_features(rec, feats[held])
     if strangers is not None and len(strangers):
         s_emb = embed_features(rec, method_features(backbone, strangers.images, size, method, n_threads))
         rec.threshold = threshold_from_strangers(rec.gallery_np, held_emb, labels[held], s_emb)
@@ -150,7 +181,8 @@ def train_recognizer(faces, backbone: Backbone, size: int | None = None, method:
 
 def _method_name(method: str) -> str:
     return {"head": "frozen backbone + embedding/ArcFace head", "raw": "frozen backbone features, no training",
-            WHITEN: "frozen multi-layer features + mirror TTA + within-class whitening, no gradient training"}[method]
+            WHITEN: "frozen multi-layer features + mirror TTA + within-class whitening"
+                    + (" with background people" if USE_BACKGROUND else "") + ", no gradient training"}[method]
 
 
 def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | None = None, seed: int = 0,
@@ -178,8 +210,12 @@ def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | 
         for i in np.r_[split.val, split.test]:
             k_images[i] = degrade(k_images[i], int(i))
     kf = method_features(backbone, k_images, size, method, n_threads)
+    # the background: ORL s1-s10 minus anyone here (known or stranger, as given or degraded)
+    bg = None
+    if method == WHITEN:
+        bg = background_for(known.images, k_images, [] if strangers is None else strangers.images)
     rec = fit_recognizer(backbone, kf[split.train], y[split.train], known.names, size, method, epochs, seed,
-                         train_images=[k_images[i] for i in split.train], n_threads=n_threads)
+                         train_images=[k_images[i] for i in split.train], n_threads=n_threads, background=bg)
     gallery = rec.gallery_np
     val_e, test_e = embed_features(rec, kf[split.val]), embed_features(rec, kf[split.test])
     idx, _ = best_match(gallery, test_e)

@@ -7,10 +7,13 @@ augmentation and within-class whitening (the recogniser's default representation
 * **Mirror test-time augmentation (TTA).** A face and its mirror image are the same person: the
   representation is the normalised sum of the photo's and its mirror's.
 * **Within-class whitening.** From enrolment photos (and augmented views of them: crop, flip,
-  rotation, light), estimate the covariance of the differences between photos *of the same
-  person*, and shrink those directions: W = (C_w + lam * max_eig(C_w) * I)^(-1/2). It is a
-  metric learnt in closed form from few identities (classic LDA / "WCCN"), where an ArcFace head
-  needs many people to learn which directions are identity and which are nuisance.
+  rotation, light; "phone" views: blur and JPEG re-compression), estimate the covariance of the
+  differences between photos *of the same person*, and shrink those directions:
+  W = (C_w + lam * max_eig(C_w) * I)^(-1/2). It is a metric learnt in closed form from few
+  identities (classic LDA / "WCCN"), where an ArcFace head needs many people to learn which
+  directions are identity and which are nuisance. A **background** of other people's photos
+  (`helpers.background`: ORL s1–s10, never people enrolled or evaluated) adds real variation
+  between photos of one person, which one enrolment photo and its copies cannot show.
 
 `Representation` is an `nn.Module` (images -> vectors) so a recogniser built on it exports to
 TorchScript and ONNX like any other; `pooled_features` + `Representation.from_parts` compute the
@@ -19,13 +22,14 @@ same vectors from cached features (NumPy), which is how enrolment and the benchm
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from torch import nn
 
 from .backbones import Backbone
@@ -35,8 +39,13 @@ from .runtime import cache_dir
 
 FINAL = "final"
 DEFAULT_LAYERS = ("layer3", "layer2")   # after "final", in this order
-DEFAULT_LAMBDA = 0.001                   # chosen on development people (benchmarks/accuracy.py, RESULTS.md)
+# chosen on development people (benchmarks/accuracy.py, RESULTS.md): stage 1 without a background,
+# stage 2 (cross-fitted) with one
+DEFAULT_LAMBDA = 0.001                   # whitening strength without a background
+BACKGROUND_LAMBDA = 0.0001               # ... with a background
 DEFAULT_VIEWS = 8                        # augmented views of each enrolment photo, for the whitening
+DEFAULT_PHONE_VIEWS = 4                  # blurred + JPEG copies of each photo, with a background (none without)
+DEFAULT_PHONE_STRENGTH = 2.0             # phone views: blur sigma U(0, s) px, JPEG quality U(90 - 30 s, 90)
 TAPPED = ("layer2", "layer3")            # stages whose pooled outputs `pooled_features` returns
 # augmentation of enrolment photos (PIL), applied before the recogniser's own preprocessing
 VIEWS = {"crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1), "hflip": 0.5, "rotation_deg": 10.0,
@@ -72,6 +81,17 @@ def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
         return tf(img)
     finally:
         torch.random.set_rng_state(state)
+
+
+def phone_view(img: Image.Image, view: int, index: int, strength: float = DEFAULT_PHONE_STRENGTH) -> Image.Image:
+    """Copy number `view` of photo `index` as a phone might store it (deterministic): Gaussian blur of
+    radius U(0, strength) px, then JPEG at quality U(90 - 30 * strength, 90)."""
+    rng = np.random.default_rng([view, index, 23])
+    out = img.convert("RGB").filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, strength))))
+    buf = io.BytesIO()
+    out.save(buf, format="JPEG", quality=int(rng.integers(int(round(90 - 30 * strength)), 91)))
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
 
 
 class _Taps:
@@ -256,15 +276,23 @@ class Whitening:
                    float(s["base"]))
 
 
-def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA) -> Whitening:
+def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA, background: tuple | None = None) -> Whitening:
     """Centre on the mean of `x` and whiten by the regularised within-class covariance of (x, y).
 
     Directions in which photos of the same person vary are shrunk; the rest are kept. Computed
     from the SVD of the within-class residuals (cheap when there are fewer items than dimensions).
+    `background` = (vectors, labels) of other people: more within-class samples, each background
+    label a class of its own (never the same as an enrolled person's); the mean is over all vectors.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
     if len(x) != len(y) or len(x) < 2:
         raise ValueError("whitening needs at least 2 labelled vectors")
+    if background is not None and len(background[0]):
+        bx, by = np.asarray(background[0], dtype=np.float64), np.asarray(background[1])
+        if len(bx) != len(by):
+            raise ValueError("background vectors and labels differ in length")
+        y = np.r_[np.unique(y, return_inverse=True)[1], len(np.unique(y)) + np.unique(by, return_inverse=True)[1]]
+        x = np.vstack([x, bx])
     if lam <= 0:
         raise ValueError(f"lam must be > 0, got {lam}")
     mu = x.mean(0)
@@ -295,6 +323,7 @@ class Representation(nn.Module):
         self.backbone = backbone
         self.layers, self.tta = tuple(layers), bool(tta)
         self.whitening = whitening
+        self.background: dict | None = None  # {"people", "photos"} of the background it was fitted with
         if whitening is not None:
             for k, v in whitening.state().items():
                 if k != "base":
@@ -346,41 +375,65 @@ class Representation(nn.Module):
             what.append("mirror TTA")
         if self.whitening is not None:
             what.append(f"within-class whitening (rank {len(self.whitening.scale)})")
+        if self.background:
+            what.append(f"background: {self.background['people']} other people")
         return ", ".join(what)
 
     def config(self) -> dict:
         """What a saved recogniser stores (plain types and tensors: weights_only-safe)."""
-        return {"layers": list(self.layers), "tta": self.tta,
+        return {"layers": list(self.layers), "tta": self.tta, "background": self.background,
                 "whitening": None if self.whitening is None else self.whitening.state()}
 
     @classmethod
     def from_config(cls, backbone: Backbone, cfg: dict) -> "Representation":
         w = cfg.get("whitening")
-        return cls(backbone, tuple(cfg.get("layers", ())), bool(cfg.get("tta", False)),
-                   None if w is None else Whitening.from_state(w))
+        rep = cls(backbone, tuple(cfg.get("layers", ())), bool(cfg.get("tta", False)),
+                  None if w is None else Whitening.from_state(w))
+        rep.background = cfg.get("background")  # absent from files written before backgrounds
+        return rep
 
 
 def enrolment_set(backbone: Backbone, images: Sequence[Image.Image], labels, size: int | None = None,
-                  layers: Sequence[str] = DEFAULT_LAYERS, n_views: int = DEFAULT_VIEWS,
-                  cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors, labels) to fit the whitening on: each photo, its mirror image and `n_views`
-    augmented views, each as one un-averaged multi-layer vector."""
+                  layers: Sequence[str] = DEFAULT_LAYERS, n_views: int = DEFAULT_VIEWS, cache: bool = True,
+                  n_phone: int = 0,
+                  phone_strength: float = DEFAULT_PHONE_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, labels) to fit the whitening on: each photo, its mirror image, `n_views`
+    augmented views and `n_phone` phone views, each as one un-averaged multi-layer vector."""
     labels = np.asarray(labels)
     sets = [list(images), [mirrored(im) for im in images]]
     sets += [[augmented_view(im, v, i) for i, im in enumerate(images)] for v in range(n_views)]
+    sets += [[phone_view(im, v, i, phone_strength) for i, im in enumerate(images)] for v in range(n_phone)]
     xs = [combine(pooled_features(backbone, s, size, cache), layers) for s in sets]
     return np.vstack(xs), np.tile(labels, len(xs))
 
 
 def fit_representation(backbone: Backbone, images: Sequence[Image.Image], labels, size: int | None = None,
-                       layers: Sequence[str] = DEFAULT_LAYERS, tta: bool = True, lam: float = DEFAULT_LAMBDA,
-                       n_views: int = DEFAULT_VIEWS, cache: bool = True) -> Representation:
-    """A whitened `Representation` fitted on enrolment photos of at least two people."""
+                       layers: Sequence[str] = DEFAULT_LAYERS, tta: bool = True, lam: float | None = None,
+                       n_views: int = DEFAULT_VIEWS, cache: bool = True, background=None, exclude=(),
+                       n_phone: int | None = None,
+                       phone_strength: float = DEFAULT_PHONE_STRENGTH) -> Representation:
+    """A whitened `Representation` fitted on enrolment photos of at least two people.
+
+    `background`: a FaceSet of other people (e.g. `helpers.background.background_faces()`), whose
+    photos (with the same mirrors and views) join the within-class covariance; any background
+    person with a photo among `images` or `exclude` (the photos to be evaluated) is dropped first
+    (`helpers.background.drop_people_in`). `lam` and `n_phone` None: the development choices,
+    `BACKGROUND_LAMBDA` and `DEFAULT_PHONE_VIEWS` with background people, `DEFAULT_LAMBDA` and none
+    without (also when the rule leaves fewer than 2 background people)."""
+    from .background import drop_people_in
+
     labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         raise ValueError("within-class whitening needs photos of at least 2 people")
-    x, y = enrolment_set(backbone, images, labels, size, layers, n_views, cache)
-    return Representation(backbone, layers, tta, fit_whitening(x, y, lam))
+    bg = drop_people_in(background, images, exclude)
+    lam = (BACKGROUND_LAMBDA if bg is not None else DEFAULT_LAMBDA) if lam is None else lam
+    n_phone = (DEFAULT_PHONE_VIEWS if bg is not None else 0) if n_phone is None else n_phone
+    kw = dict(n_phone=n_phone, phone_strength=phone_strength)
+    x, y = enrolment_set(backbone, images, labels, size, layers, n_views, cache, **kw)
+    xb = None if bg is None else enrolment_set(backbone, bg.images, bg.labels, size, layers, n_views, cache, **kw)
+    rep = Representation(backbone, layers, tta, fit_whitening(x, y, lam, xb))
+    rep.background = None if bg is None else {"people": bg.num_people, "photos": len(bg)}
+    return rep
 
 
 def representation_features(rep: Representation, images: Sequence[Image.Image], size: int | None = None,

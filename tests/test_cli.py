@@ -56,10 +56,12 @@ def test_train_reports_what_it_did(folder, capsys, tmp_path):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("trained: 3 people, 24 photos (frozen multi-layer features + mirror TTA + "
-                               "within-class whitening, no gradient training")
+                               "within-class whitening with background people, no gradient training")
     saved = load_recognizer(tmp_path / "m.pt")      # the default method, stored whole in the file
     assert saved.embedding is None and saved.representation is not None
     assert saved.representation.tta and saved.representation.whitening is not None
+    # the background (ORL s1-s10) lost s1-s3: the folder's people, found in the written files
+    assert saved.representation.background == {"people": 7, "photos": 70}
     code, out, _ = run(capsys, "train", "--data", folder / "people", "--out", tmp_path / "h.pt", "--method", "head",
                        "--strangers", "none", *FAST)
     assert code == 0 and "(frozen backbone + embedding/ArcFace head" in out and "no strangers available" in out
