@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .backbone_tail import BackboneTail, FineTuneModel, as_finetune, last_stage, stage_inputs
 from .backbones import Backbone
 from .data import FaceSet, Split, split_known_strangers, split_per_person
-from .evaluation import verification
+from .evaluation import embed, one_shot_identification, verification
 from .model import FaceModel, build_model, count_parameters, set_trainable_stages
 from .memory import PeakMemory
 from .runtime import default_threads, pick_device, run_batched, set_seed, threads
@@ -168,6 +168,7 @@ class Metrics:
     strangers_eer: float  # same/different person over all stranger pairs
     train_cos: float = float("nan")  # mean cosine between a photo's embedding and its own person's weight
     val_cos: float = float("nan")
+    strangers_tar: float = float("nan")  # same-person stranger pairs accepted at FAR 1 %
 
     @property
     def gap(self) -> float:
@@ -228,6 +229,8 @@ class RunResult:
             out.val_acc += h.val_acc
             out.val_loss += h.val_loss
             out.seconds += h.seconds
+            for name, values in h.extra.items():
+                out.extra[name] = out.extra.get(name, []) + values
             out.diverged = out.diverged or h.diverged
         return out
 
@@ -243,13 +246,15 @@ def _even_batch(n: int, target: int) -> int:
 def run_schedule(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "", seed: int = 0,
                  model: FaceModel | None = None, trained_stages: Sequence[str] = (),
                  measure_memory: bool = True, progress: bool = False, bn_train: bool = False,
-                 on_epoch: Callable[[History], None] | None = None) -> RunResult:
+                 on_epoch: Callable[[History], None] | None = None,
+                 strangers_each_epoch: bool = False) -> RunResult:
     """Train a copy of the pretrained backbone (or continue `model`) through `plans`, in order.
 
     A plan with `cache=True` trains on the cached features (no backbone stage) or on the cached
     activations entering the last stage (only the last stage trains); that is only valid while
     every earlier stage still holds its pretrained weights, which is checked. `bn_train`: see
-    `FineTuneModel` (False keeps the backbone's BatchNorm statistics fixed).
+    `FineTuneModel` (False keeps the backbone's BatchNorm statistics fixed). `strangers_each_epoch`:
+    the strangers' EER after every epoch, in `History.extra["strangers_eer"]`.
     """
     if model is None:
         set_seed(seed)  # the new embedding and head start from the same weights on every run
@@ -287,18 +292,19 @@ def run_schedule(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "
             target = model
             n_threads = data.threads
         one_off = time.perf_counter() - t0
+        metrics = _strangers_metric(data, xs, plan) if strangers_each_epoch and data.strangers is not None else None
         meter = PeakMemory(data.device) if measure_memory else None
         with threads(n_threads), (meter or contextlib.nullcontext()):
             if xs is not None:
                 hist = fit(target, (xs[0], y_train), (xs[1], y_val), epochs=plan.epochs, lr=plan.lr,
                            backbone_lr=plan.backbone_lr, batch_size=64, seed=seed, device=data.device,
-                           progress=progress, on_epoch=on_epoch)
+                           progress=progress, on_epoch=on_epoch, epoch_metrics=metrics)
             else:
                 train = ImageDataset(data.images("train"), y_train, data.transform(train=plan.augment))
                 val = ImageDataset(data.images("val"), y_val, data.transform())
                 hist = fit(target, train, val, epochs=plan.epochs, lr=plan.lr, backbone_lr=plan.backbone_lr,
                            batch_size=_even_batch(len(train), data.batch_size), seed=seed,
-                           device=data.device, progress=progress, on_epoch=on_epoch)
+                           device=data.device, progress=progress, on_epoch=on_epoch, epoch_metrics=metrics)
         if meter is not None and meter.peak_mb is not None:
             peak = max(peak or 0.0, meter.peak_mb)
             mem_method = meter.method
@@ -313,8 +319,17 @@ def run_schedule(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "
                      trained_stages=tuple(s for s in backbone.stage_names if s in trained))
 
 
+def _strangers_metric(data: UnfreezeData, xs, plan: StagePlan) -> dict:
+    """{"strangers_eer": model -> EER}: the strangers in the form this stage's model takes as input."""
+    inputs = (ImageDataset(data.images("strangers"), data.labels("strangers"), data.transform()) if xs is None
+              else data.inputs("strangers") if plan.stages else data.features("strangers"))
+    labels = data.labels("strangers").numpy()
+    return {"strangers_eer": lambda model: verification(embed(model, inputs), labels).eer}
+
+
 def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[str] | None = None,
-              seed: int = 0, measure_memory: bool = True, progress: bool = False) -> list[RunResult]:
+              seed: int = 0, measure_memory: bool = True, progress: bool = False,
+              strangers_each_epoch: bool = False) -> list[RunResult]:
     """Run `plans` one after another on ONE model (stage k starts from stage k-1's weights), evaluate after each.
 
     Element k is the model after stages 1..k+1, with their histories, seconds and peak memory accumulated,
@@ -328,12 +343,12 @@ def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[st
         name = names[k] if names else " + ".join(p.name for p in plans[:k + 1])
         r = run_schedule(data, [plan], name, seed, model=copy.deepcopy(prev.model) if prev else None,
                          trained_stages=prev.trained_stages if prev else (), measure_memory=measure_memory,
-                         progress=progress)
+                         progress=progress, strangers_each_epoch=strangers_each_epoch)
         if prev is not None:
             r.histories, r.plans = prev.histories + r.histories, prev.plans + r.plans
             r.stage_seconds = prev.stage_seconds + r.stage_seconds
-            if r.peak_mb is not None or prev.peak_mb is not None:
-                r.peak_mb = max(prev.peak_mb or 0.0, r.peak_mb or 0.0)
+            both = (prev.peak_mb, r.peak_mb)
+            r.peak_mb = None if both == (None, None) else max(b or 0.0 for b in both)
         r.one_off_seconds = data.one_off_seconds
         evaluate_run(r, data, seed)
         out.append(r)
@@ -376,17 +391,6 @@ def _embed_and_logits(model: FaceModel, feats: torch.Tensor, device) -> tuple[np
     return F.normalize(emb_raw, dim=1).cpu().numpy(), logits.cpu()
 
 
-def one_shot_identification(emb: np.ndarray, labels, seed: int = 0) -> float:
-    """Enrol one random photo per person, identify the others by the nearest enrolled photo (cosine)."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    people = np.unique(labels)
-    enrol = np.array([rng.choice(np.flatnonzero(labels == p)) for p in people])
-    query = np.setdiff1d(np.arange(len(labels)), enrol)
-    sims = emb[query] @ emb[enrol].T
-    return float((people[sims.argmax(1)] == labels[query]).mean())
-
-
 def evaluate_run(result: RunResult, data: UnfreezeData, seed: int = 0, strangers: bool = True) -> Metrics:
     """Accuracy on known people (train/val/test), 1-shot new people and strangers' EER; stored on `result`.
 
@@ -402,10 +406,11 @@ def evaluate_run(result: RunResult, data: UnfreezeData, seed: int = 0, strangers
     if s_feats is not None:
         s_emb, _ = _embed_and_logits(result.model, s_feats, data.device)
         s_lab = data.labels("strangers").numpy()
-        one_shot, eer = one_shot_identification(s_emb, s_lab, seed), verification(s_emb, s_lab).eer
+        ver = verification(s_emb, s_lab)
+        one_shot, eer, tar = one_shot_identification(s_emb, s_lab, seed), ver.eer, ver.tar_at_far
     else:
-        one_shot = eer = float("nan")
-    result.metrics = Metrics(acc["train"], acc["val"], acc["test"], one_shot, eer, cos["train"], cos["val"])
+        one_shot = eer = tar = float("nan")
+    result.metrics = Metrics(acc["train"], acc["val"], acc["test"], one_shot, eer, cos["train"], cos["val"], tar)
     result.model.cpu()
     return result.metrics
 
@@ -418,11 +423,9 @@ def raw_feature_metrics(data: UnfreezeData, seed: int = 0) -> dict[str, float]:
     return {"new_people_1shot": one_shot_identification(s, lab, seed), "strangers_eer": verification(s, lab).eer}
 
 
-# ---------------------------------------------------------------------- one run for the panel
-
-
 def train_stages(data: UnfreezeData, stages: Sequence[str], epochs: int = 3, lr: float = 1e-2,
-                 backbone_lr: float = 1e-3, seed: int = 0, augment: bool = True) -> RunResult:
+                 backbone_lr: float = 1e-3, seed: int = 0, augment: bool = True,
+                 strangers_each_epoch: bool = False) -> RunResult:
     """Train the head plus the chosen backbone stages from the pretrained backbone, and evaluate.
 
     Head only: cached features. Only the last stage: its cached inputs (no augmentation).
@@ -438,7 +441,7 @@ def train_stages(data: UnfreezeData, stages: Sequence[str], epochs: int = 3, lr:
     cache = stages in ((), (data.cut_stage,))
     plan = StagePlan("panel", stages, int(epochs), float(lr), float(backbone_lr), augment=augment and not cache,
                      cache=cache)
-    res = run_schedule(data, [plan], plan.describe(), seed=seed)
+    res = run_schedule(data, [plan], plan.describe(), seed=seed, strangers_each_epoch=strangers_each_epoch)
     evaluate_run(res, data, seed)
     return res
 

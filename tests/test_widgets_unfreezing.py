@@ -56,6 +56,9 @@ def test_click_trains_the_ticked_stages_and_shows_curves_and_result(data):
     assert _figures(c.output) == 1
     lines = [ln for ln in _text(c.output).splitlines() if ln.startswith("Result: ")]
     assert len(lines) == 1 and "test acc" in lines[0] and "trainable parameters" in lines[0]
+    assert "strangers' EER" in lines[0] and "at FAR 1 %" in lines[0]
+    eer = res.histories[0].extra["strangers_eer"]      # the curve: one EER per epoch, a fraction
+    assert len(eer) == 2 and all(0 <= e <= 1 for e in eer)
     assert not c.train.disabled
 
 
@@ -111,3 +114,4 @@ def test_chain_box_runs_the_three_stages_one_after_another(data):
     text = _text(c.output)
     assert _figures(c.output) == 1 and "strangers' EER after each stage:" in text
     assert "vs previous click:" in text  # the first click's result is the comparison
+    assert len(res.combined_history().extra["strangers_eer"]) == 32   # per epoch, across the three stages

@@ -19,17 +19,20 @@ from .experiments import SeedComparison
 
 
 def compare_methods(data: UnfreezeData, gradual: Sequence[StagePlan], full: Sequence[StagePlan],
-                    seed: int = 0, progress: bool = False, measure_memory: bool = True) -> list[RunResult]:
+                    seed: int = 0, progress: bool = False, measure_memory: bool = True,
+                    strangers_each_epoch: bool = False) -> list[RunResult]:
     """Frozen (stage 1 alone), gradual after stage 2, gradual (3 stages), full fine-tuning: same split.
 
     The three gradual results are one chain (`run_chain`): stage 2 continues from stage 1's model,
-    stage 3 from stage 2's, so stage 1 is shared, not repeated.
+    stage 3 from stage 2's, so stage 1 is shared, not repeated. `strangers_each_epoch`: the chain also
+    records the strangers' EER after every epoch (for `plot_chain`).
     """
     gradual = list(gradual)
     if len(gradual) != 3:
         raise ValueError("the gradual schedule has three stages")
     chain = run_chain(data, gradual, ["frozen (stage 1 only)", "gradual, stages 1-2", "gradual, stages 1-3"],
-                      seed, measure_memory=measure_memory, progress=progress)
+                      seed, measure_memory=measure_memory, progress=progress,
+                      strangers_each_epoch=strangers_each_epoch)
     f = run_schedule(data, full, "full fine-tuning", seed, measure_memory=measure_memory, progress=progress)
     evaluate_run(f, data, seed)
     return [*chain, f]
@@ -38,9 +41,11 @@ def compare_methods(data: UnfreezeData, gradual: Sequence[StagePlan], full: Sequ
 def gradual_chain(data: UnfreezeData, epochs: tuple[int, int, int] = (30, 3, 3), lr: float = 1e-2,
                   backbone_lr: float = 3e-4, seed: int = 0) -> list[RunResult]:
     """The panel's chain: the guide's three stages with the head's lr falling 1 -> 1/10 -> 1/30 and the
-    backbone's 1 -> 1/10 (the defaults 1e-2 / 3e-4 give `gradual_schedule`'s rates)."""
+    backbone's 1 -> 1/10 (the defaults 1e-2 / 3e-4 give `gradual_schedule`'s rates); the strangers'
+    EER is measured after every epoch."""
     plans = gradual_schedule(data.backbone, epochs, lr=(lr, lr / 10, lr / 30), backbone_lr=(backbone_lr, backbone_lr / 10))
-    return run_chain(data, plans, ["stage 1", "stages 1-2", "stages 1-3"], seed, measure_memory=False)
+    return run_chain(data, plans, ["stage 1", "stages 1-2", "stages 1-3"], seed, measure_memory=False,
+                     strangers_each_epoch=True)
 
 
 def compare_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
@@ -85,8 +90,13 @@ def plot_chain(chain: Sequence[RunResult]):
     a1.set(xlabel="epoch (all stages)", ylabel="loss", title="loss", yscale="log")
     a2.plot(ep, 100 * np.array(h.val_acc), color="tab:orange")
     a2.set(xlabel="epoch (all stages)", ylabel="%", title="validation accuracy (known people)")
-    a3.plot(ends[:len(chain)], [100 * r.metrics.strangers_eer for r in chain], "o-", color="tab:red")
-    a3.set(xlabel="epoch (all stages)", ylabel="%", title="strangers' EER after each stage")
+    per_epoch = h.extra.get("strangers_eer", [])
+    if len(per_epoch) == h.epochs:
+        a3.plot(ep, 100 * np.array(per_epoch), color="tab:red", alpha=0.6, label="after each epoch")
+    a3.plot(ends[:len(chain)], [100 * r.metrics.strangers_eer for r in chain], "o", color="tab:red",
+            label="after each stage")
+    a3.set(xlabel="epoch (all stages)", ylabel="%", title="strangers' EER (lower is better)")
+    a3.legend(fontsize=7)
     for ax in (a1, a2, a3):
         for k, e in enumerate(ends[:-1]):
             ax.axvline(e + 0.5, ls=":", color="k", lw=1)
@@ -287,7 +297,7 @@ def describe_result(res: RunResult, previous: RunResult | None = None) -> str:
     mem = "n/a" if res.peak_mb is None else f"{res.peak_mb:.0f} MiB"
     line = (f"Result: test acc {_pct(m.test_acc)}, val acc {_pct(m.val_acc)}, train-val gap "
             f"{100 * m.gap:+.1f} pts (cos {m.cos_gap:+.2f}), strangers' EER {_pct(m.strangers_eer)}; "
-            f"{res.seconds_per_epoch()[-1]:.2f} s/epoch, {res.trainable:,} trainable parameters, "
+            f"TAR {_pct(m.strangers_tar)} at FAR 1 %; {res.seconds_per_epoch()[-1]:.2f} s/epoch, {res.trainable:,} trainable parameters, "
             f"peak extra memory {mem}")
     if previous is not None and previous.metrics is not None and not previous.diverged:
         p = previous.metrics

@@ -343,7 +343,8 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
             text = describe_result(chain[-1], previous) + f"\nstrangers' EER after each stage: {eers}"
             return plot_chain(chain), text, chain[-1]
         ticked = [s for s, b in boxes.items() if b.value]
-        res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value, seed=seed)
+        res = train_stages(data, ticked, epochs=epochs_w.value, lr=lr_w.value, backbone_lr=blr_w.value, seed=seed,
+                           strangers_each_epoch=True)
         return _unfreezing_figure(res), describe_result(res, previous), res
 
     def on_click(_=None):
@@ -361,13 +362,17 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
 
 
 def _unfreezing_figure(res):
-    """Training and validation loss, and accuracy per epoch of one panel run (7.5 x 2.6 inches)."""
+    """Training and validation loss, accuracy and the strangers' EER per epoch of one panel run (10 x 2.6 in)."""
     import matplotlib.pyplot as plt
     import numpy as np
 
     h = res.combined_history()
     ep = np.arange(1, h.epochs + 1)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(7.5, 2.6))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(10, 2.6))
+    eer = h.extra.get("strangers_eer", [])
+    if eer:
+        a3.plot(ep[:len(eer)], 100 * np.array(eer), marker="o", color="tab:red")
+    a3.set(xlabel="epoch", ylabel="%", title="strangers' EER (never trained on)")
     a1.plot(ep, h.loss, marker="o", label="train")
     if h.val_loss:
         a1.plot(ep, h.val_loss, marker="o", label="validation")
