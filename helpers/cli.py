@@ -159,6 +159,7 @@ def cmd_evaluate(args) -> int:
         print(f"open set at threshold {osr['threshold']:.2f} ({res['threshold_from']}): named right "
               f"{100 * osr['known_correct']:.1f} %, strangers rejected "
               + ("n/a" if osr['strangers_rejected'] is None else f"{100 * osr['strangers_rejected']:.1f} %"))
+        print(f"background people: {res['background']}")
     return 0
 
 

@@ -251,4 +251,14 @@ def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | 
             "photos": {"train": len(split.train), "val": len(split.val), "test": len(split.test),
                        "strangers": 0 if strangers is None else len(strangers)},
             "accuracy": round(accuracy, 4), "eer": round(float(eer), 4), "eer_on": eer_on,
-            "open_set": osd, "threshold_from": thr_from}
+            "open_set": osd, "threshold_from": thr_from, "background": _background_note(method, bg)}
+
+
+def _background_note(method: str, bg) -> str:
+    """What the whitening learnt from besides the enrolment photos, for the report."""
+    if method != WHITEN:
+        return "not used by this method"
+    if bg is None:
+        return ("none: fewer than 2 of the background people (ORL s1-s10) are outside this data; evaluate "
+                "on other people (e.g. ORL s11-s40) to measure the product's default")
+    return f"{bg.num_people} people of ORL s1-s10, none of them in this data"

@@ -126,6 +126,7 @@ def test_evaluate_json_is_complete_and_reproducible(capsys):
     assert osr["known_correct"] + osr["known_wrong_name"] + osr["known_rejected"] == pytest.approx(1, abs=1e-3)
     assert osr["strangers_rejected"] + osr["strangers_accepted"] == pytest.approx(1, abs=1e-3)
     assert osr["strangers_rejected"] > 0.5
+    assert res["background"].startswith("none: fewer than 2 of the background people")  # all 40 ORL people are evaluated
     assert run(capsys, *argv)[1] == out                                   # same numbers twice
     other = json.loads(run(capsys, *[("1" if a == "0" else a) for a in argv])[1])  # another seed, another split
     assert other["seed"] == 1 and other != res
