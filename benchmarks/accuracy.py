@@ -187,18 +187,24 @@ def dev_candidates(n_views_max: int, epochs: int) -> list[Method]:
     return out
 
 
+def _dev_row(method: Method, ctx: Ctx, people) -> dict[str, float]:
+    """One development run: k=1, k=3, k=3 degraded, EER (clean, degraded) and the open-set threshold."""
+    r1, r3 = identification(method, ctx, people, 1), identification(method, ctx, people, 3)
+    st = strangers(method, ctx, people)
+    return {"k=1": r1["clean"], "k=3": r3["clean"], "k=3 degraded": r3["deg"], "EER": st["eer"],
+            "EER degraded": st["eer_deg"], "threshold": open_set_task(method, ctx, people)}
+
+
+def _dev_means(rows: list[dict]) -> dict[str, float]:
+    out = {c: round(float(np.mean([r[c] for r in rows])), 2) for c in DEV_COLS}
+    out["threshold"] = round(float(np.mean([r["threshold"] for r in rows])), 4)
+    return out
+
+
 def dev_measure(method: Method, data: ProtocolData, bank: Bank) -> dict[str, float]:
     """Mean over the development seeds of k=1, k=3, k=3 degraded and EER among development people,
     and the open-set threshold there."""
-    rows = []
-    for seed in DEV_SEEDS:
-        ctx = Ctx(data, bank, seed)
-        r1, r3 = identification(method, ctx, DEV_PEOPLE, 1), identification(method, ctx, DEV_PEOPLE, 3)
-        st = strangers(method, ctx, DEV_PEOPLE)
-        rows.append({"k=1": r1["clean"], "k=3": r3["clean"], "k=3 degraded": r3["deg"], "EER": st["eer"],
-                     "EER degraded": st["eer_deg"], "threshold": open_set_task(method, ctx, DEV_PEOPLE)})
-    out = {c: round(float(np.mean([r[c] for r in rows])), 2) for c in DEV_COLS}
-    out["threshold"] = round(float(np.mean([r["threshold"] for r in rows])), 4)
+    out = _dev_means([_dev_row(method, Ctx(data, bank, seed), DEV_PEOPLE) for seed in DEV_SEEDS])
     out["score"] = round((out["k=1"] + out["k=3"] + out["k=3 degraded"] + (100 - out["EER"])) / 4, 2)
     return out
 
@@ -226,13 +232,8 @@ def crossfit_measure(method: Method, data: ProtocolData, bank: Bank) -> dict[str
     for seed in DEV_SEEDS:
         a, b = halves(DEV_PEOPLE, seed)
         for evaluated, background in ((a, b), (b, a)):
-            ctx = Ctx(data, bank, seed, tuple(int(p) for p in background))
-            r1, r3 = identification(method, ctx, evaluated, 1), identification(method, ctx, evaluated, 3)
-            st = strangers(method, ctx, evaluated)
-            rows.append({"k=1": r1["clean"], "k=3": r3["clean"], "k=3 degraded": r3["deg"], "EER": st["eer"],
-                         "EER degraded": st["eer_deg"], "threshold": open_set_task(method, ctx, evaluated)})
-    out = {c: round(float(np.mean([r[c] for r in rows])), 2) for c in DEV_COLS}
-    out["threshold"] = round(float(np.mean([r["threshold"] for r in rows])), 4)
+            rows.append(_dev_row(method, Ctx(data, bank, seed, tuple(int(p) for p in background)), evaluated))
+    out = _dev_means(rows)
     out["score"] = round((out["k=1"] + out["k=3"] + out["k=3 degraded"] + (100 - out["EER"])
                           + (100 - out["EER degraded"])) / 5, 2)
     return out
