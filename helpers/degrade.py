@@ -33,7 +33,12 @@ def degrade(img: Image.Image, seed: int, index: int) -> Image.Image:
     out = ImageEnhance.Brightness(out).enhance(float(rng.uniform(*d["brightness"])))
     out = ImageEnhance.Contrast(out).enhance(float(rng.uniform(*d["contrast"])))
     out = out.filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(*d["blur_sigma"]))))
+    return jpeg_roundtrip(out, int(rng.integers(d["jpeg_quality"][0], d["jpeg_quality"][1] + 1)))
+
+
+def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
+    """`img` (RGB) saved as JPEG at `quality` and read back, in memory."""
     buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=int(rng.integers(d["jpeg_quality"][0], d["jpeg_quality"][1] + 1)))
+    img.save(buf, format="JPEG", quality=quality)
     buf.seek(0)
     return Image.open(buf).convert("RGB")

@@ -33,6 +33,7 @@ from PIL import Image, ImageFilter
 from torch import nn
 
 from .backbones import Backbone
+from .degrade import jpeg_roundtrip
 from .images import image_digest
 from .io import atomic_save
 from .runtime import cache_dir
@@ -88,10 +89,7 @@ def phone_view(img: Image.Image, view: int, index: int, strength: float = DEFAUL
     radius U(0, strength) px, then JPEG at quality U(90 - 30 * strength, 90)."""
     rng = np.random.default_rng([view, index, 23])
     out = img.convert("RGB").filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, strength))))
-    buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=int(rng.integers(int(round(90 - 30 * strength)), 91)))
-    buf.seek(0)
-    return Image.open(buf).convert("RGB")
+    return jpeg_roundtrip(out, int(rng.integers(int(round(90 - 30 * strength)), 91)))
 
 
 class _Taps:
