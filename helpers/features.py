@@ -47,15 +47,16 @@ def compute_features(backbone: Backbone, images: Sequence[Image.Image], batch_si
     (or $FACE_COURSE_ENGINE). If ONNX Runtime cannot run the backbone, PyTorch does, and one
     line says why. The result is an ordinary tensor (like a cache hit), not an inference tensor.
     `transform=None`: the backbone's evaluation transform at `size` (default: its input size), done
-    batch-wise by `helpers.preprocess` (the same numbers to 1e-5, several times faster), the next batch
-    prepared while the model runs.
+    batch-wise by `helpers.preprocess` (the same numbers to 1e-5, several times faster; on a GPU the next
+    batch is prepared while the model runs).
     """
     device = pick_device(device)
     engine = resolve_engine(engine, device)
     batch_size = batch_size or default_batch_size(engine, device)
     if transform is None:
         batches = (torch.from_numpy(b) for b in prefetched_batches(images, size or backbone.input_size,
-                                                                   backbone.mean, backbone.std, batch_size))
+                                                                   backbone.mean, backbone.std, batch_size,
+                                                                   ahead=device.type != "cpu"))
     else:
         batches = (torch.stack([transform(im) for im in images[s:s + batch_size]])
                    for s in range(0, len(images), batch_size))

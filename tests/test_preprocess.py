@@ -66,3 +66,16 @@ def test_compute_features_default_is_the_eval_transform_batched(orl, effnet):
     slow = compute_features(effnet, photos, transform=effnet.transform(size=64), progress=False, engine="torch")
     assert fast.shape == slow.shape == (10, effnet.feature_dim)
     assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
+
+
+def test_large_and_mixed_photos_follow_the_transform_on_both_resize_paths(effnet):
+    """A photo over DENSE_UP_TO x the size goes through the taps, a small one through dense products;
+    mixed sizes in one batch land in their own rows."""
+    from helpers.preprocess import DENSE_UP_TO
+    rng = np.random.default_rng(1)
+    big = Image.fromarray(rng.integers(0, 256, (40 * DENSE_UP_TO, 31 * DENSE_UP_TO, 3), dtype=np.uint8))
+    small = Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))
+    photos = [small, big, small]
+    x = to_batch(photos, 32, effnet.mean, effnet.std)
+    ref = torch.stack([effnet.transform(size=32)(im) for im in photos]).numpy()
+    assert np.abs(x - ref).max() < 1e-4
