@@ -3,7 +3,9 @@ augmentation and within-class whitening (the recogniser's default representation
 
 * **Several layers.** Besides the backbone's pooled output ("final"), the globally
   average-pooled outputs of earlier stages (`layer3`, `layer2`): less specialised in ImageNet
-  objects, more in texture and shape. Each part is L2-normalised, then concatenated.
+  objects, more in texture and shape. A tap "layer3:3x3" averages `layer3` over each cell of a
+  3 x 3 grid instead of the whole map: it keeps *where* a feature fired (eyes above nose above
+  mouth), which a global average throws away. Each part is L2-normalised, then concatenated.
 * **Mirror test-time augmentation (TTA).** A face and its mirror image are the same person: the
   representation is the normalised sum of the photo's and its mirror's.
 * **Within-class whitening.** From enrolment photos (and augmented views of them: crop, flip,
@@ -47,7 +49,8 @@ BACKGROUND_LAMBDA = 0.0001               # ... with a background
 DEFAULT_VIEWS = 8                        # augmented views of each enrolment photo, for the whitening
 DEFAULT_PHONE_VIEWS = 4                  # blurred + JPEG copies of each photo, with a background (none without)
 DEFAULT_PHONE_STRENGTH = 2.0             # phone views: blur sigma U(0, s) px, JPEG quality U(90 - 30 s, 90)
-TAPPED = ("layer2", "layer3")            # stages whose pooled outputs `pooled_features` returns
+GRID_LAYERS = ("layer3:2x2", "layer3:3x3", "layer3:4x4")  # grid-pooled taps the development stage tries
+TAPPED = ("layer2", "layer3", *GRID_LAYERS)  # the pooled outputs `pooled_features` returns
 # augmentation of enrolment photos (PIL), applied before the recogniser's own preprocessing
 VIEWS = {"crop_scale": (0.8, 1.0), "crop_ratio": (0.9, 1.1), "hflip": 0.5, "rotation_deg": 10.0,
          "brightness": 0.3, "contrast": 0.3}
@@ -92,8 +95,30 @@ def phone_view(img: Image.Image, view: int, index: int, strength: float = DEFAUL
     return jpeg_roundtrip(out, int(rng.integers(int(round(90 - 30 * strength)), 91)))
 
 
+def grid_pool(x: torch.Tensor, g: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C * g * g): the mean of each cell of a g x g grid, channel-major, with the cells
+    of `F.adaptive_avg_pool2d(x, g)` (written out with fixed slices so that it exports to ONNX)."""
+    h, w = int(x.shape[2]), int(x.shape[3])
+    cells = [x[:, :, (i * h) // g:-(-(i + 1) * h // g), (j * w) // g:-(-(j + 1) * w // g)].mean((2, 3))
+             for i in range(g) for j in range(g)]
+    return torch.stack(cells, 2).flatten(1)
+
+
+def tap_stage(name: str) -> tuple[str, int]:
+    """"layer3" -> ("layer3", 1): global average; "layer3:2x2" -> ("layer3", 2): a 2 x 2 grid of means."""
+    stage, _, grid = name.partition(":")
+    if not grid:
+        return stage, 1
+    a, _, b = grid.partition("x")
+    if not (a.isdigit() and a == b and int(a) >= 1):
+        raise ValueError(f"tap {name!r}: write a square grid as 'stage:GxG', e.g. 'layer3:2x2'")
+    return stage, int(a)
+
+
 class _Taps:
-    """Forward hooks that keep the global-average-pooled output of some stages during one call."""
+    """Forward hooks that keep pooled outputs of some stages during one call: "stage" is the stage's
+    global average (B, C); "stage:GxG" the means of a G x G grid of it (B, C * G * G), which keeps where
+    in the face a feature fired."""
 
     def __init__(self, backbone: Backbone, layers: Sequence[str]):
         self.backbone, self.layers = backbone, tuple(layers)
@@ -102,9 +127,11 @@ class _Taps:
 
     def __enter__(self):
         for name in self.layers:
-            last = self.backbone.stage_modules(name)[-1]
+            stage, g = tap_stage(name)
+            last = self.backbone.stage_modules(stage)[-1]
             self.hooks.append(last.register_forward_hook(
-                lambda m, i, o, name=name: self.grabbed.__setitem__(name, o.float().mean((2, 3)))))
+                lambda m, i, o, name=name, g=g: self.grabbed.__setitem__(
+                    name, o.float().mean((2, 3)) if g == 1 else grid_pool(o.float(), g))))
         return self
 
     def __exit__(self, *exc):
@@ -122,15 +149,15 @@ def pooled(backbone: Backbone, x: torch.Tensor, layers: Sequence[str] = TAPPED) 
 
 
 class _PooledOut(nn.Module):
-    """backbone -> [final | layer2 | layer3 ...] pooled, concatenated: one output for ONNX export."""
+    """backbone -> (final, *layers) pooled: one output per tap, for ONNX export."""
 
     def __init__(self, backbone: Backbone, layers: Sequence[str]):
         super().__init__()
         self.backbone, self.layers = backbone, tuple(layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         parts = pooled(self.backbone, x, self.layers)
-        return torch.cat([parts[FINAL]] + [parts[n] for n in self.layers], 1)
+        return tuple([parts[FINAL]] + [parts[n] for n in self.layers])
 
 
 _SESSIONS: dict = {}
@@ -148,7 +175,8 @@ def _onnx_pooled(backbone: Backbone, size: int, layers: Sequence[str]):
 
     if resolve_engine(None, torch.device("cpu")) != "onnxruntime" or importlib.util.find_spec("onnxruntime") is None:
         return None
-    name = f"{backbone.name}-pooled-{'-'.join(layers)}-{size}-{weights_digest(backbone)}"
+    tag = "-".join(n.replace(":", "_") for n in layers)
+    name = f"{backbone.name}-pooled2-{tag}-{size}-{weights_digest(backbone)}"
     key = (name, torch.get_num_threads())
     if key in _SESSIONS:
         return _SESSIONS[key]
@@ -156,12 +184,13 @@ def _onnx_pooled(backbone: Backbone, size: int, layers: Sequence[str]):
     was = backbone.training
     try:
         if not path.exists():
+            outs = [f"pooled{i}" for i in range(1 + len(layers))]  # final, then each tap in order
             buf = io.BytesIO()
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(_PooledOut(backbone.cpu().eval(), layers), (torch.zeros(1, 3, size, size),), buf,
-                                  dynamo=False, opset_version=17, input_names=["images"], output_names=["pooled"],
-                                  dynamic_axes={"images": {0: "batch"}, "pooled": {0: "batch"}})
+                                  dynamo=False, opset_version=17, input_names=["images"], output_names=outs,
+                                  dynamic_axes={"images": {0: "batch"}, **{o: {0: "batch"} for o in outs}})
             atomic_write_bytes(buf.getvalue(), path)
         session = onnx_session(path, torch.get_num_threads())
     except Exception:  # export or load failed: PyTorch computes the same features
@@ -178,8 +207,8 @@ def compute_pooled(backbone: Backbone, images: Sequence[Image.Image], size: int,
     """Pooled outputs of every image: ONNX Runtime on a CPU when installed (batch 64), else eager
     PyTorch (channels_last, inference mode, batch 16); `engine='torch'` forces PyTorch.
 
-    Photos are prepared by `helpers.preprocess` (the backbone's evaluation transform, batched; the
-    next batch is prepared while the model runs on the current one)."""
+    Photos are prepared by `helpers.preprocess` (the backbone's evaluation transform, batched; on a
+    GPU the next batch is prepared while the model runs on the current one)."""
     from .preprocess import prefetched_batches
 
     session = None
@@ -191,25 +220,27 @@ def compute_pooled(backbone: Backbone, images: Sequence[Image.Image], size: int,
     net = backbone.eval()
     if session is None:
         net = net.to(memory_format=torch.channels_last)
-    chunks: list[torch.Tensor] = []
+    keys = (FINAL, *layers)
+    chunks: list[list[torch.Tensor]] = []
     try:
         with torch.inference_mode():
-            for batch in prefetched_batches(list(images), size, backbone.mean, backbone.std, batch_size):
+            for batch in prefetched_batches(list(images), size, backbone.mean, backbone.std, batch_size,
+                                            ahead=device.type != "cpu"):
                 if session is not None:
-                    chunks.append(torch.from_numpy(session.run(None, {"images": batch})[0]))
+                    chunks.append([torch.from_numpy(a) for a in session.run(None, {"images": batch})])
                 else:
                     x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-                    chunks.append(_PooledOut(net, layers)(x).cpu())
+                    got = pooled(net, x, layers)
+                    chunks.append([got[k].cpu() for k in keys])
     finally:
         backbone.train(was)
     if not chunks:
-        return {FINAL: torch.zeros(0, backbone.feature_dim), **{n: torch.zeros(0, 0) for n in layers}}
-    x = torch.cat(chunks).float()
-    dims = [backbone.feature_dim] + [_stage_dim(backbone, n, size) for n in layers]
-    return {k: v.clone() for k, v in zip((FINAL, *layers), torch.split(x, dims, dim=1))}
+        return {FINAL: torch.zeros(0, backbone.feature_dim),
+                **{n: torch.zeros(0, _stage_dim(backbone, n)) for n in layers}}
+    return {k: torch.cat([c[i] for c in chunks]).float() for i, k in enumerate(keys)}
 
 
-def _stage_dim(backbone: Backbone, layer: str, size: int) -> int:
+def _stage_dim(backbone: Backbone, layer: str) -> int:
     with torch.no_grad():
         was = backbone.training
         try:
