@@ -11,7 +11,8 @@ Development runs in two stages (both fixed before measuring them):
   1. every candidate on the 10 development people (`dev_measure`): the best whitening's layers,
      λ and views, and whether whitening beats the other families;
   2. a background for the whitening (`crossfit_candidates`: other people's photos as extra
-     within-class samples, with or without "phone" views, λ re-tuned): development people are
+     within-class samples, with or without "phone" views, λ re-tuned, optionally `layer3` pooled
+     over a 2 x 2, 3 x 3 or 4 x 4 grid beside the global averages): development people are
      halved per seed, one half evaluated with the other half as the background, then swapped
      (`crossfit_measure`), so development choices never see test people; stage 1's best whitening
      without a background competes on the same cross-fitted tasks. Its score adds 100 − the EER on
@@ -50,7 +51,7 @@ from helpers.evaluation import best_match, class_centroids, nearest_neighbour_ac
     threshold_from_strangers, verification
 from helpers.background import BACKGROUND_PEOPLE
 from helpers.recognizer_pipeline import DEFAULT_METHOD, USE_BACKGROUND, WHITEN
-from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
+from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, GRID_LAYERS, DEFAULT_PHONE_STRENGTH, \
     DEFAULT_PHONE_VIEWS, DEFAULT_VIEWS
 
 from .common import Figure, Section, now
@@ -76,6 +77,7 @@ DEV_COLS = ("k=1", "k=3", "k=3 degraded", "EER", "EER degraded")
 CROSSFIT_LAMBDAS = (0.001, 0.0001)
 PHONE_VIEWS = 4                   # phone views per photo in the stage-2 candidates
 PHONE_STRENGTHS = (1.0, 2.0)      # blur U(0, s) px, JPEG quality U(90 - 30 s, 90)
+GRID_TAPS = GRID_LAYERS           # stage 2 also tries each: layer3's means over a G x G grid, beside the rest
 
 
 # ------------------------------------------------------------------------------ tasks
@@ -211,16 +213,19 @@ def dev_measure(method: Method, data: ProtocolData, bank: Bank) -> dict[str, flo
 
 def crossfit_candidates(w: Frozen) -> list[Frozen]:
     """Stage 2, cheapest first: stage 1's best whitening `w` as it is, then with a background (λ
-    re-tuned), then with a background and phone views of each photo (blur + JPEG, two strengths)."""
-    name = "+".join(["final", *w.layers])
+    re-tuned), then with a background and phone views of each photo (blur + JPEG, two strengths); the
+    same again with each grid tap of `layer3` (GRID_TAPS, smallest grid first) added to `w`'s layers."""
     out = [Frozen(f"bg:{w.key}", f"{w.label} [stage 2: no background]", w.layers, True, True, w.lam, w.n_views, 3)]
-    for n_phone, strength in [(0, 1.0)] + [(PHONE_VIEWS, s) for s in PHONE_STRENGTHS]:
-        phone = f", {n_phone} phone views (blur ≤ {strength:g} px, JPEG ≥ {90 - 30 * strength:g})" if n_phone else ""
-        for lam in CROSSFIT_LAMBDAS:
-            out.append(Frozen(f"bg[{name},views={w.n_views},phone={n_phone}x{strength:g},lam={lam:g}]",
-                              f"{name} + mirror TTA + whitening with background (λ={lam:g}, {w.n_views} views"
-                              f"{phone}) [stage 2]", w.layers, True, True, lam, w.n_views, 4 + bool(n_phone),
-                              background=True, n_phone=n_phone, strength=strength))
+    for extra, grid in enumerate((None, *GRID_TAPS)):
+        layers = w.layers + ((grid,) if grid else ())
+        name = "+".join(["final", *layers])
+        for n_phone, strength in [(0, 1.0)] + [(PHONE_VIEWS, s) for s in PHONE_STRENGTHS]:
+            phone = f", {n_phone} phone views (blur ≤ {strength:g} px, JPEG ≥ {90 - 30 * strength:g})" if n_phone else ""
+            for lam in CROSSFIT_LAMBDAS:
+                out.append(Frozen(f"bg[{name},views={w.n_views},phone={n_phone}x{strength:g},lam={lam:g}]",
+                                  f"{name} + mirror TTA + whitening with background (λ={lam:g}, {w.n_views} views"
+                                  f"{phone}) [stage 2]", layers, True, True, lam, w.n_views,
+                                  4 + bool(n_phone) + 2 * extra, background=True, n_phone=n_phone, strength=strength))
     return out
 
 
@@ -270,11 +275,12 @@ def summary(vals: list[float]) -> dict:
 def run(smoke: bool = False, seeds: int = 5, backbone: str = "auto", size: int = 224, n_views: int = 8,
         epochs: int = 50, methods: list[str] | None = None, previous: dict | None = None) -> Section:
     faces = load_orl()
-    global DEV_PEOPLE, TEST_PEOPLE, DEV_SEEDS, PRODUCT
-    if smoke:  # 12 people: 8 development, 4 test (shapes only)
+    global DEV_PEOPLE, TEST_PEOPLE, DEV_SEEDS, PRODUCT, GRID_TAPS
+    if smoke:  # 12 people: 8 development, 4 test, one grid (shapes only)
         faces = faces.subset(np.flatnonzero(faces.labels < 12), relabel=True)
         seeds, size, n_views, epochs = 2, 32, 1, 2
-        DEV_PEOPLE, TEST_PEOPLE, DEV_SEEDS, PRODUCT = np.arange(8), np.arange(8, 12), (0,), (2, 2)
+        DEV_PEOPLE, TEST_PEOPLE, DEV_SEEDS, PRODUCT, GRID_TAPS = np.arange(8), np.arange(8, 12), (0,), (2, 2), \
+            GRID_LAYERS[1:2]
     with threadpool_limits(1):  # small BLAS/LAPACK problems stall when two threads share busy cores
         return _run(faces, smoke, seeds, backbone, size, n_views, epochs, methods, previous)
 
@@ -395,7 +401,8 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
             f"Stage 1: development score = mean of k=1, k=3, k=3 degraded accuracy and (100 - EER) over development "
             f"seeds {list(DEV_SEEDS)} (10 people: identification among them; EER with 5 fitted and 5 strangers). "
             "Candidates are listed cheapest first; the first of equal scores wins.",
-            "Stage 2 ([stage 2] rows: a background for the whitening, λ re-tuned, optional phone views): per "
+            "Stage 2 ([stage 2] rows: a background for the whitening, λ re-tuned, optional phone views, optional "
+            f"grid taps {list(GRID_TAPS)}: layer3 averaged over each cell of a G x G grid): per "
             "development seed the development people are halved; each half is evaluated (identification among "
             "its 5 people; EER with 2 fitted and 3 strangers; open-set threshold with 2 known, 3 strangers) with "
             "the other half's photos (+ mirrors, views, phone views) as the background, then the halves swap; "

@@ -1,8 +1,9 @@
 """Frozen features of several layers in one pass, cached on disk (for the accuracy protocol).
 
 `layer_features(backbone, images, size)` returns {"final": (N, D), "layer3": (N, C3),
-"layer2": (N, C2)}: the backbone's pooled output (what helpers.extract_features gives) and
-the globally average-pooled outputs of its `layer3` and `layer2` stages (computed by the
+"layer2": (N, C2), "layer3:GxG": (N, C3 * G * G), ...}: the backbone's pooled output (what
+helpers.extract_features gives), the globally average-pooled outputs of its `layer3` and `layer2`
+stages and `layer3`'s means over G x G grids (computed by the
 library, helpers.representations.compute_pooled). The cache key covers the backbone, the input size and every image's pixels.
 """
 from __future__ import annotations
@@ -16,10 +17,10 @@ from PIL import Image
 from helpers.backbones import Backbone
 from helpers.io import atomic_save
 from helpers.images import image_digest
-from helpers.representations import compute_pooled
+from helpers.representations import TAPPED, compute_pooled
 from helpers.runtime import cache_dir
 
-LAYERS = ("layer2", "layer3")
+LAYERS = TAPPED  # ("layer2", "layer3", grid taps of layer3)
 
 
 def _key(backbone: Backbone, images: Sequence[Image.Image], size: int) -> str:

@@ -195,6 +195,10 @@ def results_markdown(results: dict) -> str:
                 if r.get("recipe") == "head-to-head":
                     shown = (f"helpers {r['helpers_images_per_s']} vs {r['fastest']} {r['fastest_images_per_s']}, "
                              f"{r['rounds']} alternating passes each: {100 * r['ratio']:.0f} %")
+                elif r.get("recipe") == "end-to-end":
+                    shown = "; ".join(f"{k.split(' (')[0]} {e['images_per_s']} = {100 * e['of_model_alone']:.0f} % of "
+                                      "the model alone" for k, e in r.items() if isinstance(e, dict))
+                    shown += f" ({r['rounds']} alternating rounds, ratio = median of per-round ratios)"
                 else:
                     shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
                                                            else "failed: " + r.get("error", ""))
