@@ -50,8 +50,9 @@ from helpers.data import load_orl
 from helpers.evaluation import best_match, class_centroids, nearest_neighbour_accuracy, open_set, \
     threshold_from_strangers, verification
 from helpers.background import BACKGROUND_PEOPLE
+from helpers.pooled import GRID_LAYERS
 from helpers.recognizer_pipeline import DEFAULT_METHOD, USE_BACKGROUND, WHITEN
-from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, GRID_LAYERS, DEFAULT_PHONE_STRENGTH, \
+from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
     DEFAULT_PHONE_VIEWS, DEFAULT_VIEWS
 
 from .common import Figure, Section, now
@@ -334,9 +335,11 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
     print(f"  [accuracy] development winner: {winner} (-> --method {family(winner) or '?'}); best whitening "
           f"{best_whiten}; library default {library}", flush=True)
 
-    tuned = Frozen("tuned", f"old default: multi-layer + mirror TTA + within-class whitening (stage 1: "
-                            f"{'+'.join(['final', *w.layers])}, λ={w.lam:g}, {w.n_views} views, no background)",
-                   w.layers, True, True, w.lam, w.n_views)
+    tuned = Frozen("tuned", f"stage 1's best whitening, no background ({'+'.join(['final', *w.layers])} + mirror "
+                            f"TTA, λ={w.lam:g}, {w.n_views} views)", w.layers, True, True, w.lam, w.n_views)
+    previous = Frozen("previous", "previous default (before grid taps): final+layer3+layer2 + mirror TTA + whitening "
+                                  "with background (λ=0.0001, 8 views, 4 phone views ≤ 2 px / JPEG ≥ 30)",
+                      ("layer3", "layer2"), True, True, 0.0001, 8, background=True, n_phone=4, strength=2.0)
     phone = f", {bw.n_phone} phone views ≤ {bw.strength:g} px / JPEG ≥ {90 - 30 * bw.strength:g}" if bw.n_phone else ""
     product = Frozen("product", f"{'+'.join(['final', *bw.layers])} + mirror TTA + whitening with background "
                                 f"s1–s10 (dev-chosen: λ={bw.lam:g}, {bw.n_views} views{phone}) = --method {WHITEN}",
@@ -347,7 +350,7 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
                       ap.layers, ap.n_views, True, ap.epochs)
     arcface = ArcFace("arcface", "ArcFace head on frozen features (course default) = --method head", epochs=epochs)
     frozen = Frozen("frozen", "frozen features 1-NN = --method raw")
-    table_methods: list[Method] = [RawPixels(), frozen, Probe(), arcface, tuned, product, arcplus]
+    table_methods: list[Method] = [RawPixels(), frozen, Probe(), arcface, tuned, previous, product, arcplus]
     notes = ["Fine-tuning rows (gradual unfreezing, full fine-tuning) are not in this protocol: on a shared 2-core "
              "CPU they cost minutes per fit, and they are not candidates for the product's default (enrolling a "
              "person would need a training run)."]
@@ -360,7 +363,8 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
                   "product": dev[bw.key]["threshold"]}
     for m in table_methods:
         if m.key not in thresholds and not m.classifier:
-            thresholds[m.key] = dev_measure(m, data, bank)["threshold"] if m.key != "dlib" else None
+            measure = crossfit_measure if getattr(m, "background", False) else dev_measure
+            thresholds[m.key] = measure(m, data, bank)["threshold"] if m.key != "dlib" else None
 
     table, timing, measured, kept = {}, {}, {}, []
     for m in table_methods:
@@ -457,8 +461,8 @@ def target_figures(table: dict, key: str) -> list[Figure]:
             continue
         v = table[key][col]
         base = table.get("frozen", {}).get(col, {}).get("mean")
-        old = table.get("tuned", {}).get(col, {})
-        versus = f"; old default {old['mean']:.1f} ± {old['ci95']:.1f}" if old else ""
+        old = table.get("previous", {}).get(col, {})
+        versus = f"; previous default {old['mean']:.1f} ± {old['ci95']:.1f}" if old else ""
         out.append(Figure(f"accuracy.{col}", f"{label}: product default (test people)", v["mean"], "%",
                           "frozen features 1-NN", base, None,
                           "" if base is None else f"{v['mean'] - base:+.1f} points vs frozen{versus}",

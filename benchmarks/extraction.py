@@ -5,7 +5,7 @@ waits for), for the course's default backbone at its input size. Recipes, each w
 independently of the helpers (own export, own session, library defaults):
   * helpers: `helpers.features.compute_features` with its defaults (what `extract_features` runs:
     notebooks 01-05 and the recogniser's raw/head methods);
-  * the recogniser's extractor: `helpers.representations.compute_pooled` (the default method's
+  * the recogniser's extractor: `helpers.pooled.compute_pooled` (the default method's
     multi-layer features: ONNX Runtime, batched preprocessing prepared while the model runs);
   * eager PyTorch: eval, inference_mode, channels_last, batch 16 (its fastest batch here);
   * torch.compile (default mode) of the same network, batch 16 (if it compiles on this machine;
@@ -41,7 +41,7 @@ from helpers.backbones import BackboneUnavailable, load_backbone
 from helpers.features import compute_features, default_batch_size
 from helpers.preprocess import to_batch
 from helpers.onnx_backbone import resolve_engine
-from helpers.representations import compute_pooled
+from helpers.pooled import compute_pooled
 
 from .common import Figure, Section, time_repeats
 

@@ -4,7 +4,7 @@
 "layer2": (N, C2), "layer3:GxG": (N, C3 * G * G), ...}: the backbone's pooled output (what
 helpers.extract_features gives), the globally average-pooled outputs of its `layer3` and `layer2`
 stages and `layer3`'s means over G x G grids (computed by the
-library, helpers.representations.compute_pooled). The cache key covers the backbone, the input size and every image's pixels.
+library, helpers.pooled.compute_pooled). The cache key covers the backbone, the input size and every image's pixels.
 """
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ from PIL import Image
 from helpers.backbones import Backbone
 from helpers.io import atomic_save
 from helpers.images import image_digest
-from helpers.representations import TAPPED, compute_pooled
+from helpers.preprocess import VERSION as PREPROCESS_VERSION
+from helpers.pooled import TAPPED, compute_pooled
 from helpers.runtime import cache_dir
 
 LAYERS = TAPPED  # ("layer2", "layer3", grid taps of layer3)
 
 
 def _key(backbone: Backbone, images: Sequence[Image.Image], size: int) -> str:
-    h = hashlib.sha256(f"{backbone.cache_key()}|{size}|{LAYERS}|v1".encode())
+    # the preprocessing's version too: features cached before it resized in float are never reused
+    h = hashlib.sha256(f"{backbone.cache_key()}|{size}|{LAYERS}|{PREPROCESS_VERSION}|v2".encode())
     for im in images:
         h.update(image_digest(im).encode())
     return h.hexdigest()[:24]
@@ -32,7 +34,7 @@ def _key(backbone: Backbone, images: Sequence[Image.Image], size: int) -> str:
 
 def compute_layer_features(backbone: Backbone, images: Sequence[Image.Image], size: int,
                            batch_size: int | None = None) -> dict[str, torch.Tensor]:
-    """The library's pooled stage outputs (helpers.representations.compute_pooled: ONNX Runtime
+    """The library's pooled stage outputs (helpers.pooled.compute_pooled: ONNX Runtime
     on a CPU when installed, else eager PyTorch), i.e. exactly what the recogniser computes."""
     return compute_pooled(backbone, images, size, batch_size, LAYERS)
 

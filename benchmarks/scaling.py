@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from helpers import load_backbone, train_head_on_features
@@ -92,7 +91,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
                last["extraction_s"], "s", f"{first['n']:,} images", first["extraction_s"],
                last["extraction_s"] / first["extraction_s"], f"× for {grow:,.0f}× the data"),
         Figure("scaling.extraction_memory", f"Extra memory while extracting {last['n']:,} images",
-               last["extraction_peak_rss_mb"], "MiB", f"features alone / all input tensors at once",
+               last["extraction_peak_rss_mb"], "MiB", "features alone / all input tensors at once",
                last["features_mb"], None, f"inputs at once would be {last['all_input_tensors_mb']:,.0f} MiB"),
     ]
     return sec

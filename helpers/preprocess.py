@@ -20,6 +20,10 @@ from typing import Iterator, Sequence
 import numpy as np
 from PIL import Image
 
+# Feature caches key on this (helpers.representations, benchmarks/featcache.py): change it when the
+# numbers this module produces change by more than float rounding.
+VERSION = "float-bilinear-2"
+
 
 def _geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
     """(new width, new height, top, left): shorter side to `size`, torchvision's centre-crop rounding."""

@@ -3,7 +3,8 @@ gallery; and the course's evaluation protocol on a fixed split (what `python -m 
 
 Methods (`METHODS`; the default is the one that won on the benchmark's development people,
 see benchmarks/RESULTS.md):
-  * multilayer-tta-whiten: frozen features of several layers, mirror test-time augmentation and
+  * multilayer-tta-whiten: frozen features of several layers (the final output and `layer3` averaged
+    over a 4 x 4 grid, `DEFAULT_LAYERS`), mirror test-time augmentation and
     within-class whitening fitted on the enrolment photos and augmented (and "phone") views of them,
     plus a background of other people's photos (ORL s1–s10 minus anyone enrolled or evaluated,
     `helpers.background`) when `USE_BACKGROUND` (`helpers.representations`); no gradient training;
@@ -25,8 +26,9 @@ from .features import extract_features
 from .images import image_digest
 from .recognizer import Recognizer, open_set_report
 from .background import BACKGROUND_PEOPLE, background_faces
+from .pooled import pooled_features
 from .representations import DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, DEFAULT_VIEWS, Representation, \
-    fit_representation, mirrored, pooled_features
+    fit_representation, mirrored
 from .runtime import threads
 from .training import train_head_on_features
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from helpers.preprocess import prefetched_batches, resized_crop, to_batch
-from helpers.representations import compute_pooled
+from helpers.pooled import compute_pooled
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

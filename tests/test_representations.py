@@ -11,6 +11,7 @@ import torch
 
 from helpers import recognizer as R
 from helpers import recognizer_pipeline as P
+from helpers import pooled as PO
 from helpers import representations as RP
 from helpers.degrade import degrade
 from tests.tiny_backbone import tiny_backbone
@@ -78,7 +79,7 @@ def whitened(four, effnet):
 def test_whitened_recogniser_embeds_photos_as_enrolment_did(whitened, four, effnet):
     rec = whitened
     assert rec.representation is not None and rec.embedding is None
-    assert rec.gallery.shape == (4, 1280 + 112 + 40)  # final + layer3 + layer2 of EfficientNet-Lite0
+    assert rec.gallery.shape == (4, 1280 + 112 * 16)  # final + layer3 over a 4 x 4 grid, EfficientNet-Lite0
     photos = [four.images[i] for i in (3, 14, 25, 36)]
     direct = rec.embed(photos)  # PIL -> preprocessing -> Representation.forward (what `recognize` runs)
     cached = P.embed_features(rec, P.method_features(effnet, photos, SIZE, P.WHITEN, n_threads=1))
@@ -93,7 +94,7 @@ def test_whitened_recogniser_saves_loads_and_exports(whitened, four, tmp_path):
 
     path = whitened.save(tmp_path / "m.pt")
     obj = torch.load(path, weights_only=True)  # plain tensors and types only
-    assert obj["version"] == R.VERSION and obj["representation"]["layers"] == ["layer3", "layer2"]
+    assert obj["version"] == R.VERSION and obj["representation"]["layers"] == list(RP.DEFAULT_LAYERS)
     assert obj["representation"]["tta"] is True and obj["representation"]["whitening"]["basis"].ndim == 2
     again = R.load_recognizer(path)
     photos = four.images[5:8]
@@ -131,27 +132,27 @@ def test_augmented_views_are_deterministic(orl):
 @pytest.mark.parametrize("h, w, g", [(7, 7, 2), (14, 14, 3), (7, 7, 4), (2, 2, 3), (5, 9, 2)])
 def test_grid_pool_is_adaptive_average_pooling(h, w, g):
     x = torch.randn(2, 5, h, w)
-    assert torch.allclose(RP.grid_pool(x, g), torch.nn.functional.adaptive_avg_pool2d(x, g).flatten(1), atol=1e-6)
+    assert torch.allclose(PO.grid_pool(x, g), torch.nn.functional.adaptive_avg_pool2d(x, g).flatten(1), atol=1e-6)
 
 
 def test_grid_taps_are_named_and_checked():
-    assert RP.tap_stage("layer3") == ("layer3", 1) and RP.tap_stage("layer3:3x3") == ("layer3", 3)
+    assert PO.tap_stage("layer3") == ("layer3", 1) and PO.tap_stage("layer3:3x3") == ("layer3", 3)
     for bad in ("layer3:2x3", "layer3:x", "layer3:0x0"):
         with pytest.raises(ValueError, match="GxG"):
-            RP.tap_stage(bad)
+            PO.tap_stage(bad)
 
 
 def test_grid_taps_agree_between_onnx_runtime_and_pytorch(orl, effnet):
     photos = orl.images[:3]
     layers = ("layer3", "layer3:3x3")
-    a = RP.compute_pooled(effnet, photos, SIZE, layers=layers)
-    b = RP.compute_pooled(effnet, photos, SIZE, layers=layers, engine="torch")
+    a = PO.compute_pooled(effnet, photos, SIZE, layers=layers)
+    b = PO.compute_pooled(effnet, photos, SIZE, layers=layers, engine="torch")
     assert a["layer3:3x3"].shape == (3, 112 * 9) and set(a) == {RP.FINAL, *layers}
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), k
     # the grid's cells average back to the global average (equal cells: 64 px -> layer3 is 4 x 4 -> not equal
     # for 3 x 3, so compare a 2 x 2 grid)
-    two = RP.compute_pooled(effnet, photos, SIZE, layers=("layer3", "layer3:2x2"), engine="torch")
+    two = PO.compute_pooled(effnet, photos, SIZE, layers=("layer3", "layer3:2x2"), engine="torch")
     assert torch.allclose(two["layer3:2x2"].view(3, 112, 4).mean(2), two["layer3"], atol=1e-5)
-    empty = RP.compute_pooled(effnet, [], SIZE, layers=layers)
+    empty = PO.compute_pooled(effnet, [], SIZE, layers=layers)
     assert empty["layer3:3x3"].shape == (0, 112 * 9)
