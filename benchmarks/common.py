@@ -63,8 +63,12 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
+OUTPUTS = ("benchmarks/results.json", "benchmarks/RESULTS.md", "README.md")  # what a run itself rewrites
+
+
 def git_commit() -> str:
-    """The checkout's commit (short), '+dirty' when tracked files differ from it; '?' outside git."""
+    """The checkout's commit (short), '+dirty' when tracked files other than the benchmarks' own outputs
+    (OUTPUTS: rewritten after each section) differ from it; '?' outside git."""
     import subprocess
     from pathlib import Path
 
@@ -72,7 +76,8 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *[f":(exclude){p}" for p in OUTPUTS]], cwd=root,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "?"
@@ -179,14 +184,14 @@ class Section:
 def run_section(name: str, fn: Callable[..., Section], **kwargs) -> dict:
     """Run one benchmark and wrap its Section with the machine, date, load and duration."""
     before = loadavg()
-    started = now()
+    started, commit = now(), git_commit()  # the code as it was when the measurement began
     t0 = time.perf_counter()
     sec = fn(**kwargs)
     seconds = time.perf_counter() - t0
     return {
         "title": sec.title,
         "started": started,
-        "commit": git_commit(),
+        "commit": commit,
         "seconds": round(seconds, 1),
         "machine": machine(),
         "loadavg_before": before,
