@@ -68,12 +68,14 @@ def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequenc
                    size: int | None = None, method: str = "head", epochs: int = 30, seed: int = 0,
                    lr: float = 1e-2, train_images: Sequence | None = None, n_views: int = DEFAULT_VIEWS,
                    lam: float | None = None, n_threads: int | None = None, background=None, exclude_images=(),
-                   n_phone: int | None = None, phone_strength: float = DEFAULT_PHONE_STRENGTH) -> Recognizer:
+                   n_phone: int | None = None, phone_strength: float = DEFAULT_PHONE_STRENGTH,
+                   layers: Sequence[str] = DEFAULT_LAYERS) -> Recognizer:
     """A recogniser from cached features (`method_features`): 'head' trains embedding + ArcFace head
     (frozen backbone), 'raw' uses the features as they are, the whitened method fits its whitening
     on `train_images`, `n_views` augmented views and `n_phone` phone views of each; the gallery is
     enrolled from the same photos. `lam`, `n_phone` None: the development choices for the case
-    (`helpers.representations.fit_representation`).
+    (`helpers.representations.fit_representation`); `layers`: the taps beside the final output
+    (the same as given to `method_features`).
 
     `background` (whitened method only): None (none), 'orl' (the product's, ORL s1–s10) or a FaceSet
     of other people. Any background person with a photo among `train_images` or `exclude_images` is
@@ -94,7 +96,7 @@ def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequenc
                 raise ValueError(f"background must be None, 'orl' or a FaceSet, got {background!r}")
             background = background_faces()
         with threads(n_threads):
-            rep = fit_representation(backbone, list(train_images), labels, size, n_views=n_views, lam=lam,
+            rep = fit_representation(backbone, list(train_images), labels, size, layers, n_views=n_views, lam=lam,
                                      background=background, exclude=list(exclude_images), n_phone=n_phone,
                                      phone_strength=phone_strength)
         rec = Recognizer(backbone, None, size, names, torch.zeros(len(names), np.shape(train_feats)[1]),
@@ -189,14 +191,15 @@ def _method_name(method: str) -> str:
 
 def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | None = None, seed: int = 0,
                       size: int | None = None, method: str = DEFAULT_METHOD, epochs: int = 30,
-                      n_threads: int | None = None, degrade=None) -> dict:
+                      n_threads: int | None = None, degrade=None, layers: Sequence[str] = DEFAULT_LAYERS) -> dict:
     """The course's evaluation on a fixed split; returns plain numbers (what `evaluate --json` prints).
 
     Known people: train (optionally `shots` photos each) / validation / test. Strangers: the other
     people, split in two halves by person: the threshold is chosen on validation photos + the
     first half, open-set rates are measured on test photos + the second half; EER over all
     stranger pairs. With no strangers, the threshold treats each validation photo scored against
-    the other people as a stranger, and EER is over the known people's test photos.
+    the other people as a stranger, and EER is over the known people's test photos. `layers`: the
+    whitened method's taps beside the final output (default: the development choice).
     """
     size = size or backbone.input_size
     if n_known > faces.num_people:
@@ -211,13 +214,14 @@ def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | 
     if degrade is not None:  # query photos (validation, test) degraded; enrolment photos stay as they are
         for i in np.r_[split.val, split.test]:
             k_images[i] = degrade(k_images[i], int(i))
-    kf = method_features(backbone, k_images, size, method, n_threads)
+    kf = method_features(backbone, k_images, size, method, n_threads, layers)
     # the background: ORL s1-s10 minus anyone here (known or stranger, as given or degraded)
     bg = None
     if method == WHITEN:
         bg = background_for(known.images, k_images, [] if strangers is None else strangers.images)
     rec = fit_recognizer(backbone, kf[split.train], y[split.train], known.names, size, method, epochs, seed,
-                         train_images=[k_images[i] for i in split.train], n_threads=n_threads, background=bg)
+                         train_images=[k_images[i] for i in split.train], n_threads=n_threads, background=bg,
+                         layers=layers)
     gallery = rec.gallery_np
     val_e, test_e = embed_features(rec, kf[split.val]), embed_features(rec, kf[split.test])
     idx, _ = best_match(gallery, test_e)
@@ -227,7 +231,7 @@ def evaluate_protocol(faces, backbone: Backbone, n_known: int = 9, shots: int | 
         s_images = list(strangers.images)
         if degrade is not None:
             s_images = [degrade(im, 100_000 + i) for i, im in enumerate(s_images)]
-        sf = method_features(backbone, s_images, size, method, n_threads)
+        sf = method_features(backbone, s_images, size, method, n_threads, layers)
         s_emb = embed_features(rec, sf)
         s_lab = np.asarray(strangers.labels)
         if strangers.num_people >= 2:  # threshold strangers and test strangers are different people

@@ -156,3 +156,15 @@ def test_grid_taps_agree_between_onnx_runtime_and_pytorch(orl, effnet):
     assert torch.allclose(two["layer3:2x2"].view(3, 112, 4).mean(2), two["layer3"], atol=1e-5)
     empty = PO.compute_pooled(effnet, [], SIZE, layers=layers)
     assert empty["layer3:3x3"].shape == (0, 112 * 9)
+
+
+def test_the_whitened_recogniser_takes_other_layers(four, effnet):
+    """`layers` reaches the representation: whole-face averages of layer3 and layer2 instead of the grid."""
+    idx = np.flatnonzero(np.isin(np.arange(len(four)) % 10, [0, 1]))
+    photos = [four.images[i] for i in idx]
+    layers = ("layer3", "layer2")
+    feats = P.method_features(effnet, photos, SIZE, P.WHITEN, n_threads=1, layers=layers)
+    rec = P.fit_recognizer(effnet, feats, four.labels[idx], four.names, SIZE, P.WHITEN, train_images=photos,
+                           n_views=1, n_threads=1, layers=layers)
+    assert rec.representation.layers == layers and rec.gallery.shape == (4, 1280 + 112 + 40)
+    assert np.abs(rec.embed(photos[:2]) - P.embed_features(rec, feats[:2])).max() < 1e-4
