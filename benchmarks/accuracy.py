@@ -57,7 +57,7 @@ from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_L
 
 from .common import Figure, Section, now
 from .methods import LAYER_SETS, ArcFace, Bank, Ctx, Dlib, Frozen, Method, Probe, RawPixels, dlib_available
-from .protocol import DEGRADE, VIEWS, ProtocolData, identification_split
+from .protocol import ProtocolData, identification_split, protocol_text
 
 DEV_PEOPLE = np.arange(10)        # ORL s1-s10
 TEST_PEOPLE = np.arange(10, 40)   # ORL s11-s40
@@ -399,42 +399,7 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
         "dev_best_arcface_plus": best_arcplus, "chosen_settings": chosen_settings, "library_default": library,
         "seconds": {"features": round(feat_s, 1), "development": round(dev_s, 1), **timing},
         "measured": measured,
-        "protocol": [
-            "Development people: ORL s1-s10; test people: ORL s11-s40. Fixed by that rule before any run; every "
-            "choice below is made on development people only.",
-            f"Stage 1: development score = mean of k=1, k=3, k=3 degraded accuracy and (100 - EER) over development "
-            f"seeds {list(DEV_SEEDS)} (10 people: identification among them; EER with 5 fitted and 5 strangers). "
-            "Candidates are listed cheapest first; the first of equal scores wins.",
-            "Stage 2 ([stage 2] rows: a background for the whitening, λ re-tuned, optional phone views, optional "
-            f"grid taps {list(GRID_TAPS)}: layer3 averaged over each cell of a G x G grid): per "
-            "development seed the development people are halved; each half is evaluated (identification among "
-            "its 5 people; EER with 2 fitted and 3 strangers; open-set threshold with 2 known, 3 strangers) with "
-            "the other half's photos (+ mirrors, views, phone views) as the background, then the halves swap; "
-            "score = mean of k=1, k=3, k=3 degraded, 100 - EER and 100 - EER degraded over the 2 × seeds runs "
-            "(stage 1's best whitening competes without a background on the same runs). Cheapest first, the "
-            "first of equal scores wins. Stage-2 scores are not comparable with stage-1 scores (other tasks).",
-            f"Background in test runs: every photo of the development people ORL s1-s10 (the library's "
-            f"helpers.background.BACKGROUND_PEOPLE = {list(BACKGROUND_PEOPLE)}) with their mirrors and views; every "
-            "task (identification, strangers, open set, the product case) draws its people from the test people "
-            "s11-s40 only, so the background never holds an evaluated person (asserted per task).",
-            "Phone views (enrolment side only): helpers.representations.phone_view, Gaussian blur U(0, s) px then "
-            "JPEG quality U(90 - 30 s, 90), seeded per (view, photo); the degraded queries use helpers.degrade "
-            "with other seeds. Blur and JPEG are two of the five degradations of the query photos, so the "
-            "degraded rows measure the same kinds of damage the enrolment copies imitate (a real phone "
-            "photo differs in more ways).",
-            "Identification: k enrolment photos and 5 test photos per person (the same test photos for every k); "
-            "1-NN by cosine to the enrolled photos in each method's representation (the probe: its prediction).",
-            f"Strangers: the test people halved per seed; EER (interpolated on the full ROC) and TAR at FAR "
-            f"{100 * FAR:g} % over every pair of the strangers' photos (helpers.evaluation.verification).",
-            "Open set: the fitted half enrolled with 3 photos (centroids), their 5 test photos vs every photo of "
-            "the strangers, at the threshold fixed on development people (mean over development seeds).",
-            "Product case: 9 known people × 3 enrolment photos and 11 strangers drawn from the test people per "
-            "seed; identification of degraded test photos by the nearest centroid; EER over pairs of the "
-            "strangers' degraded photos.",
-            f"Degraded photos (queries only): {DEGRADE}, deterministic per seed and photo (helpers.degrade).",
-            f"Augmented enrolment views: {VIEWS} (helpers.representations.augmented_view).",
-            "Mean ± half-width of the 95 % t-interval over the seeds.",
-        ],
+        "protocol": protocol_text(list(DEV_SEEDS), list(GRID_TAPS), list(BACKGROUND_PEOPLE), FAR),
     }
     sec.figures = target_figures(table, "product")
     match = chosen_settings == library

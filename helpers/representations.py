@@ -38,7 +38,8 @@ from .pooled import FINAL, pooled, pooled_features
 
 DEFAULT_LAYERS = ("layer3:4x4",)        # after "final": layer3 averaged over each cell of a 4 x 4 grid
 # chosen on development people (benchmarks/accuracy.py, RESULTS.md): stage 1 without a background,
-# stage 2 (cross-fitted) with one, which also chose the layers
+# stage 2 (cross-fitted) with one, which also chose the layers. Without a background (fewer than 2
+# background people left) the same layers are used: stage 2 never measured the grid without one.
 DEFAULT_LAMBDA = 0.001                   # whitening strength without a background
 BACKGROUND_LAMBDA = 0.001                # ... with a background
 DEFAULT_VIEWS = 8                        # augmented views of each enrolment photo, for the whitening
