@@ -93,9 +93,9 @@ def _resize_planes(planes: np.ndarray, w: int, h: int, size: int, scale=(1.0, 1.
     """(n, 3, h, w) -> (n, 3, size, size): channel c is `scale[c] * (rows @ (plane + shift[c]) @ cols.T)`.
 
     Two matrix products per channel (BLAS), the cheaper order first (photos more than DENSE_UP_TO x
-    `size`: sums over the few input pixels each output pixel mixes, `_resize_by_taps`). Every row of `rows` and `cols`
-    sums to 1, so adding `shift` to the small input equals adding it to the output: the normalisation
-    costs nothing extra. BLAS kernels differ between CPUs in the last bits (about 1e-7 relative)."""
+    `size`: sums over the few input pixels each output pixel mixes, `_resize_by_taps`). Every row of
+    `rows` and `cols` sums to 1, so adding `shift` to the small input equals adding it to the output:
+    the normalisation costs nothing extra. BLAS kernels differ between CPUs in the last bits (about 1e-7 relative)."""
     out = np.empty((len(planes), 3, size, size), np.float32) if out is None else out
     if max(w, h) > DENSE_UP_TO * size:
         z = _resize_by_taps(planes, w, h, size)
@@ -151,7 +151,8 @@ def _blas_controller():
 def _one_blas_thread():
     """BLAS on the calling thread only, for the duration of a `with`. These products are small, and a
     BLAS pool's threads keep spinning after each one, taking the cores from the model that runs
-    meanwhile (measured: end to end 116-134 instead of 150-176 images/s with 2 BLAS threads)."""
+    meanwhile (measured once by hand on a 2-core machine: end to end 116-134 images/s with 2 BLAS
+    threads, 150-176 with one)."""
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
@@ -159,8 +160,8 @@ def prefetched_batches(images: Sequence[Image.Image], size: int, mean, std, batc
                        workers: int = 2, ahead: bool = True) -> Iterator[np.ndarray]:
     """Batches of `to_batch`. With `ahead`, the next one is prepared in the background while the current
     one is used: worth it when the model runs on a GPU. When it runs on the CPU with every core, leave
-    `ahead` off: a preparing thread only takes cores from the model (measured on 2 cores, 12
-    alternating rounds: 135 images/s prefetched vs 156 one after the other; extraction benchmark)."""
+    `ahead` off: a preparing thread only takes cores from the model (measured once by hand on a 2-core
+    machine, 12 alternating rounds: 135 images/s prefetched vs 156 one after the other)."""
     starts = list(range(0, len(images), batch_size))
     if not starts:
         return

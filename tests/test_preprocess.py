@@ -34,6 +34,8 @@ def test_prefetched_batches_cover_every_photo_in_order(orl, effnet):
     batches = list(prefetched_batches(photos, 32, effnet.mean, effnet.std, batch_size=4))
     assert [len(b) for b in batches] == [4, 4, 3]
     assert np.array_equal(np.concatenate(batches), to_batch(photos, 32, effnet.mean, effnet.std))
+    serial = list(prefetched_batches(photos, 32, effnet.mean, effnet.std, batch_size=4, ahead=False))
+    assert [len(b) for b in serial] == [4, 4, 3] and np.array_equal(np.concatenate(serial), np.concatenate(batches))
     assert list(prefetched_batches([], 32, effnet.mean, effnet.std, 4)) == []
 
 
