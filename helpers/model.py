@@ -44,6 +44,8 @@ class FaceModel(nn.Module):
         return self.backbone(x) if self.backbone is not None else x
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes): with `labels` (B,) the head's margin logits (the training objective,
+        in any mode); without, s * cos(theta) for predictions."""
         return self.head(self.embedding(self.features(x)), labels)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
