@@ -112,12 +112,13 @@ class Backbone(nn.Module):
 
     @torch.inference_mode()
     def predict_imagenet(self, x: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k ImageNet (class, probability) for each image in the batch `x`."""
+        """Top-k ImageNet (class, probability) for each image in the batch `x` (B,3,H,W), on any device."""
         if self.classifier is None:
             raise ValueError(f"{self.name} ({self.weights}) has no ImageNet classifier")
         was = self.training
         self.eval()
-        probs = self.classifier(self(x)).softmax(-1)
+        weight = self.classifier.weight
+        probs = self.classifier(self(x.to(weight.device, weight.dtype))).softmax(-1)
         self.train(was)
         cats = imagenet_categories()
         top = probs.topk(k, dim=-1)

@@ -225,13 +225,7 @@ def frozen_bn_pitfall(data: UnfreezeData, epochs: int = 10, lr: float = 1e-2, se
 
 def imagenet_top1(backbone: Backbone, image, size: int = 224) -> tuple[str, float]:
     """The backbone's ImageNet top-1 (class, probability) for one PIL image (its classifier, unchanged)."""
-    x = backbone.transform(size=size)(image).unsqueeze(0)
-    device = next(backbone.parameters()).device
-    backbone.cpu()  # its ImageNet classifier is not a registered module: it stays on the CPU
-    try:
-        return backbone.predict_imagenet(x, k=1)[0][0]
-    finally:
-        backbone.to(device)
+    return backbone.predict_imagenet(backbone.transform(size=size)(image).unsqueeze(0), k=1)[0][0]
 
 
 def feature_drift(result: RunResult, data: UnfreezeData) -> float:
