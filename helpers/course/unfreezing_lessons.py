@@ -48,10 +48,11 @@ def gradual_chain(data: UnfreezeData, epochs: tuple[int, int, int] = (30, 3, 3),
                      strangers_each_epoch=True)
 
 
-def compare_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
+def compare_schedules_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
                        size: int, epochs: dict[str, int], n_threads: int | None = None,
                        first: Sequence[RunResult] | None = None) -> SeedComparison:
-    """`compare_methods` on each seed's people and split; val / test accuracy and strangers' EER per seed.
+    """Fine-tuning schedules over seeds (notebook 05): `compare_methods` on each seed's people and
+    split; val / test accuracy and strangers' EER per seed.
 
     `first`: the results already computed for `seeds[0]` (not run again). Memory is not measured.
     """
