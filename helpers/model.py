@@ -75,6 +75,7 @@ def set_trainable_stages(backbone: Backbone, stages: Iterable[str]) -> None:
     stages = list(stages)
     for stage in stages:
         backbone.stage_modules(stage)  # a clear KeyError for an unknown stage, before any change
+    was_training = backbone.training
     freeze(backbone)
     for stage in stages:
         for path in backbone.stage_paths[stage]:
@@ -84,7 +85,7 @@ def set_trainable_stages(backbone: Backbone, stages: Iterable[str]) -> None:
                 unfreeze(backbone.body.get_submodule(".".join(parts[:depth])), recurse=False)
     if stages:
         unfreeze(backbone, recurse=False)
-    backbone.train(backbone.training)  # re-apply the freezing rule
+    backbone.train(was_training)  # the mode it had, with the freezing rule applied
 
 
 def trainable_stages(backbone: Backbone) -> list[str]:

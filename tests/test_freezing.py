@@ -129,3 +129,11 @@ def test_trainer_set_modes_uses_the_rule_and_checks_the_stages():
     assert not bb.body.bn_plain.training and not bb.body.drop.training
     with pytest.raises(RuntimeError, match="should train"):
         _set_modes(model, [])
+
+
+def test_set_trainable_stages_keeps_the_backbone_mode():
+    bb = _backbone_with_parameter_free_parts().train()
+    set_trainable_stages(bb, ["layer1"])
+    assert bb.training and bb.body.layer1[1].training and not bb.body.bn_plain.training
+    set_trainable_stages(bb.eval(), ["layer1"])
+    assert not any(m.training for m in bb.modules())
