@@ -1,6 +1,6 @@
 """Classification heads over L2-normalised embeddings: ArcFace, CosFace and normalised softmax.
 
-All heads hold one weight vector per person and compute cos(theta) = <e/|e|, w/|w|>, in float32.
+All heads hold one weight vector per person and compute cos(theta) = <e/|e|, w/|w|>, in float32 or wider.
 Two calls, as in pytorch-metric-learning (`get_logits` apart from the loss) and insightface's
 arcface_torch (the margin wherever labels are given, whatever the mode):
 
