@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-from .backbones import Backbone, keep_frozen_in_eval
+from .backbones import Backbone
+from .freezing import apply_freezing_rule
 from .model import FaceModel
 from .runtime import pick_device, run_batched
 
@@ -89,8 +90,8 @@ class BackboneTail(nn.Module):
 
     def train(self, mode: bool = True) -> "nn.Module":
         super().train(mode)
-        if mode and self.backbone.keep_frozen_bn_eval:  # same rule as Backbone.train
-            keep_frozen_in_eval(self)
+        if mode and self.backbone.keep_frozen_bn_eval:  # the rule of Backbone.train
+            apply_freezing_rule(self)
         return self
 
 
@@ -151,7 +152,7 @@ class FineTuneModel(FaceModel):
     def train(self, mode: bool = True) -> "nn.Module":
         super().train(mode)
         if mode and self.backbone is not None and not self.bn_train:
-            keep_frozen_in_eval(self.backbone, all_batchnorm=True)
+            apply_freezing_rule(self.backbone, batchnorm_eval=True)
         return self
 
 

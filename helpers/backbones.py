@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from .freezing import apply_freezing_rule
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_FILE = "resnet18-f37072fd.pth"
@@ -69,36 +71,13 @@ def internet_reachable(host: str = "download.pytorch.org", timeout_s: float = 3.
     return bool(result and result[0])
 
 
-def keep_frozen_in_eval(module: nn.Module, all_batchnorm: bool = False) -> nn.Module:
-    """Put every frozen part of `module` in eval mode; call it after `module.train()`.
-
-    A part is frozen when it holds parameters and none of them requires a gradient: then its
-    BatchNorm layers normalise with their stored statistics (and do not update them) and its
-    dropout / drop-connect is off. `all_batchnorm=True` also keeps every BatchNorm layer of
-    trainable parts in eval mode (they still learn their scale and shift). The one freezing rule
-    of the course: used by `Backbone`, `BackboneTail` and `FineTuneModel`.
-    """
-    def visit(m: nn.Module) -> None:
-        params = list(m.parameters())
-        if params and not any(p.requires_grad for p in params):
-            m.eval()
-            return
-        if all_batchnorm and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-        for child in m.children():
-            visit(child)
-
-    visit(module)
-    return module
-
-
 class Backbone(nn.Module):
     """A pretrained network without its classifier: images (B,3,H,W) -> features (B, feature_dim).
 
-    Frozen parts stay in eval mode when `.train()` is called (`keep_frozen_in_eval`): their
-    BatchNorm running statistics never move and their dropout / drop-connect stays off, so a
-    frozen stage computes exactly what it computed before training. Set `keep_frozen_bn_eval =
-    False` to see what goes wrong otherwise.
+    Frozen parts (`helpers.freezing.freeze`) stay in eval mode when `.train()` is called
+    (`apply_freezing_rule`): their BatchNorm running statistics never move and their dropout /
+    drop-connect stays off, so a frozen stage computes exactly what it computed before training.
+    Set `keep_frozen_bn_eval = False` to see what goes wrong otherwise (notebook 05, pitfall 1).
     """
 
     def __init__(self, body: nn.Module, stages: "OrderedDict[str, list[str]]", feature_dim: int,
@@ -110,12 +89,21 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         self.name, self.weights, self.origin = name, weights, origin
         self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-        self._classifier = [classifier]  # a list: not registered, so not counted as a parameter
+        # a list: not a submodule, so neither counted as a parameter of the face model nor in its
+        # state_dict (nor in the weights' digest); `_apply` moves it with the backbone
+        self._classifier = [classifier]
         self.keep_frozen_bn_eval = True
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.cuda()`, `.double()` ... move the ImageNet classifier with the backbone."""
+        super()._apply(fn, *args, **kwargs)
+        if self._classifier[0] is not None:
+            self._classifier[0]._apply(fn, *args, **kwargs)
+        return self
 
     @property
     def classifier(self) -> nn.Module | None:
@@ -124,12 +112,13 @@ class Backbone(nn.Module):
 
     @torch.inference_mode()
     def predict_imagenet(self, x: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k ImageNet (class, probability) for each image in the batch `x`."""
+        """Top-k ImageNet (class, probability) for each image in the batch `x` (B,3,H,W), on any device."""
         if self.classifier is None:
             raise ValueError(f"{self.name} ({self.weights}) has no ImageNet classifier")
         was = self.training
         self.eval()
-        probs = self.classifier(self(x)).softmax(-1)
+        weight = self.classifier.weight
+        probs = self.classifier(self(x.to(weight.device, weight.dtype))).softmax(-1)
         self.train(was)
         cats = imagenet_categories()
         top = probs.topk(k, dim=-1)
@@ -153,7 +142,7 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.keep_frozen_bn_eval:
-            keep_frozen_in_eval(self)
+            apply_freezing_rule(self)
         return self
 
     # ------------------------------------------------------------------ preprocessing

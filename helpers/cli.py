@@ -163,23 +163,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def run_cli(args: Sequence[str], cwd: str | Path | None = None, timeout_s: float = 600) -> tuple[int, str]:
-    """Run `python -m helpers ARGS` in a fresh process (as from a shell); (exit status, transcript).
-
-    The transcript starts with the command line, then stderr (messages such as which backbone
-    ran, or the error), then stdout (the results).
-    """
-    import os
-    import subprocess
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                    os.environ.get("PYTHONPATH", "")]))}
-    r = subprocess.run([sys.executable, "-m", "helpers", *map(str, args)], cwd=cwd, capture_output=True,
-                       text=True, timeout=timeout_s, env=env)
-    text = f"$ python -m helpers {' '.join(map(str, args))}\n{r.stderr}{r.stdout}"
-    return r.returncode, text.rstrip("\n") + f"\n[exit status {r.returncode}]"
-
-
 # ---------------------------------------------------------------------- parser
 
 

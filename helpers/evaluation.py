@@ -101,37 +101,37 @@ class Verification:
                 f"TAR {100 * self.tar_at_far:.1f} % at FAR {100 * self.far:g} % over {self.num_pairs:,} pairs")
 
 
-def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
-    """(equal error rate, its threshold) where the ROC crosses FNR = FPR, linearly interpolated.
+def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """The equal error rate: where the ROC crosses FNR = FPR, linearly interpolated.
 
-    `fpr`, `tpr`, `thresholds`: the full ROC (sklearn `roc_curve(..., drop_intermediate=False)`),
-    FPR non-decreasing. Between the two ROC points that bracket the crossing, FPR and FNR are
-    interpolated linearly, so the EER does not depend on which points sklearn kept.
+    `fpr`, `tpr`: the full ROC (sklearn `roc_curve(..., drop_intermediate=False)`), FPR
+    non-decreasing. Between the two ROC points that bracket the crossing, FPR and FNR are
+    interpolated linearly, so the EER does not depend on which points sklearn kept. The threshold
+    that goes with it is `eer_threshold` (the course's one threshold rule).
     """
     fnr = 1 - tpr
     d = fnr - fpr  # starts >= 0 (threshold above every score), ends <= 0
     k = int(np.flatnonzero(d <= 0)[0]) if (d <= 0).any() else len(d) - 1
     if k == 0 or d[k] == 0:
-        return float((fpr[k] + fnr[k]) / 2), float(min(thresholds[k], 1.0))
+        return float((fpr[k] + fnr[k]) / 2)
     w = d[k - 1] / (d[k - 1] - d[k])  # fraction of the way from point k-1 to k where d = 0
-    eer = fpr[k - 1] + w * (fpr[k] - fpr[k - 1])
-    t_hi = min(thresholds[k - 1], 1.0)
-    return float(eer), float(t_hi + w * (thresholds[k] - t_hi))
+    return float(fpr[k - 1] + w * (fpr[k] - fpr[k - 1]))
 
 
 def verification(emb: Array, labels: Array, far: float = 0.01) -> Verification:
     """ROC, AUC, equal error rate and true-accept rate at a false-accept rate, over all pairs i < j.
 
     emb: (N, D) embeddings (normalised here); labels: (N,) person ids. EER and TAR come from the
-    full ROC with linear interpolation (`eer_from_roc`).
+    full ROC with linear interpolation (`eer_from_roc`); the EER threshold is `eer_threshold` of
+    same-person against different-person pair scores, the rule the recogniser uses.
     """
     scores, same = pair_scores(emb, labels)
     if same.all() or not same.any():
         raise ValueError("verification needs pairs of the same person and of different people")
-    fpr, tpr, thr = roc_curve(same, scores, drop_intermediate=False)
-    eer, eer_t = eer_from_roc(fpr, tpr, thr)
+    fpr, tpr, _ = roc_curve(same, scores, drop_intermediate=False)
     tar = float(np.interp(far, fpr, tpr))
-    return Verification(float(roc_auc_score(same, scores)), eer, eer_t, tar, far, fpr, tpr, len(scores))
+    return Verification(float(roc_auc_score(same, scores)), eer_from_roc(fpr, tpr),
+                        eer_threshold(scores[same], scores[~same]), tar, far, fpr, tpr, len(scores))
 
 
 def class_centroids(emb: Array, labels: Array, num_classes: int | None = None) -> np.ndarray:
@@ -237,12 +237,14 @@ def threshold_without_strangers(gallery: np.ndarray, emb: Array, labels: Array) 
     return eer_threshold(genuine, others.max(1))
 
 
-def one_shot_identification(emb: np.ndarray, labels, seed: int = 0) -> float:
-    """Enrol one random photo per person, identify the others by the nearest enrolled photo (cosine)."""
+def one_shot_identification(emb: Array, labels, seed: int = 0) -> float:
+    """Enrol one random photo per person, identify the others by the nearest enrolled photo (cosine:
+    embeddings (N, D) are L2-normalised here)."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     people = np.unique(labels)
     enrol = np.array([rng.choice(np.flatnonzero(labels == p)) for p in people])
     query = np.setdiff1d(np.arange(len(labels)), enrol)
-    sims = emb[query] @ emb[enrol].T
+    e = l2_normalize(emb)
+    sims = e[query] @ e[enrol].T
     return float((people[sims.argmax(1)] == labels[query]).mean())

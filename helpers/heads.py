@@ -1,15 +1,21 @@
 """Classification heads over L2-normalised embeddings: ArcFace, CosFace and normalised softmax.
 
-All heads hold one weight vector per person and compute cos(theta) = <e/|e|, w/|w|>.
-Input: embeddings (B, embedding_dim), optional integer labels (B,). Output: logits
-(B, num_classes): in training mode with labels, the true class gets the margin; otherwise
-s * cos(theta). Use them like any classifier in a loop of your own:
+All heads hold one weight vector per person and compute cos(theta) = <e/|e|, w/|w|>, in float32 or wider.
+Two calls, as in pytorch-metric-learning (`get_logits` apart from the loss) and insightface's
+arcface_torch (the margin wherever labels are given, whatever the mode):
+
+    head.logits(emb)            # (B, num_classes) s * cos(theta): for predictions and accuracy
+    head(emb, labels)           # the same with the margin on each true class: the training objective
 
     head = ArcFaceHead(512, num_classes, s=16.0, m=0.3)
     loss = F.cross_entropy(head(embedding(x), y), y)
+
+A new margin overrides one hook, `target_logit(cos)`: the true class's logit before scaling.
+Notebook 02 trains these heads, notebook 03 explains the margins.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -34,20 +40,34 @@ class CosineHead(nn.Module):
         self.s = float(s)
 
     def cosine(self, emb: torch.Tensor) -> torch.Tensor:
-        """cos(theta) (B, num_classes) between each embedding (B, D) and each class weight, in [-1, 1]."""
-        return F.linear(F.normalize(emb, dim=1), F.normalize(self.weight, dim=1)).clamp(-1.0, 1.0)
+        """cos(theta) (B, num_classes) between each embedding (B, D) and each class weight, in [-1, 1].
+
+        At least float32 (autocast is switched off here, half precision promoted): the margin's
+        trigonometry is not safe in half precision.
+        """
+        dtype = torch.promote_types(torch.promote_types(emb.dtype, self.weight.dtype), torch.float32)
+        with _full_precision(emb.device):
+            return F.linear(F.normalize(emb.to(dtype), dim=1),
+                            F.normalize(self.weight.to(dtype), dim=1)).clamp(-1.0, 1.0)
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
-        """The true class's logit before scaling (plain cosine here)."""
+        """The hook a margin overrides: the true class's logit before scaling, from its cosine (plain here)."""
         return cos
 
-    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """emb (B, D), labels (B,) or None -> logits (B, num_classes)."""
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        """s * cos(theta) (B, num_classes) for embeddings (B, D): predictions, accuracy, no margin."""
+        return self.s * self.cosine(emb)
+
+    def margin_logits(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training logits (B, num_classes): s * target_logit(cos) for each true class `labels` (B,),
+        s * cos elsewhere; in any mode (train or eval), in float32."""
         cos = self.cosine(emb)
-        if labels is None or not self.training:
-            return self.s * cos
-        onehot = F.one_hot(labels, cos.shape[1]).bool()
-        return self.s * torch.where(onehot, self.target_logit(cos), cos)
+        is_target = F.one_hot(labels.long(), cos.shape[1]).bool()
+        return self.s * torch.where(is_target, self.target_logit(cos), cos)
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """emb (B, D), labels (B,) -> `margin_logits`; without labels -> `logits` (B, num_classes)."""
+        return self.logits(emb) if labels is None else self.margin_logits(emb, labels)
 
     def extra_repr(self) -> str:
         return f"classes={self.weight.shape[0]}, dim={self.weight.shape[1]}, s={self.s}"
@@ -68,16 +88,18 @@ class ArcFaceHead(CosineHead):
         if not (math.isfinite(m) and 0 <= m < math.pi / 2):
             raise ValueError(f"ArcFace margin m is an angle in radians in [0, pi/2), got {m}")
         self.m, self.easy_margin = float(m), bool(easy_margin)
-        self.cos_m, self.sin_m = math.cos(m), math.sin(m)
-        self.th = math.cos(math.pi - m)
-        self.mm = math.sin(math.pi - m) * m
+        self.cos_margin, self.sin_margin = math.cos(m), math.sin(m)
+        # beyond theta = pi - m, cos(theta + m) would rise again: there use cos(theta) - m * sin(m)
+        self.cos_limit = math.cos(math.pi - m)
+        self.linear_penalty = math.sin(math.pi - m) * m
 
     def target_logit(self, cos: torch.Tensor) -> torch.Tensor:
+        """cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m), with a safe sin(theta)."""
         sin = torch.sqrt((1.0 - cos * cos).clamp(min=EPS))
-        phi = cos * self.cos_m - sin * self.sin_m  # cos(theta + m)
+        cos_theta_plus_m = cos * self.cos_margin - sin * self.sin_margin
         if self.easy_margin:
-            return torch.where(cos > 0, phi, cos)
-        return torch.where(cos > self.th, phi, cos - self.mm)
+            return torch.where(cos > 0, cos_theta_plus_m, cos)
+        return torch.where(cos > self.cos_limit, cos_theta_plus_m, cos - self.linear_penalty)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", m={self.m}, easy_margin={self.easy_margin}"
@@ -111,6 +133,8 @@ def make_head(kind: str, embedding_dim: int, num_classes: int, s: float = 16.0,
     raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
 
 
-def naive_arcface_logit(cos: torch.Tensor, m: float) -> torch.Tensor:
-    """cos(acos(cos) + m) the naive way: its gradient is infinite (NaN) at cos = +-1."""
-    return torch.cos(torch.acos(cos) + m)
+def _full_precision(device: torch.device):
+    """A context without autocast on `device` (CPU and CUDA), so the heads compute in float32."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()

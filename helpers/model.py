@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import Backbone
+from .freezing import freeze, unfreeze
 from .heads import CosineHead, make_head
 
 EMBEDDING_DIM = 512
@@ -43,6 +44,8 @@ class FaceModel(nn.Module):
         return self.backbone(x) if self.backbone is not None else x
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, num_classes): with `labels` (B,) the head's margin logits (the training objective,
+        in any mode); without, s * cos(theta) for predictions."""
         return self.head(self.embedding(self.features(x)), labels)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,15 +69,23 @@ def build_model(num_classes: int, backbone: Backbone | None = None, feature_dim:
 def set_trainable_stages(backbone: Backbone, stages: Iterable[str]) -> None:
     """Train only the named stages of the backbone (e.g. ['layer4']); freeze all the rest.
 
-    Frozen BatchNorm layers are put in eval mode so their running statistics stay fixed.
+    Frozen parts (`helpers.freezing.freeze`) have no gradient and stay in eval mode at every
+    `train()`: fixed BatchNorm statistics, no dropout / drop-connect.
     """
     stages = list(stages)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
     for stage in stages:
-        for p in backbone.stage_parameters(stage):
-            p.requires_grad_(True)
-    backbone.train(backbone.training)  # re-apply the frozen-BN rule
+        backbone.stage_modules(stage)  # a clear KeyError for an unknown stage, before any change
+    was_training = backbone.training
+    freeze(backbone)
+    for stage in stages:
+        for path in backbone.stage_paths[stage]:
+            unfreeze(backbone.body.get_submodule(path))
+            parts = path.split(".")
+            for depth in range(len(parts)):  # the containers holding it (body, ...) train too
+                unfreeze(backbone.body.get_submodule(".".join(parts[:depth])), recurse=False)
+    if stages:
+        unfreeze(backbone, recurse=False)
+    backbone.train(was_training)  # the mode it had, with the freezing rule applied
 
 
 def trainable_stages(backbone: Backbone) -> list[str]:

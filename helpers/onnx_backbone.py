@@ -52,11 +52,13 @@ def weights_digest(module: torch.nn.Module) -> str:
     was replaced or modified in place (each tensor's version counter, which every optimiser step
     and load_state_dict advance, is unchanged).
     """
-    state = module.state_dict()
-    signature = tuple((name, id(t), t.data_ptr(), t._version) for name, t in state.items())
+    # the module's own tensors (state_dict() would make fresh ones each call, with new ids)
+    tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
+    signature = tuple((name, id(t), t.data_ptr(), t._version) for name, t in tensors)
     known = _DIGESTS.get(module)
     if known is not None and known[0] == signature:
         return known[1]
+    state = module.state_dict()
     h = hashlib.sha256()
     for name, t in state.items():
         h.update(name.encode())

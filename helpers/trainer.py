@@ -42,6 +42,7 @@ from .data import FaceDataError
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, all_reduce_sum,
                           convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed, main_print,
                           rng_state, set_rng_state, shutdown)
+from .freezing import apply_freezing_rule, is_frozen
 from .io import atomic_save, atomic_write_bytes
 from .model import FaceModel, build_model, set_trainable_stages
 from .runtime import set_seed
@@ -170,15 +171,17 @@ class Objective(nn.Module):
 
 
 def _set_modes(model: FaceModel, trainable: list[str]) -> None:
-    """Train mode for what trains; frozen stages in eval mode (fixed BatchNorm, no drop-connect)."""
-    model.train()
+    """Train mode for what trains; frozen stages in eval mode (fixed BatchNorm, no drop-connect).
+
+    The one freezing rule (`helpers.freezing`); `trainable` must be the stages that
+    `set_trainable_stages` left unfrozen.
+    """
     if model.backbone is not None:
-        for stage in model.backbone.stage_names:
-            if stage not in trainable:
-                for m in model.backbone.stage_modules(stage):
-                    m.eval()
-        if not trainable:
-            model.backbone.eval()
+        frozen = {s for s in model.backbone.stage_names
+                  if all(is_frozen(m) for m in model.backbone.stage_modules(s))}
+        if frozen != set(model.backbone.stage_names) - set(trainable):
+            raise RuntimeError(f"stages {sorted(trainable)} should train but {sorted(frozen)} are frozen")
+    apply_freezing_rule(model.train())
 
 
 def _atomic_save(obj, path: Path) -> None:

@@ -160,8 +160,7 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
         for xb, yb in batches:
             xb, yb = xb.to(device), yb.to(device).long()
             emb = model.embedding(model.features(xb))
-            logits = model.head(emb, yb)
-            loss = F.cross_entropy(logits, yb)
+            loss = F.cross_entropy(model.head(emb, yb), yb)  # margin logits
             if not torch.isfinite(loss):
                 hist.diverged = f"loss became {loss.item()} at epoch {epoch + 1} with lr={lr:g}"
                 break
@@ -170,7 +169,7 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
             opt.step()
             loss_sum += loss.item() * len(yb)
             with torch.no_grad():
-                correct += (model.head.cosine(emb).argmax(1) == yb).sum().item()
+                correct += (model.head.logits(emb).argmax(1) == yb).sum().item()
             total += len(yb)
         if not hist.diverged and total and not _finite_model(model, xb):
             # the loss can stay finite (BatchNorm renormalises) while weights or running stats overflow
@@ -211,13 +210,6 @@ def accuracy_of(model: FaceModel, data) -> float:
     return (evaluate_logits(model, x).argmax(1) == y.long()).float().mean().item()
 
 
-def objective_logits(model: FaceModel, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The training logits (the true class's logit with the head's margin) in any mode."""
-    cos = model.head.cosine(emb)
-    onehot = F.one_hot(labels, cos.shape[1]).bool()
-    return model.head.s * torch.where(onehot, model.head.target_logit(cos), cos)
-
-
 def val_scores(model: FaceModel, data) -> tuple[float, float]:
     """(accuracy, loss) on (features, labels) or an ImageDataset, in eval mode, one pass.
 
@@ -231,8 +223,8 @@ def val_scores(model: FaceModel, data) -> tuple[float, float]:
         emb = run_batched(lambda xb: model.embedding(model.features(xb)), x, 256,
                           next(model.parameters()).device)
         with torch.no_grad():
-            acc = (model.head.cosine(emb).argmax(1) == y).float().mean().item()
-            loss = F.cross_entropy(objective_logits(model, emb, y), y).item()
+            acc = (model.head.logits(emb).argmax(1) == y).float().mean().item()
+            loss = F.cross_entropy(model.head(emb, y), y).item()  # margin logits: labels are given
     finally:
         model.train(was)
     return acc, loss

@@ -120,3 +120,69 @@ def test_importing_helpers_has_no_side_effects(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------- one freezing rule
+
+FREEZING = "helpers.freezing"
+
+
+def _calls(node: ast.AST) -> set[str]:
+    """Names of the functions and methods called inside `node` (`f(...)` -> f, `x.f(...)` -> f)."""
+    out = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call):
+            f = n.func
+            out.add(f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "")
+    return out
+
+
+def _freezing_by_hand(tree: ast.AST) -> list[int]:
+    """Lines of loops that switch modules to eval mode or stop gradients one by one: a second
+    freezing rule (`for m in ...: m.eval()`, `m.training = False`, `p.requires_grad_(False)`)."""
+    found = []
+    for loop in ast.walk(tree):
+        if not isinstance(loop, (ast.For, ast.comprehension)):
+            continue
+        body = loop.body if isinstance(loop, ast.For) else []
+        for n in (x for stmt in body for x in ast.walk(stmt)):
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and (
+                    n.func.attr == "eval" or (n.func.attr == "requires_grad_" and n.args
+                                              and isinstance(n.args[0], ast.Constant) and n.args[0].value is False)):
+                found.append(n.lineno)
+            if isinstance(n, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr in ("training", "requires_grad")
+                                                 for t in n.targets):
+                found.append(n.lineno)
+    return found
+
+
+def test_one_freezing_implementation():
+    """`helpers.freezing` is the only place that freezes: no other library module loops over modules
+    to put them in eval mode or stop their gradients, and the old parameter-based rule is gone."""
+    assert FREEZING in LIBRARY
+    for name, path in LIBRARY.items():
+        text = path.read_text()
+        assert "keep_frozen_in_eval" not in text, f"{name} still names the old rule keep_frozen_in_eval"
+        if name != FREEZING:
+            lines = _freezing_by_hand(ast.parse(text))
+            assert not lines, f"{name} freezes by hand at lines {lines}: use helpers.freezing"
+
+
+def test_every_train_override_applies_the_freezing_rule():
+    """Each `train()` override in the library (and the distributed trainer's `_set_modes`) calls
+    `apply_freezing_rule`, so frozen modules are in eval mode however training is started."""
+    seen = []
+    for name, path in LIBRARY.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and (node.name == "train" and node.args.args
+                                                      and node.args.args[0].arg == "self" or node.name == "_set_modes"):
+                seen.append(f"{name}.{node.name}")
+                assert "apply_freezing_rule" in _calls(node), f"{name}.{node.name} does not apply the freezing rule"
+    assert {"helpers.backbones.train", "helpers.backbone_tail.train", "helpers.trainer._set_modes"} <= set(seen)
+
+
+def test_freezing_checker_catches_a_second_rule():
+    bad = ast.parse("def f(model):\n    for m in model.modules():\n        m.eval()\n"
+                    "    for p in model.parameters():\n        p.requires_grad_(False)\n")
+    assert _freezing_by_hand(bad) == [3, 5]
+    assert _freezing_by_hand(ast.parse("model.eval()\nfor x in xs:\n    print(x)\n")) == []

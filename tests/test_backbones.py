@@ -5,7 +5,6 @@ No test here touches the network: `no_network` makes every socket connection fai
 from __future__ import annotations
 
 import socket
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from PIL import Image
 from helpers import backbones
 from helpers.backbones import (RESNET18_FILE, BackboneUnavailable, imagenet_categories,
                                internet_reachable, load_backbone, resnet18_weights_path)
+from helpers.freezing import freeze
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -229,55 +229,10 @@ def test_describe_names_weights_and_origin(effnet):
 # ---------------------------------------------------------------------- the freezing rule
 
 
-def _parts():
-    """A model with a frozen part and a trainable part, each Linear -> Dropout -> BatchNorm1d."""
-    def part():
-        return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(4))
-
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(OrderedDict(frozen=part(), trainable=part()))
-    for p in model.frozen.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-def test_keep_frozen_in_eval_puts_whole_frozen_parts_in_eval():
-    model = _parts().train()
-    assert backbones.keep_frozen_in_eval(model) is model
-    assert not any(m.training for m in model.frozen.modules())          # dropout off, BN statistics fixed
-    assert all(m.training for m in model.trainable.modules())           # the trainable part trains as usual
-    assert model.training
-    x = torch.randn(8, 4)
-    with torch.no_grad():
-        a, b = model.frozen(x), model.frozen(x)
-    assert torch.equal(a, b)                                            # the frozen part is deterministic
-    assert model.frozen[2].num_batches_tracked.item() == 0              # and its BN saw no batch
-
-
-def test_keep_frozen_in_eval_all_batchnorm_also_fixes_trainable_batchnorm():
-    model = _parts().train()
-    backbones.keep_frozen_in_eval(model, all_batchnorm=True)
-    linear, dropout, bn = model.trainable
-    assert not bn.training and linear.training and dropout.training    # only BatchNorm changes
-    assert not any(m.training for m in model.frozen.modules())
-    model.train()                                                       # a plain train() undoes it
-    assert bn.training and all(m.training for m in model.frozen.modules())
-
-
-def test_keep_frozen_in_eval_leaves_a_fully_trainable_model_alone():
-    model = _parts()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    backbones.keep_frozen_in_eval(model.train())
-    assert all(m.training for m in model.modules())
-
-
 def test_frozen_efficientnet_in_train_mode_is_deterministic():
     """EfficientNet-Lite0 drops whole residual branches at random in train mode (drop-connect): a
     frozen backbone must not, or 'frozen' features change from one call to the next."""
-    bb = load_backbone("efficientnet_lite0", verbose=False)
-    for p in bb.parameters():
-        p.requires_grad_(False)
+    bb = freeze(load_backbone("efficientnet_lite0", verbose=False))
     bb.train()
     assert not any(m.training for m in bb.modules())                   # the whole frozen backbone: eval
     x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -189,7 +189,9 @@ def test_help_lists_the_three_commands(capsys):
 @pytest.mark.slow
 def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
     """One real `python -m helpers` process: the module entry point, exit status, no traceback."""
-    code, text = cli.run_cli(["recognize", "--model", "none.pt", "a.jpg"], cwd=tmp_path, timeout_s=120)
+    from helpers.course.demo import run_cli
+
+    code, text = run_cli(["recognize", "--model", "none.pt", "a.jpg"], cwd=tmp_path, timeout_s=120)
     assert code == 2 and "Traceback" not in text
     assert text.splitlines() == ["$ python -m helpers recognize --model none.pt a.jpg",
                                  "error: none.pt: no such file. Train one first: python -m helpers train "

@@ -66,29 +66,28 @@ def test_verification_needs_both_kinds_of_pairs():
 def test_eer_from_roc_interpolates_between_two_roc_points():
     # FNR = 1 - TPR goes 1 -> 0.4 -> 0 while FPR goes 0 -> 0.2 -> 0.6: FNR - FPR is 0.2 at the
     # second point and -0.6 at the third, so they cross a quarter of the way from one to the other:
-    # FPR = FNR = 0.2 + 0.25 * 0.4 = 0.3, threshold 0.8 + 0.25 * (0.4 - 0.8) = 0.7.
-    eer, t = eer_from_roc(np.array([0.0, 0.2, 0.6]), np.array([0.0, 0.6, 1.0]), np.array([np.inf, 0.8, 0.4]))
-    assert eer == pytest.approx(0.3) and t == pytest.approx(0.7)
-    # a point exactly on FNR = FPR is taken as it is, with its own threshold
-    eer, t = eer_from_roc(np.array([0.0, 0.25, 1.0]), np.array([0.0, 0.75, 1.0]), np.array([np.inf, 0.5, 0.1]))
-    assert (eer, t) == (pytest.approx(0.25), 0.5)
+    # FPR = FNR = 0.2 + 0.25 * 0.4 = 0.3.
+    assert eer_from_roc(np.array([0.0, 0.2, 0.6]), np.array([0.0, 0.6, 1.0])) == pytest.approx(0.3)
+    # a point exactly on FNR = FPR is taken as it is
+    assert eer_from_roc(np.array([0.0, 0.25, 1.0]), np.array([0.0, 0.75, 1.0])) == pytest.approx(0.25)
 
 
 def test_eer_from_roc_separable_scores_give_zero():
     same = np.array([1, 1, 1, 0, 0, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
-    eer, t = eer_from_roc(*roc_curve(same, scores, drop_intermediate=False))
-    assert eer == 0.0 and 0.4 < t <= 0.7            # every threshold in the gap makes no error
+    fpr, tpr, _ = roc_curve(same, scores, drop_intermediate=False)
+    assert eer_from_roc(fpr, tpr) == 0.0
+    assert eer_threshold(scores[same == 1], scores[same == 0]) == pytest.approx(0.55)  # middle of the gap
 
 
 def test_eer_from_roc_hand_computed_case():
     # genuine 0.9 0.8 0.4, impostor 0.7 0.3 0.2 0.1. At threshold 0.7: FNR 1/3, FPR 1/4; at 0.4:
     # FNR 0, FPR 1/4. FNR - FPR goes 1/12 -> -1/4, so the crossing is 1/4 of the way: FNR = FPR =
-    # 1/4 at threshold 0.7 - 0.3/4 = 0.625. (The old nearest-point rule said (1/3 + 1/4)/2 = 7/24.)
+    # 1/4. (The old nearest-point rule said (1/3 + 1/4)/2 = 7/24.)
     same = np.array([1, 1, 1, 0, 0, 0, 0])
     scores = np.array([0.9, 0.8, 0.4, 0.7, 0.3, 0.2, 0.1])
-    eer, t = eer_from_roc(*roc_curve(same, scores, drop_intermediate=False))
-    assert eer == pytest.approx(0.25) and t == pytest.approx(0.625)
+    fpr, tpr, _ = roc_curve(same, scores, drop_intermediate=False)
+    assert eer_from_roc(fpr, tpr) == pytest.approx(0.25)
 
 
 def test_verification_eer_is_the_interpolated_crossing_of_the_full_roc():
@@ -98,7 +97,8 @@ def test_verification_eer_is_the_interpolated_crossing_of_the_full_roc():
     scores, same = pair_scores(emb, labels)
     fpr, tpr, thr = roc_curve(same, scores, drop_intermediate=False)
     assert len(v.fpr) == len(fpr) == len(np.unique(scores)) + 1      # every point of the ROC is kept
-    assert (v.eer, v.eer_threshold) == pytest.approx(eer_from_roc(fpr, tpr, thr))
+    assert v.eer == pytest.approx(eer_from_roc(fpr, tpr))
+    assert v.eer_threshold == eer_threshold(scores[same], scores[~same])     # the one threshold rule
     # at the EER threshold the two error rates are (about) equal: within one pair either way
     frr, far = (scores[same] < v.eer_threshold).mean(), (scores[~same] >= v.eer_threshold).mean()
     assert abs(frr - v.eer) <= 1 / same.sum() + 1e-12 and abs(far - v.eer) <= 1 / (~same).sum() + 1e-12

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead, make_head, naive_arcface_logit
+from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead, make_head
+from helpers.course.margins import naive_arcface_logit
 
 DIM, CLASSES = 4, 3
 
@@ -146,24 +147,38 @@ def test_easy_margin_only_where_cos_positive():
 
 
 @pytest.mark.parametrize("kind", ["arcface", "cosface", "softmax"])
-def test_eval_mode_and_no_labels_give_s_cos(kind):
+def test_logits_are_s_cos_and_labels_give_the_margin_in_any_mode(kind):
+    """Inference logits never carry a margin; with labels the margin applies in train AND eval mode
+    (a loop left in eval mode used to train without its margin)."""
     s = 12.0
     head = make_head(kind, DIM, CLASSES, s=s)
     torch.manual_seed(2)
     emb = torch.randn(5, DIM)
     labels = torch.tensor([0, 1, 2, 0, 1])
+    onehot = F.one_hot(labels, CLASSES).bool()
     with torch.no_grad():
         cos = head.cosine(emb)
-        head.train()
-        torch.testing.assert_close(head(emb), s * cos)
-        head.eval()
-        torch.testing.assert_close(head(emb, labels), s * cos)
-        if kind != "softmax":  # in training with labels the margin lowers the true class only
-            head.train()
+        for mode in (True, False):
+            head.train(mode)
+            torch.testing.assert_close(head(emb), s * cos)
+            torch.testing.assert_close(head.logits(emb), s * cos)
             out = head(emb, labels)
-            onehot = F.one_hot(labels, CLASSES).bool()
-            assert (out[onehot] < s * cos[onehot]).all()
+            torch.testing.assert_close(out, head.margin_logits(emb, labels))
             torch.testing.assert_close(out[~onehot], s * cos[~onehot])
+            if kind == "softmax":
+                torch.testing.assert_close(out, s * cos)
+            else:                                 # the margin lowers the true class only
+                assert (out[onehot] < s * cos[onehot]).all()
+
+
+def test_margin_logits_are_float32_under_autocast():
+    head = ArcFaceHead(DIM, CLASSES, s=16.0, m=0.5)
+    emb = torch.randn(4, DIM)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(emb.bfloat16(), torch.tensor([0, 1, 2, 0]))
+        plain = head.logits(emb.bfloat16())
+    assert out.dtype == torch.float32 and plain.dtype == torch.float32
+    torch.testing.assert_close(out, head(emb.bfloat16().float(), torch.tensor([0, 1, 2, 0])))
 
 
 def test_make_head_defaults_and_unknown():

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead, naive_arcface_logit
+from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead
+from helpers.course.margins import naive_arcface_logit
 from helpers.model import build_model
 from helpers.training import ImageDataset, TrainingDiverged, fit
 from helpers.runtime import cache_dir, threads

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from helpers.data import split_per_person
-from helpers.course.experiments import TrainResult
+from helpers.course.experiments import TrainReport
 from helpers.course.widgets import training_panel
 from tiny_backbone import tiny_backbone
 
@@ -74,7 +74,7 @@ def test_click_trains_with_the_widget_values_and_shows_figure_and_result(cluster
     c.lr.value, c.epochs.value, c.head.value = 0.1, 7, "softmax"
     c.train.click()
     res = panel.results[-1]
-    assert isinstance(res, TrainResult)
+    assert isinstance(res, TrainReport)
     assert (res.lr, res.head, res.history.epochs, res.frozen) == (pytest.approx(0.1), "softmax", 7, True)
     assert res.test_acc == 1.0 and res.val_acc == 1.0          # separable clusters: learnt
     figs = _figures(c.output)
@@ -142,7 +142,7 @@ def test_unfrozen_training_fine_tunes_a_copy_of_the_backbone():
     panel.controls.freeze.value = False
     panel.controls.train.click()
     res = panel.results[-1]
-    assert isinstance(res, TrainResult) and res.frozen is False and res.history.epochs == 2
+    assert isinstance(res, TrainReport) and res.frozen is False and res.history.epochs == 2
     assert "backbone fine-tuned on the photos" in _text(panel.controls.output)
     tuned = res.model.backbone
     assert tuned is not bb
@@ -187,6 +187,6 @@ def test_unticking_freeze_shows_the_cost_and_caps_the_epochs():
     assert "Fine-tuning" in panel.controls.warning.value and "3 epochs" in panel.controls.warning.value
     panel.controls.train.click()
     res = panel.results[-1]
-    assert isinstance(res, TrainResult), res
+    assert isinstance(res, TrainReport), res
     assert res.history.epochs == 3 and "3 of the 50 epochs asked" in _text(panel.controls.output)
     assert np.isfinite(res.stranger_eer)

@@ -1,4 +1,5 @@
-"""Example folders: one with typical problems (notebook 00) and learner-style copies of people (notebook 06)."""
+"""Example folders: one with typical problems (notebook 00) and learner-style copies of people (notebook 06);
+`run_cli`, the command line run from a notebook cell (notebook 06)."""
 from __future__ import annotations
 
 import io
@@ -83,3 +84,21 @@ def write_demo_folder(faces, people: Sequence[int], dest: str | Path, per_person
         for k, i in enumerate(idx, start=1):
             faces.images[i].save(folder / f"{k}.png")
     return dest
+
+
+def run_cli(args: Sequence[str], cwd: str | Path | None = None, timeout_s: float = 600) -> tuple[int, str]:
+    """Run `python -m helpers ARGS` in a fresh process (as from a shell, notebook 06); (exit status, transcript).
+
+    The transcript starts with the command line, then stderr (messages such as which backbone
+    ran, or the error), then stdout (the results).
+    """
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]  # the folder holding `helpers`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
+                                                                    os.environ.get("PYTHONPATH", "")]))}
+    r = subprocess.run([sys.executable, "-m", "helpers", *map(str, args)], cwd=cwd, capture_output=True,
+                       text=True, timeout=timeout_s, env=env)
+    text = f"$ python -m helpers {' '.join(map(str, args))}\n{r.stderr}{r.stdout}"
+    return r.returncode, text.rstrip("\n") + f"\n[exit status {r.returncode}]"

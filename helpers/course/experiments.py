@@ -27,7 +27,7 @@ from ..features import extract_features
 from ..model import build_model, count_parameters
 from ..training import train_head_on_features
 from .training_runs import (FINETUNE_MAX_EPOCHS, FINETUNE_SIZE, HEAD_NAMES, LiveFigure,  # noqa: F401 (re-exported)
-                            TrainResult, _Curves, figure_bundle, stranger_metric, train_and_report)
+                            TrainReport, as_float_tensor, _Curves, figure_bundle, stranger_metric, train_and_report)
 
 
 
@@ -123,10 +123,6 @@ def cache_demo(backbone: Backbone, images: Sequence, batch_size: int | None = No
     return t1 - t0, t2 - t1
 
 
-def _as_tensor(x) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
-
-
 # ------------------------------------------------------------------------------ freeze switch
 
 @dataclass
@@ -173,7 +169,7 @@ def freeze_switch(backbone: Backbone, images: Sequence, labels, split: Split, fe
     num = int(y.max()) + 1
     rows = []
     if features is not None:
-        x = _as_tensor(features)
+        x = as_float_tensor(features)
         model, hist = train_head_on_features(x[split.train], y[split.train], epochs=10, seed=seed,
                                              progress=False)
         pc = count_parameters(model)
@@ -229,7 +225,7 @@ def compare_heads(features, labels, heads: Sequence[str] = ("arcface", "softmax"
     """
     from .baselines import evaluate_split, few_shot_splits
 
-    x = _as_tensor(features)
+    x = as_float_tensor(features)
     y = np.asarray(labels)
     splits = few_shot_splits(y, shots, list(seeds), test_per_person)
     acc: dict[str, list[float]] = {}
@@ -317,11 +313,13 @@ class SeedComparison:
         return "\n".join(lines)
 
 
-def compare_over_seeds(features, source: str = "orl", n_known: int = 30, shots: int | None = 2,
+def compare_heads_over_seeds(features, source: str = "orl", n_known: int = 30, shots: int | None = 2,
                        variants: dict[str, dict] | None = None, seeds: Sequence[int] = range(5),
                        epochs: int = 50, lr: float = 1e-2) -> SeedComparison:
-    """Train each variant (keyword arguments of `train_head_on_features`, e.g. head=, m=, s=, lr=) on
-    the frozen features of each seed's known people; report val / test accuracy and the strangers' EER.
+    """Heads over seeds: train each variant (keyword arguments of `train_head_on_features`, e.g. head=,
+    m=, s=, lr=) on the frozen features of each seed's known people; report val / test accuracy and the
+    strangers' EER (notebooks 02, 04; `unfreezing_lessons.compare_schedules_over_seeds` compares
+    fine-tuning schedules instead).
 
     `features`: of every photo of `source` (`course_features`). The first variant is the reference
     the others are compared with, seed by seed.
@@ -329,7 +327,7 @@ def compare_over_seeds(features, source: str = "orl", n_known: int = 30, shots: 
     from ..evaluation import embed, verification
 
     variants = variants or {"ArcFace": dict(head="arcface"), "softmax": dict(head="softmax")}
-    x = _as_tensor(features)
+    x = as_float_tensor(features)
     runs = {name: {"val": [], "test": [], "eer": []} for name in variants}
     for seed in seeds:
         data = load_course_data(source, n_known=n_known, seed=seed, shots=shots)

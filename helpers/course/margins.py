@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..heads import ArcFaceHead, make_head, naive_arcface_logit
+from ..heads import ArcFaceHead, make_head
 from ..model import EmbeddingHead, FaceModel
 from ..runtime import set_seed, threads
 from ..training import History, accuracy_of, fit
@@ -33,6 +33,11 @@ def check_sm(s: float, m: float) -> None:
         raise ValueError(f"scale s={s!r}: must be a positive number (the ArcFace paper uses 64 for 85,742 people; 4-32 here)")
     if not (isinstance(m, (int, float)) and 0 <= m < math.pi / 2):
         raise ValueError(f"margin m={m!r}: must be between 0 and {math.pi / 2:.2f} radians (0.5 rad = 28.6 deg)")
+
+
+def naive_arcface_logit(cos: torch.Tensor, m: float) -> torch.Tensor:
+    """cos(acos(cos) + m) the naive way: its gradient is infinite (NaN) at cos = +-1 (section 7)."""
+    return torch.cos(torch.acos(cos) + m)
 
 
 # ---------------------------------------------------------------------- target logit and scale

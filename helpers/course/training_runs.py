@@ -84,8 +84,9 @@ FINETUNE_MAX_EPOCHS = 3  # and stops after this many epochs (seconds per epoch o
 
 
 @dataclass
-class TrainResult:
-    """One training run of the face model and what it scored, on the known people and on strangers."""
+class TrainReport:
+    """One training run of the face model and what it scored, on the known people and on strangers
+    (a notebook panel's run; `helpers.trainer.TrainResult` is what the distributed trainer returns)."""
 
     model: torch.nn.Module
     history: History
@@ -103,7 +104,7 @@ class TrainResult:
     stranger_eer: float = float("nan")  # verification EER over pairs of strangers (never trained on)
     stranger_tar: float = float("nan")  # true-accept rate at FAR = 1 % over the same pairs
     num_strangers: int = 0
-    previous: "TrainResult | None" = None  # the run before (a panel's last click): the line compares
+    previous: "TrainReport | None" = None  # the run before (a panel's last click): the line compares
     note: str = ""
 
     @property
@@ -137,7 +138,8 @@ class TrainResult:
                 f"trained in {sum(self.history.seconds):.1f} s")
 
 
-def _as_tensor(x) -> torch.Tensor:
+def as_float_tensor(x) -> torch.Tensor:
+    """`x` unchanged if it is a tensor, else a float32 tensor of it (features given as arrays or lists)."""
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
 
 
@@ -155,9 +157,9 @@ def train_and_report(features, labels, split: Split, head: str = "arcface", lr: 
                      epochs: int = 50, freeze: bool = True, seed: int = 0, images: Sequence | None = None,
                      backbone: Backbone | None = None, output=None, progress: bool = True,
                      redraw_every: int = 10, batch_size: int = 64, strangers=None,
-                     stranger_images: Sequence | None = None, previous: TrainResult | None = None,
+                     stranger_images: Sequence | None = None, previous: TrainReport | None = None,
                      finetune_size: int = FINETUNE_SIZE,
-                     max_finetune_epochs: int = FINETUNE_MAX_EPOCHS) -> TrainResult:
+                     max_finetune_epochs: int = FINETUNE_MAX_EPOCHS) -> TrainReport:
     """Train the guide's model (embedding 512 + BatchNorm -> `head`), show live curves, end with "Result:".
 
     `freeze=True` trains on the cached `features` (seconds). `freeze=False` fine-tunes a copy of
@@ -200,9 +202,9 @@ def train_and_report(features, labels, split: Split, head: str = "arcface", lr: 
 
     has_val = len(split.val) > 0
     if freeze:
-        x = _as_tensor(features)
+        x = as_float_tensor(features)
         if strangers is not None:
-            metrics["strangers"] = stranger_metric(_as_tensor(stranger_x), stranger_labels)
+            metrics["strangers"] = stranger_metric(as_float_tensor(stranger_x), stranger_labels)
         model, hist = train_head_on_features(
             x[split.train], y[split.train], x[split.val] if has_val else None,
             y[split.val] if has_val else None, head=head, epochs=epochs, lr=lr, seed=seed,
@@ -235,7 +237,7 @@ def train_and_report(features, labels, split: Split, head: str = "arcface", lr: 
     if hist.epochs and not np.isfinite(eer) and metrics.get("strangers") is not None:
         eer, tar = metrics["strangers"](model)  # stopped early (diverged): measure the weights kept
     n_str = 0 if stranger_labels is None else int(len(np.unique(np.asarray(stranger_labels))))
-    result = TrainResult(model, hist, head, freeze, float(lr), int(epochs),
+    result = TrainReport(model, hist, head, freeze, float(lr), int(epochs),
                          hist.final_val_acc, float((test_pred == test_true).mean()), test_true, test_pred,
                          float(sum(hist.seconds)), int(y.max()) + 1, split.sizes(),
                          float(eer), float(tar), n_str, previous, note)

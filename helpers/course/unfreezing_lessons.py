@@ -48,10 +48,11 @@ def gradual_chain(data: UnfreezeData, epochs: tuple[int, int, int] = (30, 3, 3),
                      strangers_each_epoch=True)
 
 
-def compare_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
+def compare_schedules_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], n_known: int, shots: int | None,
                        size: int, epochs: dict[str, int], n_threads: int | None = None,
                        first: Sequence[RunResult] | None = None) -> SeedComparison:
-    """`compare_methods` on each seed's people and split; val / test accuracy and strangers' EER per seed.
+    """Fine-tuning schedules over seeds (notebook 05): `compare_methods` on each seed's people and
+    split; val / test accuracy and strangers' EER per seed.
 
     `first`: the results already computed for `seeds[0]` (not run again). Memory is not measured.
     """
@@ -225,13 +226,7 @@ def frozen_bn_pitfall(data: UnfreezeData, epochs: int = 10, lr: float = 1e-2, se
 
 def imagenet_top1(backbone: Backbone, image, size: int = 224) -> tuple[str, float]:
     """The backbone's ImageNet top-1 (class, probability) for one PIL image (its classifier, unchanged)."""
-    x = backbone.transform(size=size)(image).unsqueeze(0)
-    device = next(backbone.parameters()).device
-    backbone.cpu()  # its ImageNet classifier is not a registered module: it stays on the CPU
-    try:
-        return backbone.predict_imagenet(x, k=1)[0][0]
-    finally:
-        backbone.to(device)
+    return backbone.predict_imagenet(backbone.transform(size=size)(image).unsqueeze(0), k=1)[0][0]
 
 
 def feature_drift(result: RunResult, data: UnfreezeData) -> float:
