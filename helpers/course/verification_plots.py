@@ -74,6 +74,21 @@ class UnseenRow:
                 f"strangers' EER: raw features {100 * self.eer_raw:4.1f} %, ArcFace {100 * self.eer_arcface:4.1f} %")
 
 
+def known_counts(wanted: Sequence[int], num_people: int, min_strangers: int = 2) -> tuple[int, ...]:
+    """The numbers of known people to try, fitted to a data set of `num_people`: each value is capped so
+    that `min_strangers` people stay strangers (and is at least 2), duplicates dropped, order kept.
+    (9, 20, 30) stays as it is on ORL's 40 people; on 14 people it becomes (9, 12)."""
+    top = num_people - min_strangers
+    if top < 2:
+        raise ValueError(f"{num_people} people: need at least {2 + min_strangers} (2 known, {min_strangers} strangers)")
+    out: list[int] = []
+    for k in wanted:
+        k = max(2, min(int(k), top))
+        if k not in out:
+            out.append(k)
+    return tuple(out)
+
+
 def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Sequence[int] = (9, 20),
                    seed: int = 0, s: float = 16.0, m: float = 0.5, epochs: int = 30, lr: float = 1e-2,
                    shots: int | None = None) -> list[UnseenRow]:
@@ -274,6 +289,19 @@ def stranger_vs_known(sets, stranger: int, gallery_split: str = "train") -> dict
         own = np.where(gy[None] == np.asarray(sets.labels["test"])[:, None], l2_normalize(v["test"]) @ g.T, -2).max(1)
         best = float((l2_normalize(v["strangers"][stranger:stranger + 1]) @ g.T).max())
         out[view] = (best, float(np.median(own)), float((own < best).mean()))
+    return out
+
+
+def strangers_like_known(sets, gallery_split: str = "train") -> dict[str, float]:
+    """Per view of embedding_maps.EmbeddingSets: the share of stranger photos whose best cosine to a known
+    person's `gallery_split` photo is above the median known test photo's best cosine to its own person
+    (all strangers count, so no single stranger is picked to suit one view)."""
+    out = {}
+    for view, v in sets.views.items():
+        g, gy = l2_normalize(v[gallery_split]), np.asarray(sets.labels[gallery_split])
+        own = np.where(gy[None] == np.asarray(sets.labels["test"])[:, None], l2_normalize(v["test"]) @ g.T, -2).max(1)
+        best = (l2_normalize(v["strangers"]) @ g.T).max(1)
+        out[view] = float((best > np.median(own)).mean())
     return out
 
 
