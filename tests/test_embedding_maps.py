@@ -359,6 +359,20 @@ def test_open_set_rates_auc_and_view(sets):
         V.threshold_view(raw, 1.5)
 
 
+def test_open_set_on_validation_data_for_panels_and_exercises(sets):
+    test = V.open_set_for(sets, "raw features", seed=0)
+    val = V.open_set_for(sets, "raw features", seed=0, measure="val")
+    assert val.threshold == test.threshold                           # one threshold, chosen on validation data
+    assert len(val.known_score) == len(sets.labels["val"]) and val.photos == "val" and test.photos == "test"
+    val_s, test_s = split_people(sets.labels["strangers"], 0.5, 0)
+    assert len(val.stranger_score) == len(val_s) and len(test.stranger_score) == len(test_s)
+    fig, msg = V.threshold_view(val)
+    assert msg.startswith("Result: threshold") and msg.endswith("(on the val photos and strangers)")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="'test' or 'val'"):
+        V.open_set_for(sets, "raw features", measure="train")
+
+
 def test_open_set_comparison_and_stranger_best_match(sets):
     open_set = {view: V.open_set_for(sets, view) for view in sets.views}
     text = V.open_set_comparison(open_set)
