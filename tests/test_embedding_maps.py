@@ -55,9 +55,7 @@ def sets(synthetic):
 # ---------------------------------------------------------------------- projections
 
 @pytest.mark.slow
-def test_umap_is_deterministic_and_times_are_reported():
-    t = E.warm_up_umap(n=40, dim=8)
-    assert t.import_s >= 0 and t.first_fit_s > 0 and "numba compiles" in str(t)
+def test_umap_is_deterministic():
     x = np.random.default_rng(0).normal(size=(60, 16))
     a, b = E.project(x, "umap", seed=3), E.project(x, "umap", seed=3)
     assert a.shape == (60, 2) and np.array_equal(a, b)

@@ -35,36 +35,6 @@ def import_umap():
     return umap
 
 
-@dataclass
-class UmapTimings:
-    """Seconds for `import umap`, the first fit (numba compiles) and a second, identical fit."""
-
-    import_s: float
-    first_fit_s: float
-    second_fit_s: float
-
-    def __str__(self) -> str:
-        return (f"import umap: {self.import_s:.1f} s, first fit (numba compiles): {self.first_fit_s:.1f} s, "
-                f"second fit: {self.second_fit_s:.1f} s")
-
-
-def warm_up_umap(n: int = 60, dim: int = 16, seed: int = 0) -> UmapTimings:
-    """Import umap-learn and fit it twice on small random data, timing each step.
-
-    numba compiles UMAP's functions on their first call in each Python process; compiling does not
-    depend on the data size, so a tiny fit pays it once and later maps take about a second.
-    """
-    t0 = time.perf_counter()
-    import_umap()
-    t1 = time.perf_counter()
-    x = np.random.default_rng(seed).normal(size=(n, dim))
-    project(x, "umap", seed=seed, n_neighbors=10)
-    t2 = time.perf_counter()
-    project(x, "umap", seed=seed, n_neighbors=10)
-    t3 = time.perf_counter()
-    return UmapTimings(t1 - t0, t2 - t1, t3 - t2)
-
-
 def project(x, method: str = "umap", seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
             perplexity: float = 30.0) -> np.ndarray:
     """2-D map (N, 2) of the rows of `x` after L2 normalisation, by 'umap' (cosine), 'tsne' or 'pca'.
