@@ -55,9 +55,7 @@ def sets(synthetic):
 # ---------------------------------------------------------------------- projections
 
 @pytest.mark.slow
-def test_umap_is_deterministic_and_times_are_reported():
-    t = E.warm_up_umap(n=40, dim=8)
-    assert t.import_s >= 0 and t.first_fit_s > 0 and "numba compiles" in str(t)
+def test_umap_is_deterministic():
     x = np.random.default_rng(0).normal(size=(60, 16))
     a, b = E.project(x, "umap", seed=3), E.project(x, "umap", seed=3)
     assert a.shape == (60, 2) and np.array_equal(a, b)
@@ -120,7 +118,7 @@ def test_course_sets_with_a_model_embeds_every_split(synthetic, one_thread):
 
 
 def test_palette_never_uses_grey():
-    for n in (3, 9, 15, 30):
+    for n in (3, 9, 15, 30, 38, 45):
         cols = E.palette(n)
         assert len(cols) == n and len(set(cols)) == n
         assert not any(abs(c[0] - c[1]) < 1e-3 and abs(c[1] - c[2]) < 1e-3 for c in cols), n
@@ -155,22 +153,46 @@ def test_plot_maps_and_map_view(sets):
     plt.close(fig)
 
 
-def test_map_colours_each_stranger_and_mutes_known_people(sets):
+def test_map_marks_each_stranger_in_black_and_mutes_known_people(sets):
     x, y, stranger, test = sets.select("raw features", "test + strangers")
     ax = E.plot_map(E.project(x, "pca"), y, sets.names, stranger, test)
-    crosses = [c for c in ax.collections if c.get_label().startswith("stranger")]
-    assert len(crosses) == 7 and len({tuple(c.get_facecolor()[0]) for c in crosses}) == 7   # a colour each
-    known = [c for c in ax.collections if c not in crosses]
+    marks = [c for c in ax.collections if c.get_label().startswith("stranger")]
+    assert len(marks) == 7                                                                  # a shape each
+    assert len({c.get_paths()[0].vertices.tobytes() for c in marks}) == 7
+    assert all(tuple(c.get_facecolor()[0][:3]) == (0, 0, 0) for c in marks)              # black, no colour
+    known = [c for c in ax.collections if c not in marks]
     assert known and all(c.get_alpha() < 1 for c in known)                                  # pale beside them
+    known_cols = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in known}
+    assert (0.0, 0.0, 0.0) not in known_cols
     plt.close(ax.figure)
-    ax = E.plot_map(E.project(x, "pca"), y, sets.names, stranger, test, colour_strangers=False)
+    ax = E.plot_map(E.project(x, "pca"), y, sets.names, stranger, test, mark_strangers=False)
     grey = [c for c in ax.collections if c.get_label().startswith("strangers")]
-    assert len(grey) == 1 and all(c.get_alpha() in (None, 1) for c in ax.collections if c is not grey[0])
+    assert len(grey) == 1 and grey[0].get_label() == "strangers (7, never trained on)"
     plt.close(ax.figure)
     many = [f"p{i}" for i in range(20)]           # over 12 known people: one legend entry for them all
     ax = E.plot_map(np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 20, many)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["known people (20, a colour each)"]
     plt.close(ax.figure)
+
+
+def test_plot_maps_legend_sits_below_every_panel(sets):
+    fig = E.plot_maps(sets, methods=("pca", "pca"), split="test + strangers")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert legend.y1 <= ax.get_window_extent(renderer).y0 + 1, "the legend overlaps a panel"
+    plt.close(fig)
+
+
+def test_random_queries_are_seeded_distinct_people_and_view_free(sets):
+    q = E.random_queries(sets, n_known=3, n_strangers=2, seed=4)
+    assert q == E.random_queries(sets, n_known=3, n_strangers=2, seed=4)
+    assert [s for s, _ in q] == ["test"] * 3 + ["strangers"] * 2
+    assert len({int(sets.labels["test"][i]) for s, i in q if s == "test"}) == 3
+    assert len({int(sets.labels["strangers"][i]) for s, i in q if s == "strangers"}) == 2
+    draws = {tuple(E.random_queries(sets, 3, 1, seed=k)) for k in range(6)}
+    assert len(draws) > 1                                                  # the seed matters
 
 
 def test_heatmap_contrast_and_galleries(sets):
@@ -209,6 +231,30 @@ def test_seen_vs_unseen_rows(synthetic, one_thread):
     assert "strangers' EER" in str(rows[0])
     with pytest.raises(ValueError, match="fewer than 2 strangers"):
         V.seen_vs_unseen(feats, data.faces, n_known_values=(11,))
+
+
+def test_known_counts_adapt_to_the_number_of_people():
+    assert V.known_counts((9, 20, 30), 40) == (9, 20, 30)          # ORL: unchanged
+    assert V.known_counts((9, 20, 30), 20) == (9, 18)              # a learner's 20 people: 2 strangers left
+    assert V.known_counts((9, 20, 30), 14) == (9, 12)
+    assert V.known_counts((9, 20, 30), 6) == (4,)
+    assert V.known_counts((1,), 10) == (2,)
+    with pytest.raises(ValueError, match="need at least 4"):
+        V.known_counts((9,), 3)
+
+
+def test_known_counts_make_seen_vs_unseen_run_on_few_people(synthetic, one_thread):
+    data, feats = synthetic                                        # 12 people: (9, 20, 30) cannot all run
+    counts = V.known_counts((9, 20, 30), data.faces.num_people)
+    rows = V.seen_vs_unseen(feats, data.faces, n_known_values=counts, epochs=3)
+    assert [r.n_strangers for r in rows] == [3, 2]
+
+
+def test_strangers_like_known_counts_every_stranger(sets):
+    like = V.strangers_like_known(sets)
+    assert set(like) == {"raw features", "noise"}
+    assert like["raw features"] == 0.0                  # clean clusters: no stranger beats a known person's own match
+    assert 0.0 <= like["noise"] <= 1.0
 
 
 def test_seen_vs_unseen_takes_shots_and_seeds(synthetic, one_thread, monkeypatch):
@@ -309,6 +355,20 @@ def test_open_set_rates_auc_and_view(sets):
     plt.close(fig)
     with pytest.raises(ValueError, match="between -1 and 1"):
         V.threshold_view(raw, 1.5)
+
+
+def test_open_set_on_validation_data_for_panels_and_exercises(sets):
+    test = V.open_set_for(sets, "raw features", seed=0)
+    val = V.open_set_for(sets, "raw features", seed=0, measure="val")
+    assert val.threshold == test.threshold                           # one threshold, chosen on validation data
+    assert len(val.known_score) == len(sets.labels["val"]) and val.photos == "val" and test.photos == "test"
+    val_s, test_s = split_people(sets.labels["strangers"], 0.5, 0)
+    assert len(val.stranger_score) == len(val_s) and len(test.stranger_score) == len(test_s)
+    fig, msg = V.threshold_view(val)
+    assert msg.startswith("Result: threshold") and msg.endswith("(on the val photos and strangers)")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="'test' or 'val'"):
+        V.open_set_for(sets, "raw features", measure="train")
 
 
 def test_open_set_comparison_and_stranger_best_match(sets):

@@ -46,11 +46,43 @@ def random_backbone(name: str, seed: int = 0) -> Backbone:
     return bb
 
 
-def evaluate_split(features, labels, split: Split, method: str = "1-NN", seed: int = 0) -> float:
-    """Accuracy on `split.test` of a classifier fitted on `split.train` (1-NN cosine or linear probe)."""
+def centre_on(train_x: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Subtract the mean of the training rows (D,) from every set: (train_x, *others) centred.
+
+    Uncentred features that all point the same way (a random network's: mean cosine near 1) make
+    cosine 1-NN degenerate: one "hub" training photo is the nearest neighbour of nearly every query.
+    Centring on the training mean removes the shared direction; the classifiers then L2-normalise.
+    """
+    mean = train_x.mean(axis=0, keepdims=True)
+    return (train_x - mean, *(o - mean for o in others))
+
+
+def hub_share(features, labels, split: Split) -> float:
+    """Largest share of test photos whose cosine 1-NN is one and the same training photo
+    (1/len(test) or so when there is no hub; near 1 when one photo attracts every query)."""
+    x = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features, dtype=np.float64)
+    g = x[split.train] / np.maximum(np.linalg.norm(x[split.train], axis=1, keepdims=True), 1e-12)
+    q = x[split.test] / np.maximum(np.linalg.norm(x[split.test], axis=1, keepdims=True), 1e-12)
+    with threadpool_limits(1):
+        nn = np.argmax(q @ g.T, axis=1)
+    return float(np.bincount(nn).max() / len(nn))
+
+
+def evaluate_split(features, labels, split: Split, method: str = "1-NN", seed: int = 0,
+                   centre: bool = True) -> float:
+    """Accuracy on `split.test` of a classifier fitted on `split.train` (1-NN cosine or linear probe).
+
+    `centre`: subtract the training photos' mean feature first (see `centre_on`), then the classifier
+    L2-normalises; False scores the raw, uncentred features.
+    """
     x = features.numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
+    x = x.astype(np.float64)
     y = np.asarray(labels)
     tr, te = split.train, split.test
+    if centre:
+        xtr, xte = centre_on(x[tr], x[te])
+        x = np.empty_like(x)
+        x[tr], x[te] = xtr, xte
     with threadpool_limits(1), warnings.catch_warnings():  # small BLAS problems stall on 2 busy cores
         warnings.simplefilter("ignore", UserWarning)  # sklearn: "more classes than 50 % of samples" at k=1
         if method == "1-NN":
@@ -68,6 +100,18 @@ def few_shot_splits(labels, shots: int, seeds: Sequence[int], test_per_person: i
         raise ValueError(f"{shots} training + {test_per_person} test photos per person, but the "
                          f"smallest person has {n} photos")
     return [split_per_person(labels, val=0.0, test=test_per_person / n, shots=shots, seed=s) for s in seeds]
+
+
+def fitting_shots(labels, shots: Sequence[int] = (1, 3, 5), test_per_person: int = 5) -> tuple[tuple[int, ...], int]:
+    """(shots, test photos per person) that every person's photos allow: ORL's 10 each keep (1, 3, 5) and 5;
+    a folder whose smallest person has n photos keeps n // 2 test photos (at most `test_per_person`, at least
+    1) and the shots that fit beside them (at least 1)."""
+    n = int(np.bincount(np.asarray(labels)).min())
+    if n < 2:
+        raise ValueError(f"the smallest person has {n} photo(s): few-shot tables need at least 2 per person")
+    test = max(1, min(test_per_person, n // 2))
+    fit = tuple(k for k in shots if k + test <= n) or (min(n - test, max(shots)),)
+    return fit, test
 
 
 @dataclass
@@ -96,10 +140,11 @@ class FewShotTable:
 
 def few_shot_table(feature_sets: Mapping[str, object], labels, shots: Sequence[int] = (1, 3, 5),
                    methods: Sequence[str] = METHODS, seeds: Sequence[int] = range(5),
-                   test_per_person: int = 5) -> FewShotTable:
+                   test_per_person: int = 5, centre: bool = True) -> FewShotTable:
     """1-NN and linear-probe accuracy of each feature set with k training photos per person.
 
-    Every feature set is scored on the same splits, so differences come from the features only.
+    Every feature set is scored on the same splits, so differences come from the features only;
+    `centre` as in `evaluate_split`.
     """
     labels = np.asarray(labels)
     table = FewShotTable(list(shots), int(len(np.unique(labels))), test_per_person, list(seeds))
@@ -107,7 +152,7 @@ def few_shot_table(feature_sets: Mapping[str, object], labels, shots: Sequence[i
     for name, feats in feature_sets.items():
         for method in methods:
             table.acc[(name, method)] = {
-                k: float(np.mean([evaluate_split(feats, labels, sp, method, seed=i)
+                k: float(np.mean([evaluate_split(feats, labels, sp, method, seed=i, centre=centre)
                                   for i, sp in enumerate(splits[k])])) for k in shots}
     return table
 
@@ -127,7 +172,7 @@ class SplitScores:
 
 
 def scores_on_split(feature_sets: Mapping[str, object], labels, split: Split,
-                    methods: Sequence[str] = METHODS) -> SplitScores:
+                    methods: Sequence[str] = METHODS, centre: bool = True) -> SplitScores:
     """1-NN and linear-probe test accuracy of each feature set on one split (e.g. the 9 known people)."""
     labels = np.asarray(labels)
     people = len(np.unique(labels[split.test]))
@@ -135,7 +180,7 @@ def scores_on_split(feature_sets: Mapping[str, object], labels, split: Split,
                       f"{len(split.test)} test photos")
     for name, feats in feature_sets.items():
         for method in methods:
-            out.acc[(name, method)] = evaluate_split(feats, labels, split, method)
+            out.acc[(name, method)] = evaluate_split(feats, labels, split, method, centre=centre)
     return out
 
 

@@ -35,36 +35,6 @@ def import_umap():
     return umap
 
 
-@dataclass
-class UmapTimings:
-    """Seconds for `import umap`, the first fit (numba compiles) and a second, identical fit."""
-
-    import_s: float
-    first_fit_s: float
-    second_fit_s: float
-
-    def __str__(self) -> str:
-        return (f"import umap: {self.import_s:.1f} s, first fit (numba compiles): {self.first_fit_s:.1f} s, "
-                f"second fit: {self.second_fit_s:.1f} s")
-
-
-def warm_up_umap(n: int = 60, dim: int = 16, seed: int = 0) -> UmapTimings:
-    """Import umap-learn and fit it twice on small random data, timing each step.
-
-    numba compiles UMAP's functions on their first call in each Python process; compiling does not
-    depend on the data size, so a tiny fit pays it once and later maps take about a second.
-    """
-    t0 = time.perf_counter()
-    import_umap()
-    t1 = time.perf_counter()
-    x = np.random.default_rng(seed).normal(size=(n, dim))
-    project(x, "umap", seed=seed, n_neighbors=10)
-    t2 = time.perf_counter()
-    project(x, "umap", seed=seed, n_neighbors=10)
-    t3 = time.perf_counter()
-    return UmapTimings(t1 - t0, t2 - t1, t3 - t2)
-
-
 def project(x, method: str = "umap", seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
             perplexity: float = 30.0) -> np.ndarray:
     """2-D map (N, 2) of the rows of `x` after L2 normalisation, by 'umap' (cosine), 'tsne' or 'pca'.
@@ -168,27 +138,34 @@ def course_sets(data, features, model=None, model_name: str = "ArcFace") -> Embe
     return sets
 
 
+STRANGER_MARKERS = ("X", "P", "*", "D", "v", "^", "s", "p", "h", "<", ">", "d")
+
+
 def palette(n: int):
-    """n distinct colours, never grey (grey is for strangers): tab10 up to 9, tab20 up to 18, then hues."""
+    """n distinct colours for known people, never grey nor black (those are the strangers'):
+    tab10 up to 9, then tab20 and tab20b (38 colours, greys left out), then hues."""
     if n <= 9:
         return [plt.get_cmap("tab10")(i) for i in (0, 1, 2, 3, 4, 5, 6, 8, 9)[:n]]
-    if n <= 18:
-        return [plt.get_cmap("tab20")(i) for i in range(20) if i not in (14, 15)][:n]
+    if n <= 38:
+        cols = [plt.get_cmap("tab20")(i) for i in range(20) if i not in (14, 15)]
+        return (cols + [plt.get_cmap("tab20b")(i) for i in range(20)])[:n]
     return [plt.get_cmap("hsv")(i / n) for i in range(n)]
 
 
 def plot_map(xy: np.ndarray, labels, names: Sequence[str], is_stranger=None, is_test=None, ax=None,
-             title: str = "", legend: bool = True, colour_strangers: bool = True) -> plt.Axes:
-    """Scatter a 2-D map. Strangers: crosses, one colour per stranger (grey if not `colour_strangers`).
-    Known people: dots coloured by person (test photos: black edge), small and pale beside coloured
-    strangers so that these stand out; over 12 known people the legend names them as one group."""
+             title: str = "", legend: bool = True, mark_strangers: bool = True) -> plt.Axes:
+    """Scatter a 2-D map. Known people: dots coloured by person (test photos: black edge), small and
+    pale when strangers are shown, so that these stand out. Strangers: black markers, a shape per
+    stranger (up to 12; more, or not `mark_strangers`: grey crosses, one legend entry). Colours are
+    for known people only, so a stranger is never mistaken for a known person's colour. Over 12 known
+    people the legend names them as one group."""
     labels = np.asarray(labels)
     n = len(labels)
     is_stranger = np.zeros(n, bool) if is_stranger is None else np.asarray(is_stranger, bool)
     is_test = np.zeros(n, bool) if is_test is None else np.asarray(is_test, bool)
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
-    mute = bool(colour_strangers and is_stranger.any())
+    mute = bool(is_stranger.any())
     cols, group, labelled = palette(len(names)), len(names) > 12, set()
     for k, name in enumerate(names):
         for test, edge in ((False, "none"), (True, "k")):
@@ -197,35 +174,33 @@ def plot_map(xy: np.ndarray, labels, names: Sequence[str], is_stranger=None, is_
                 key = "all" if group else k       # one legend entry per person, or one for them all
                 label = None if key in labelled else f"known people ({len(names)}, a colour each)" if group else name
                 labelled.add(key)
-                ax.scatter(*xy[sel].T, s=12 if mute else 26, color=cols[k], alpha=0.45 if mute else 1,
+                ax.scatter(*xy[sel].T, s=12 if mute else 26, color=cols[k], alpha=0.5 if mute else 1,
                            edgecolor=edge, lw=0.5 if mute else 0.7, label=label)
     if is_stranger.any():
         s_lab = labels[is_stranger]
         ids = np.unique(s_lab)
-        if not colour_strangers:
-            ax.scatter(*xy[is_stranger].T, marker="x", s=14, lw=0.8, c="0.55", alpha=0.8,
-                       label="strangers (never trained on)")
-        # up to 10 strangers: tab10, its grey made black (bold crosses, never mistaken for pale known dots)
-        cols = ([plt.get_cmap("tab10")(i) if i != 7 else (0, 0, 0, 1) for i in range(len(ids))] if len(ids) <= 10
-                else palette(len(ids)))
-        for j, (sid, col) in enumerate(zip(ids, cols if colour_strangers else [])):
-            label = (f"stranger {j + 1}" if len(ids) <= 10 else
-                     "strangers (a colour each)" if j == 0 else None)
-            ax.scatter(*xy[is_stranger][s_lab == sid].T, marker="X", s=34, color=col, edgecolor="k", lw=0.4,
-                       label=label)
+        if not mark_strangers or len(ids) > len(STRANGER_MARKERS):
+            ax.scatter(*xy[is_stranger].T, marker="x", s=16, lw=0.9, c="0.25",
+                       label=f"strangers ({len(ids)}, never trained on)")
+        else:
+            for j, sid in enumerate(ids):
+                ax.scatter(*xy[is_stranger][s_lab == sid].T, marker=STRANGER_MARKERS[j], s=30, color="k",
+                           edgecolor="w", lw=0.3, label=f"stranger {j + 1}")
     ax.set(xticks=[], yticks=[])
     ax.set_title(title, fontsize=9)
     if legend:
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return ax
 
 
 def plot_maps(sets: EmbeddingSets, views: Sequence[str] | None = None, methods: Sequence[str] = METHODS,
               split: str = "all", seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1) -> plt.Figure:
-    """Rows: views (e.g. raw features, ArcFace); columns: UMAP, t-SNE, PCA. One legend on the right."""
+    """Rows: views (e.g. raw features, ArcFace); columns: UMAP, t-SNE, PCA. One legend below all panels,
+    in a strip of its own, so it never covers a map."""
     views = list(views or sets.views)
     titles = {"umap": "UMAP (cosine)", "tsne": "t-SNE (cosine)", "pca": "PCA"}
-    fig, axes = plt.subplots(len(views), len(methods), figsize=(3.0 * len(methods) + 1.6, 2.9 * len(views)),
+    legend_in = 0.75                                   # inches kept free below the maps for the legend
+    fig, axes = plt.subplots(len(views), len(methods), figsize=(3.2 * len(methods), 3.0 * len(views) + legend_in),
                              squeeze=False)
     for r, view in enumerate(views):
         x, y, stranger, test = sets.select(view, split)
@@ -234,8 +209,9 @@ def plot_maps(sets: EmbeddingSets, views: Sequence[str] | None = None, methods: 
             plot_map(xy, y, sets.names, stranger, test, ax=axes[r, c], legend=False,
                      title=f"{view}: {titles[method]}")
     handles, lab = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, lab, loc="center right", fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
+    fig.legend(handles, lab, loc="lower center", ncol=min(6, len(lab)), fontsize=8, frameon=False,
+               markerscale=1.3)
+    fig.tight_layout(rect=(0, legend_in / fig.get_figheight(), 1, 1))
     return fig
 
 
@@ -284,7 +260,7 @@ def map_view(sets: EmbeddingSets, view: str, split: str = "test + strangers", n_
     t0 = time.perf_counter()
     xy = project(x, "umap", seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
     seconds = time.perf_counter() - t0
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = plt.subplots(figsize=(9.0, 5.6))
     plot_map(xy, y, sets.names, stranger, test, ax=ax,
              title=f"{view}: UMAP, n_neighbors={min(n_neighbors, len(x) - 1)}, min_dist={min_dist:g}")
     fig.tight_layout()
@@ -361,6 +337,20 @@ def gallery_queries(sets: EmbeddingSets, view: str, n_known: int = 3, n_stranger
     _, score = nearest(gx, sets.views[view]["strangers"], 1)
     strangers = np.argsort(-score[:, 0], kind="stable")[:n_strangers]
     return [("test", int(i)) for i in known] + [("strangers", int(i)) for i in strangers]
+
+
+def random_queries(sets: EmbeddingSets, n_known: int = 3, n_strangers: int = 1, seed: int = 0,
+                   split: str = "test") -> list[tuple[str, int]]:
+    """Gallery queries drawn at random (seeded): `n_known` photos of `split` from different known people
+    and `n_strangers` stranger photos from different strangers, as (split, index) pairs. Fair to every
+    view: none is picked for being easy or hard in one of them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for part, n in ((split, n_known), ("strangers", n_strangers)):
+        labels = np.asarray(sets.labels[part])
+        people = rng.permutation(np.unique(labels))[:n]
+        out += [(part, int(rng.choice(np.flatnonzero(labels == p)))) for p in people]
+    return out
 
 
 @dataclass

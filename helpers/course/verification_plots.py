@@ -74,6 +74,21 @@ class UnseenRow:
                 f"strangers' EER: raw features {100 * self.eer_raw:4.1f} %, ArcFace {100 * self.eer_arcface:4.1f} %")
 
 
+def known_counts(wanted: Sequence[int], num_people: int, min_strangers: int = 2) -> tuple[int, ...]:
+    """The numbers of known people to try, fitted to a data set of `num_people`: each value is capped so
+    that `min_strangers` people stay strangers (and is at least 2), duplicates dropped, order kept.
+    (9, 20, 30) stays as it is on ORL's 40 people; on 14 people it becomes (9, 12)."""
+    top = num_people - min_strangers
+    if top < 2:
+        raise ValueError(f"{num_people} people: need at least {2 + min_strangers} (2 known, {min_strangers} strangers)")
+    out: list[int] = []
+    for k in wanted:
+        k = max(2, min(int(k), top))
+        if k not in out:
+            out.append(k)
+    return tuple(out)
+
+
 def seen_vs_unseen(features: torch.Tensor, faces: FaceSet, n_known_values: Sequence[int] = (9, 20),
                    seed: int = 0, s: float = 16.0, m: float = 0.5, epochs: int = 30, lr: float = 1e-2,
                    shots: int | None = None) -> list[UnseenRow]:
@@ -183,6 +198,7 @@ class OpenSetScores:
     known_right: np.ndarray      # the best match is the right person
     stranger_score: np.ndarray
     threshold: float             # chosen on held-out data (see open_set_scores)
+    photos: str = "test"         # which photos the rates are measured on: "test" or "val"
 
     def __post_init__(self):
         self._check()
@@ -206,7 +222,7 @@ class OpenSetScores:
 
 
 def open_set_scores(gallery_emb, gallery_labels, known_emb, known_labels, stranger_emb,
-                    val_emb, val_labels, val_stranger_emb) -> OpenSetScores:
+                    val_emb, val_labels, val_stranger_emb, photos: str = "test") -> OpenSetScores:
     """Enrol each known person as the mean of their `gallery_emb` photos; score every query by its
     best match. The threshold is the course's rule (`threshold_from_strangers`) on the validation
     photos and validation strangers, never on the test photos or test strangers."""
@@ -214,7 +230,7 @@ def open_set_scores(gallery_emb, gallery_labels, known_emb, known_labels, strang
     idx, score = best_match(gallery, known_emb)
     _, s_score = best_match(gallery, stranger_emb)
     t = threshold_from_strangers(gallery, val_emb, val_labels, val_stranger_emb)
-    return OpenSetScores(score, idx == np.asarray(known_labels), s_score, t)
+    return OpenSetScores(score, idx == np.asarray(known_labels), s_score, t, photos)
 
 
 def threshold_view(scores: OpenSetScores, threshold: float | None = None) -> tuple[plt.Figure, str]:
@@ -226,8 +242,9 @@ def threshold_view(scores: OpenSetScores, threshold: float | None = None) -> tup
     r = scores.rates(t)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8.6, 3.1))
     bins = np.linspace(-0.2, 1, 49)
-    a1.hist(scores.known_score, bins, alpha=0.7, density=True, label="known people (test photos)", color="tab:green")
-    a1.hist(scores.stranger_score, bins, alpha=0.6, density=True, label="strangers", color="tab:red")
+    a1.hist(scores.known_score, bins, alpha=0.7, density=True, label=f"known people ({scores.photos} photos)",
+             color="tab:green")
+    a1.hist(scores.stranger_score, bins, alpha=0.6, density=True, label=f"strangers ({scores.photos})", color="tab:red")
     a1.axvline(t, color="k", lw=1.2)
     a1.set(xlabel="best-match cosine to a known person's centre", ylabel="density")
     a1.set_title(f"threshold {t:.2f}", fontsize=9)
@@ -240,17 +257,24 @@ def threshold_view(scores: OpenSetScores, threshold: float | None = None) -> tup
     a2.set(xlabel="strangers rejected (%)", ylabel="known people accepted (%)", xlim=(-2, 102), ylim=(-2, 102))
     a2.set_title("moving the threshold trades one for the other", fontsize=9)
     fig.tight_layout()
-    return fig, f"Result: {r}"
+    where = "" if scores.photos == "test" else f" (on the {scores.photos} photos and strangers)"
+    return fig, f"Result: {r}{where}"
 
 
-def open_set_for(sets, view: str, seed: int = 0) -> OpenSetScores:
+def open_set_for(sets, view: str, seed: int = 0, measure: str = "test") -> OpenSetScores:
     """Open-set scores of one view of embedding_maps.EmbeddingSets: the known people are enrolled from their
     train photos; the threshold is chosen on their val photos and on half of the strangers (by person), other
-    strangers than the test strangers; the rates are measured on the test photos and the other half."""
+    strangers than the test strangers. `measure="test"`: the rates are measured on the test photos and the
+    other half of the strangers (look once); "val": on the same validation photos and strangers that chose the
+    threshold (for panels and exercises, which a learner may move as often as they like)."""
+    if measure not in ("test", "val"):
+        raise ValueError(f"measure={measure!r}: 'test' or 'val'")
     val_s, test_s = split_people(sets.labels["strangers"], 0.5, seed)
     v = sets.views[view]
-    return open_set_scores(v["train"], sets.labels["train"], v["test"], sets.labels["test"], v["strangers"][test_s],
-                           val_emb=v["val"], val_labels=sets.labels["val"], val_stranger_emb=v["strangers"][val_s])
+    known, strangers = (("test", test_s) if measure == "test" else ("val", val_s))
+    return open_set_scores(v["train"], sets.labels["train"], v[known], sets.labels[known], v["strangers"][strangers],
+                           val_emb=v["val"], val_labels=sets.labels["val"], val_stranger_emb=v["strangers"][val_s],
+                           photos=known)
 
 
 def open_set_comparison(open_set: dict[str, OpenSetScores]) -> str:
@@ -274,6 +298,19 @@ def stranger_vs_known(sets, stranger: int, gallery_split: str = "train") -> dict
         own = np.where(gy[None] == np.asarray(sets.labels["test"])[:, None], l2_normalize(v["test"]) @ g.T, -2).max(1)
         best = float((l2_normalize(v["strangers"][stranger:stranger + 1]) @ g.T).max())
         out[view] = (best, float(np.median(own)), float((own < best).mean()))
+    return out
+
+
+def strangers_like_known(sets, gallery_split: str = "train") -> dict[str, float]:
+    """Per view of embedding_maps.EmbeddingSets: the share of stranger photos whose best cosine to a known
+    person's `gallery_split` photo is above the median known test photo's best cosine to its own person
+    (all strangers count, so no single stranger is picked to suit one view)."""
+    out = {}
+    for view, v in sets.views.items():
+        g, gy = l2_normalize(v[gallery_split]), np.asarray(sets.labels[gallery_split])
+        own = np.where(gy[None] == np.asarray(sets.labels["test"])[:, None], l2_normalize(v["test"]) @ g.T, -2).max(1)
+        best = (l2_normalize(v["strangers"]) @ g.T).max(1)
+        out[view] = float((best > np.median(own)).mean())
     return out
 
 
