@@ -67,10 +67,16 @@ def test_baselines_extra_matches_requirements_baselines():
     assert _names(reqs) == _names(PROJECT["optional-dependencies"]["baselines"])
 
 
-def test_requirements_txt_installs_the_package_with_the_course_and_tests():
-    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines == ["-e .[course,test]"]
+def _entries(name: str) -> list[str]:
+    return [ln.strip() for ln in (ROOT / name).read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_requirements_txt_installs_the_course_and_requirements_test_adds_the_tests():
+    """Learners (`course.sh lab`, environment.yml) get no test-only package; `course.sh test` adds them."""
+    assert _entries("requirements.txt") == ["-e .[course]"]
+    assert _entries("requirements-test.txt") == ["-e .[course,test]"]
+    course_side = _names(PROJECT["optional-dependencies"]["course"] + PROJECT["optional-dependencies"]["notebooks"])
+    assert not course_side & {"pytest", "playwright", "hypothesis", "nbval", "pytest-timeout"}
 
 
 def test_environment_yml_installs_requirements_txt():
