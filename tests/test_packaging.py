@@ -158,3 +158,24 @@ def test_min_requirements_follow_extras_once_and_pin_everything():
     assert _names(reqs) == (_names(PROJECT["dependencies"]) | _names(PROJECT["optional-dependencies"]["notebooks"])
                             | {"jupyterlab"} | _names(PROJECT["optional-dependencies"]["test"]) - {PROJECT["name"]})
     assert all(M.pin_floor(r) for r in reqs), "every requirement of the course has a floor"
+
+
+# --- the README's install figures --------------------------------------------------------------------
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_memory_figure_is_the_benchmarks_largest_notebook_peak():
+    """'What it takes' quotes the largest kernel peak that `bash course.sh bench` recorded."""
+    import json
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text(encoding="utf-8"))
+    peaks = {name: nb["peak_rss_mb"] for name, nb in results["sections"]["course"]["details"]["notebooks"].items()}
+    name = max(peaks, key=peaks.get)
+    row = next(line for line in README.splitlines() if line.startswith("| memory |"))
+    assert f"{peaks[name] / 1024:.2f} GiB" in row and name[:2] in row
+
+
+def test_readme_names_the_knobs_that_exist_and_no_stale_test_count():
+    assert 'DATA = "' not in README and 'SOURCE = "../data"' in README
+    assert not re.search(r"\b\d{3,} tests in\b", README)      # a typed count goes stale: pytest prints it
+    assert "FACE_COURSE_TORCH=cpu" in README and "Intel Macs" in README
