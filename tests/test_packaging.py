@@ -179,3 +179,13 @@ def test_readme_names_the_knobs_that_exist_and_no_stale_test_count():
     assert 'DATA = "' not in README and 'SOURCE = "../data"' in README
     assert not re.search(r"\b\d{3,} tests in\b", README)      # a typed count goes stale: pytest prints it
     assert "FACE_COURSE_TORCH=cpu" in README and "Intel Macs" in README
+
+
+def test_min_requirements_keep_the_higher_of_two_floors_once():
+    pins = M.pinned_floors(M.requirements(PROJECT, ["course", "test"]))
+    names = [_name(p) for p in pins]
+    assert len(names) == len(set(names))
+    assert "ipywidgets==8.1.0" in pins                     # the course extra's floor, over the notebooks' 7.7
+    assert M.pinned_floors(["a>=1.10", "a>=1.9", "b>=2"]) == ["a==1.10.0", "b==2.0.0"]
+    notebooks_only = M.pinned_floors(M.requirements(PROJECT, ["notebooks"]))
+    assert "ipywidgets==7.7.0" in notebooks_only            # what Colab's cell installs: Colab's 7.7 is kept
