@@ -112,7 +112,7 @@ def _third_party_imports(files) -> set[str]:
 
 # What an import is called on PyPI, where the two differ; `None`: comes with another requirement.
 DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
-                "skimage": "scikit-image", "umap": "umap-learn", "IPython": None}  # IPython: ipywidgets needs it
+                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml", "IPython": None}  # IPython: ipywidgets needs it
 
 
 def _dists(mods) -> set[str]:
