@@ -117,7 +117,7 @@ def diagnose(venv: Path, run: Callable = subprocess.run, want_version: str | Non
         return "its Python is gone (was the Python it was made with removed or upgraded?)"
     try:
         probe = run([str(python), "-c", PROBE], capture_output=True, text=True, timeout=120)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         probe = None
     if probe is None or probe.returncode != 0:
         return "its Python does not start (was the Python it was made with removed or upgraded?)"
@@ -126,7 +126,7 @@ def diagnose(venv: Path, run: Callable = subprocess.run, want_version: str | Non
         return f"it was made with Python {have or '?'}, and this is Python {want_version}"
     try:
         pip = run([str(python), "-m", "pip", "--version"], capture_output=True, text=True, timeout=120)
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         pip = None
     if pip is None or pip.returncode != 0:
         return "it has no pip"
