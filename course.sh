@@ -7,8 +7,10 @@
 #   bash course.sh quick         unit tests only, without the slow and browser ones (= test --quick)
 #   bash course.sh notebooks     only the notebooks under nbval
 #   bash course.sh bench         run the benchmarks and refresh the README's performance table
-# Needs Python 3.10+ with pip ($PYTHON, default python3). The environment lives in .venv
-# (FACE_COURSE_VENV to change); NUMBA_CACHE_DIR defaults to .cache/numba.
+# Needs Python 3.10+ with pip ($PYTHON, default python3; an older one gets a version message). The
+# environment lives in .venv (FACE_COURSE_VENV to change) and is rebuilt when broken; `lab` installs
+# no test tools; FACE_COURSE_TORCH=cpu takes PyTorch's CPU-only wheels; NUMBA_CACHE_DIR defaults to
+# .cache/numba. Ctrl-C stops it cleanly ("interrupted; run again", status 130).
 set -euo pipefail
 cd "$(dirname "$0")"
 exec "${PYTHON:-python3}" course.py "$@"

@@ -3,8 +3,11 @@
     python -m helpers train --data DIR --out model.pt
     python -m helpers recognize --model model.pt PHOTO...
     python -m helpers evaluate --data DIR|orl --known N --shots K --seed S --json
+    python -m helpers finetune --config configs/config.yaml [--epochs 5 ...]
 
-Every error is one line on stderr and a non-zero exit status (2), never a traceback.
+Every error is one line on stderr and a non-zero exit status (2), never a traceback. Paths and
+numbers are checked before any work (no training first, then a refusal), and `--help` imports no
+PyTorch (the choices below are copies that tests/test_cli.py keeps equal to the library's).
 """
 from __future__ import annotations
 
@@ -15,6 +18,13 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_ERROR = 2
+PROG = "python -m helpers"
+
+# Copies of helpers.backbones.BACKBONES and helpers.recognizer_pipeline.METHODS / DEFAULT_METHOD, so
+# that building the parser loads no PyTorch (tests/test_cli.py checks they agree).
+BACKBONE_CHOICES = ("auto", "resnet18", "efficientnet_lite0")
+METHOD_CHOICES = ("multilayer-tta-whiten", "head", "raw")
+DEFAULT_METHOD = "multilayer-tta-whiten"
 
 
 class CliError(Exception):
@@ -62,8 +72,6 @@ def cmd_train(args) -> int:
     rec, info = train_recognizer(faces, backbone, size=args.size, method=args.method, epochs=args.epochs,
                                  seed=args.seed, n_threads=_threads(args.threads), strangers=strangers)
     out = Path(args.out)
-    if out.suffix == "":
-        raise CliError(f"--out {args.out}: give a file name such as model.pt")
     rec.save(out)
     mb = out.stat().st_size / 2**20
     print(f"trained: {info['people']} people, {info['photos']} photos ({info['method']}, "
@@ -166,32 +174,105 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------------- parser
 
 
+def whole_number(low: int):
+    """An argparse type: an int >= low, else a message that says so (`--epochs -3` is refused)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, not {value}")
+        return value
+    parse.__name__ = f"whole number >= {low}"
+    return parse
+
+
+def finite_number(text: str) -> float:
+    """An argparse type: a finite number (a threshold on the similarity score; above 1 rejects everyone)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number such as 0.5, not {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number such as 0.5, not {text}")
+    return value
+
+
+def _check_folder(flag: str, source: str) -> None:
+    if source in ("orl", "lfw"):
+        return
+    p = Path(source)
+    if not p.exists():
+        raise CliError(f"{flag} {source}: no such folder (give a folder with one sub-folder per person, or 'orl')")
+    if not p.is_dir():
+        raise CliError(f"{flag} {source}: is a file; give a folder with one sub-folder per person, or 'orl'")
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive: a recogniser file starts with 'PK'."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
+def check_out(out: str) -> None:
+    """`train --out`: a file name in a folder that exists or can be made; never one of your other files."""
+    p = Path(out)
+    if p.is_dir():
+        raise CliError(f"--out {out}: is a folder; give a file name such as {p / 'model.pt'}")
+    if p.suffix == "":
+        raise CliError(f"--out {out}: give a file name such as model.pt")
+    if p.exists() and not _looks_like_torch_file(p):
+        raise CliError(f"--out {out}: a file that is not a recogniser already has this name; choose another "
+                       "name (the course never overwrites your files)")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise CliError(f"--out {out}: {ancestor} is a file, not a folder")
+
+
+def check_args(args) -> None:
+    """Every path of the command line, checked before anything is loaded or trained."""
+    if getattr(args, "data", None) is not None:
+        _check_folder("--data", args.data)
+    if args.command == "train":
+        check_out(args.out)
+        if args.strangers not in ("orl", "none"):
+            _check_folder("--strangers", args.strangers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     invoked = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
-    prog = invoked if invoked and invoked not in ("__main__.py", "-c") else "python -m helpers"
+    prog = invoked if invoked and invoked not in ("__main__.py", "-c") else PROG
     p = argparse.ArgumentParser(prog=prog,
                                 description="Face recognition by transfer learning: the course's recogniser.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{train,recognize,evaluate,finetune}")
-    from .backbones import BACKBONES
-    from .recognizer_pipeline import DEFAULT_METHOD, METHODS
+    threads_type, positive = whole_number(1), whole_number(1)
 
     def common(sp, data: bool = True):
         if data:
             sp.add_argument("--data", required=True, help="folder with one sub-folder per person, or 'orl'")
-            sp.add_argument("--backbone", default="auto", choices=BACKBONES)
-            sp.add_argument("--size", type=int, default=None, help="input size in pixels (default: the backbone's)")
-            sp.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS,
+            sp.add_argument("--backbone", default="auto", choices=BACKBONE_CHOICES)
+            sp.add_argument("--size", type=whole_number(32), default=None,
+                            help="input size in pixels, 32 or more (default: the backbone's)")
+            sp.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_CHOICES,
                             help=f"{DEFAULT_METHOD} (default; won on the benchmark's development people): "
                                  "frozen features of several layers + mirror test-time augmentation + "
                                  "within-class whitening fitted on the photos, augmented and blurred/JPEG "
                                  "copies of them and the photos of 10 background people (the packaged ORL "
                                  "s1-s10, minus anyone in --data or the strangers); "
                                  "head: train an embedding + ArcFace head on the frozen features; raw: enrol "
-                                 "the frozen features as they are (see benchmarks/RESULTS.md, notebook 06)")
-            sp.add_argument("--epochs", type=int, default=30)
-            sp.add_argument("--seed", type=int, default=0)
+                                 "the frozen features as they are. Compare them on your own photos with "
+                                 f"'{PROG} evaluate --data DIR --method NAME'")
+            sp.add_argument("--epochs", type=positive, default=30, help="training epochs, 1 or more (default 30)")
+            sp.add_argument("--seed", type=whole_number(0), default=0)
             sp.add_argument("--crop-faces", action="store_true", help="cut each photo to its largest face first")
-        sp.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available, at most 8)")
+        sp.add_argument("--threads", type=threads_type, default=None,
+                        help="torch threads, 1 or more (default: the CPUs available, at most 8)")
 
     t = sub.add_parser("train", help="train a recogniser on a folder of people and save it as one file")
     common(t)
@@ -205,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(r, data=False)
     r.add_argument("--model", required=True, help="a file written by 'train'")
     r.add_argument("photos", nargs="+", metavar="PHOTO")
-    r.add_argument("--threshold", type=float, default=None, help="override the saved threshold")
+    r.add_argument("--threshold", type=finite_number, default=None, help="override the saved threshold")
     r.add_argument("--expect-backbone", default=None, help="refuse a model made for another backbone")
     r.add_argument("--crop-faces", action="store_true", help="cut each photo to its largest face first")
     r.add_argument("--json", action="store_true")
@@ -213,8 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy, EER and open-set rates on a fixed split")
     common(e)
-    e.add_argument("--known", type=int, default=9, help="people to recognise; the others are strangers")
-    e.add_argument("--shots", type=int, default=None, help="training photos per known person (default all)")
+    e.add_argument("--known", type=whole_number(2), default=9, help="people to recognise, 2 or more; the "
+                   "others are strangers")
+    e.add_argument("--shots", type=positive, default=None, help="training photos per known person (default all)")
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--degrade", action="store_true",
                    help="degrade the query photos mildly (rotation <= 10 deg, brightness/contrast +-25 %%, "
@@ -223,18 +305,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("finetune", add_help=False,
                    help="train the face model end to end (frozen, some stages or all), in one process or "
-                        "under torchrun; 'finetune --help' lists its options (same as python -m helpers.trainer)")
+                        f"under torchrun; '{PROG} finetune --help' lists its options; "
+                        "--config configs/config.yaml reads the guide's configuration file")
     return p
+
+
+def finetune(argv: list[str]) -> int:
+    """`python -m helpers finetune ...`: helpers.trainer's options, optionally read from --config FILE
+    first (helpers.config: flags given on the command line win over the file)."""
+    from .config import ConfigError, flags_from_config, split_config_arg
+
+    try:
+        config_path, rest = split_config_arg(argv)
+        flags = flags_from_config(config_path) if config_path else []
+    except ConfigError as e:
+        _say(f"error: {e}")
+        return EXIT_ERROR
+    from .trainer import main as trainer_main, parse_args
+
+    prog = f"{PROG} finetune"
+    if config_path and not {"-h", "--help"} & set(rest):
+        from .config import describe_resolved
+        _say(describe_resolved(config_path, flags, rest, parse_args(flags + rest, prog)))
+    return trainer_main(flags + rest, prog=prog)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m helpers` and the `face-course` script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["finetune"]:  # its own parser: the options of helpers.trainer, passed through
-        from .trainer import main as trainer_main
-
-        return trainer_main(argv[1:])
+        return finetune(argv[1:])
     args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+    except CliError as e:
+        _say(f"error: {e}")
+        return EXIT_ERROR
     from .backbones import BackboneUnavailable
     from .data import FaceDataError
     from .recognizer import RecognizerFileError

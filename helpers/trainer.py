@@ -390,9 +390,9 @@ def _resume(path: Path, ctx: DistContext, model: FaceModel, opt, sched, scaler, 
 
 # ---------------------------------------------------------------------- command line
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m helpers.trainer") -> TrainConfig:
     """The CLI flags -> TrainConfig (flags are the field names with dashes)."""
-    p = argparse.ArgumentParser(prog="python -m helpers.trainer", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig(data="")
     for f in dataclasses.fields(TrainConfig):
@@ -408,13 +408,13 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m helpers.trainer") -> int:
     """CLI entry point: 0 on success, 2 for a setting or data problem, 1 for any other failure.
 
     One process returns the status after one line on stderr; a rank of several ends its process
     at once (`distributed.fail`) so that no rank waits on another.
     """
-    cfg = parse_args(argv)
+    cfg = parse_args(argv, prog)
     ctx = DistContext()
     try:
         ctx = init_distributed(cfg.device, cfg.timeout_s)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +197,109 @@ def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
     assert text.splitlines() == ["$ python -m helpers recognize --model none.pt a.jpg",
                                  "error: none.pt: no such file. Train one first: python -m helpers train "
                                  "--data DIR --out none.pt", "[exit status 2]"]
+
+
+# --- checked early and fast ---------------------------------------------------------------------------
+
+def test_choices_copied_for_a_torch_free_parser_equal_the_librarys():
+    from helpers.backbones import BACKBONES
+    from helpers.recognizer_pipeline import DEFAULT_METHOD, METHODS
+    assert cli.BACKBONE_CHOICES == tuple(BACKBONES)
+    assert cli.METHOD_CHOICES == tuple(METHODS) and cli.DEFAULT_METHOD == DEFAULT_METHOD
+
+
+def test_import_helpers_and_help_load_no_torch():
+    """`import helpers` is lazy (module __getattr__), so `--help` answers without PyTorch (~7 s before)."""
+    import subprocess
+    import sys
+    import time
+    code = ("import sys, helpers\n"
+            "from helpers import cli\n"
+            "for argv in (['--help'], ['train', '--help'], ['evaluate', '--help']):\n"
+            "    try:\n        cli.main(argv)\n    except SystemExit:\n        pass\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**__import__("os").environ, "PYTHONPATH": str(Path(cli.__file__).parents[1])})
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("TORCH False")
+    assert seconds < 5, f"three --help calls took {seconds:.1f} s"      # ~0.2 s idle; loose for busy machines
+
+
+def test_lazy_package_keeps_the_names_notebooks_use():
+    import helpers
+    from helpers import load_backbone, set_seed
+    assert helpers.set_seed is set_seed and helpers.load_backbone is load_backbone
+    assert helpers.runtime.__name__ == "helpers.runtime"          # submodules too, without importing them
+    assert set(helpers.__all__) <= set(dir(helpers))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        helpers.nothing
+
+
+def _never(args):
+    raise AssertionError("the command ran: the check came too late")
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}", "is a folder; give a file name such as"),
+    ("{tmp}/notes.txt", "a file that is not a recogniser already has this name"),
+    ("{tmp}/notes.txt/m.pt", "notes.txt is a file, not a folder"),
+    ("{tmp}/model", "give a file name such as model.pt"),
+])
+def test_train_out_is_checked_before_any_work(out, message, capsys, tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("my notes")
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=_never)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    code, stdout, err = run(capsys, "train", "--data", "orl", "--out", out.format(tmp=tmp_path))
+    assert code == 2 and err.startswith("error: --out ") and message in err and stdout == ""
+    assert (tmp_path / "notes.txt").read_text() == "my notes"
+
+
+def test_an_earlier_recogniser_file_may_be_replaced(tmp_path):
+    import torch
+    torch.save({"x": 1}, tmp_path / "model.pt")
+    cli.check_out(str(tmp_path / "model.pt"))           # no error
+    cli.check_out(str(tmp_path / "new" / "deeper" / "model.pt"))   # folders are made when saving
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "orl", "--out", "m.pt", "--epochs", "-3"], "argument --epochs: must be 1 or more, not -3"),
+    (["train", "--data", "orl", "--out", "m.pt", "--epochs", "ten"], "argument --epochs: must be a whole number, not 'ten'"),
+    (["evaluate", "--data", "orl", "--known", "1"], "argument --known: must be 2 or more, not 1"),
+    (["evaluate", "--data", "orl", "--threads", "0"], "argument --threads: must be 1 or more, not 0"),
+    (["evaluate", "--data", "orl", "--size", "8"], "argument --size: must be 32 or more, not 8"),
+    (["evaluate", "--data", "orl", "--seed", "-1"], "argument --seed: must be 0 or more, not -1"),
+    (["recognize", "--model", "m.pt", "a.jpg", "--threshold", "high"], "argument --threshold: must be a number such as 0.5"),
+    (["recognize", "--model", "m.pt", "a.jpg", "--threshold", "nan"], "argument --threshold: must be a finite number"),
+])
+def test_bad_numbers_are_refused_by_the_parser_with_the_reason(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_strangers_folder_checked_early(capsys, tmp_path, monkeypatch):
+    parser = cli.build_parser()
+    parser._subparsers._group_actions[0].choices["train"].set_defaults(func=_never)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    code, _, err = run(capsys, "train", "--data", "orl", "--out", tmp_path / "m.pt", "--strangers", tmp_path / "none-here")
+    assert code == 2 and err.startswith("error: --strangers ") and "no such folder" in err
+
+
+def test_help_points_to_what_is_installed(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "benchmarks/" not in text and "RESULTS.md" not in text and "notebook" not in text
+    assert "python -m helpers evaluate --data DIR --method NAME" in " ".join(text.split())
+
+
+def test_finetune_help_names_itself(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and out.startswith("usage: python -m helpers finetune ")
+    assert "helpers.trainer" not in out.splitlines()[0]

@@ -7,7 +7,7 @@ from helpers import cli
 def test_finetune_passes_arguments_to_the_trainer(monkeypatch):
     seen = {}
 
-    def fake_main(argv):
+    def fake_main(argv, prog=None):
         seen["argv"] = list(argv)
         return 0
 

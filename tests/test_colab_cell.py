@@ -31,14 +31,28 @@ C = _load("colab_cell")
 A = _load("add_colab_cell")
 
 
+class FakeDist:
+    def __init__(self, name, version):
+        self.metadata, self.version = {"Name": name}, version
+
+
+COLAB_PACKAGES = {"torch": "2.9.0", "ipywidgets": "7.7.1", "numpy": "2.0.2", "pandas": "2.2.2"}
+IMPORTS = {"torch": ["torch"], "ipywidgets": ["ipywidgets"], "numpy": ["numpy"], "pandas": ["pandas"]}
+
+
 @pytest.fixture
 def sim(monkeypatch, tmp_path):
-    """Run the cell's source as a notebook would, with every side effect recorded instead."""
+    """Run the cell's source as a notebook would, with every side effect recorded instead.
+
+    The installed packages are a dict that a simulated `pip install` may change (`pip_changes`)."""
     calls = SimpleRecorder()
     monkeypatch.setattr(subprocess, "run", calls.run)
     monkeypatch.setattr(os, "chdir", calls.chdir)
     monkeypatch.setattr(os, "getcwd", lambda: calls.cwd)
     monkeypatch.setattr(sys, "path", list(sys.path))
+    import importlib.metadata as md
+    monkeypatch.setattr(md, "distributions", lambda: [FakeDist(n, v) for n, v in calls.packages.items()])
+    monkeypatch.setattr(md, "packages_distributions", lambda: IMPORTS)
 
     def run_cell(on_colab: bool, cloned: bool = False, source: str = C.CELL_SOURCE):
         if on_colab:
@@ -50,22 +64,38 @@ def sim(monkeypatch, tmp_path):
         exec(compile(source, "<colab-setup cell>", "exec"), {"__name__": "__main__"})
         return calls
 
+    run_cell.calls = calls
     return run_cell
 
 
 class SimpleRecorder:
+    """subprocess.run on a simulated Colab: records commands; `fail` makes one fail with `stderr`."""
+
     def __init__(self):
         self.commands, self.cwd = [], "/content"
+        self.packages, self.pip_changes = dict(COLAB_PACKAGES), {}
+        self.fail, self.stderr = None, ""
 
     def run(self, cmd, check=False, **kwargs):
         self.commands.append(list(cmd))
-        return subprocess.CompletedProcess(cmd, 0)
+        if self.fail and self.fail in cmd:
+            return subprocess.CompletedProcess(cmd, 1 if self.fail == "pip" else 128, stdout="", stderr=self.stderr)
+        if "pip" in cmd:
+            self.packages.update(self.pip_changes)
+        return subprocess.CompletedProcess(cmd, 0, stdout="", stderr="")
 
     def chdir(self, path):
         self.cwd = str(path)
 
 
-COURSE = "/content/" + C.COURSE_REPO_URL.rstrip("/").split("/")[-1]
+URL = "https://github.com/someone/face-recognition-course"
+COURSE = "/content/face-recognition-course"
+
+
+def published(url: str = URL) -> str:
+    """The cell as it will be once COURSE_REPO_URL points at the published course."""
+    return C.CELL_TEMPLATE.format(url=url, branch=C.COURSE_BRANCH, not_on_colab=C.NOT_ON_COLAB,
+                                  mark=C.PLACEHOLDER_MARK, placeholder=C.PLACEHOLDER_MESSAGE, restart=C.RESTART_NOTE)
 
 
 def test_not_on_colab_runs_nothing_and_prints_one_stable_line(sim, capsys):
@@ -74,39 +104,105 @@ def test_not_on_colab_runs_nothing_and_prints_one_stable_line(sim, capsys):
     assert capsys.readouterr().out == C.NOT_ON_COLAB + "\n"
 
 
+def test_the_placeholder_address_says_what_to_do_and_runs_nothing(sim):
+    assert C.is_placeholder() == (C.PLACEHOLDER_MARK in C.COURSE_REPO_URL)
+    with pytest.raises(SystemExit) as stop:
+        sim(on_colab=True, source=published("https://github.com/YOUR-GITHUB-ACCOUNT/face-recognition-course"))
+    message = str(stop.value)
+    assert "COURSE_REPO_URL" in message and "placeholder" in message and "run this cell again" in message
+    assert "CalledProcessError" not in message
+
+
+def test_placeholder_stops_before_git(sim, monkeypatch):
+    ran = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: ran.append(cmd))
+    with pytest.raises(SystemExit):
+        sim(on_colab=True, source=published("https://github.com/YOUR-GITHUB-ACCOUNT/x"))
+    assert ran == []
+
+
 def test_on_colab_clones_installs_and_moves_into_notebooks(sim, capsys):
-    calls = sim(on_colab=True)
+    calls = sim(on_colab=True, source=published())
     clone, pip = calls.commands
-    assert clone[:2] == ["git", "clone"] and clone[-2:] == [C.COURSE_REPO_URL, COURSE]
+    assert clone[:2] == ["git", "clone"] and clone[-2:] == [URL, COURSE]
     assert clone[clone.index("--branch") + 1] == C.COURSE_BRANCH
-    assert pip == [sys.executable, "-m", "pip", "install", "--quiet", "-e", COURSE + "[notebooks]"]
+    assert pip == [sys.executable, "-m", "pip", "install", "-e", COURSE + "[notebooks]"]
     assert calls.cwd == COURSE + "/notebooks"
     assert sys.path[0] == COURSE                     # `import helpers` works in the same kernel
     out = capsys.readouterr().out
     assert out.startswith("On Colab: cloned ") and "installed it with pip" in out
     assert out.strip().endswith(f"working in {COURSE}/notebooks.")
+    assert C.RESTART_NOTE not in out                 # Colab's torch and ipywidgets satisfied the course
 
 
 def test_on_colab_a_second_run_does_not_clone_again(sim, capsys):
-    calls = sim(on_colab=True, cloned=True)
+    calls = sim(on_colab=True, cloned=True, source=published())
     assert [c[:2] for c in calls.commands] == [[sys.executable, "-m"]]   # pip only
     assert sys.path.count(COURSE) == 1
     out = capsys.readouterr().out
     assert "cloned" not in out and out.startswith("On Colab: installed it with pip")
 
 
-def test_a_failed_clone_stops_the_cell(monkeypatch, sim):
-    def failing(cmd, check=False, **kw):
-        raise subprocess.CalledProcessError(128, cmd)
-    monkeypatch.setattr(subprocess, "run", failing)
-    with pytest.raises(subprocess.CalledProcessError):
-        sim(on_colab=True)
+def test_a_failed_clone_shows_gits_own_message(sim, monkeypatch):
+    rec = sim.calls
+    rec.fail, rec.stderr = "git", "fatal: repository 'https://github.com/someone/x/' not found\n"
+    with pytest.raises(SystemExit) as stop:
+        sim(on_colab=True, source=published())
+    message = str(stop.value)
+    assert message.startswith(f"git clone {URL} failed (exit 128):") and "repository" in message and "not found" in message
+    assert [c[0] for c in rec.commands] == ["git"]                       # pip never ran
+
+
+def test_a_failed_pip_shows_pips_own_message(sim, monkeypatch, capsys):
+    rec = sim.calls
+    rec.fail = "pip"
+    rec.stderr = "noise\n" * 40 + "ERROR: Could not find a version that satisfies the requirement torch>=2.9\n"
+    with pytest.raises(SystemExit) as stop:
+        sim(on_colab=True, source=published())
+    message = str(stop.value)
+    assert message.startswith("pip install failed (exit 1):")
+    assert message.endswith("ERROR: Could not find a version that satisfies the requirement torch>=2.9")
+    assert message.count("noise") < 20                                   # the tail, not 40 lines
+    assert "On Colab" not in capsys.readouterr().out
+
+
+def test_restart_note_when_pip_replaced_an_imported_package(sim, monkeypatch, capsys):
+    sim.calls.pip_changes = {"numpy": "2.3.0", "pandas": "2.3.1"}         # numpy imported, pandas not
+    monkeypatch.setitem(sys.modules, "numpy", sys.modules.get("numpy") or types.ModuleType("numpy"))
+    monkeypatch.delitem(sys.modules, "pandas", raising=False)
+    sim(on_colab=True, source=published())
+    out = capsys.readouterr().out
+    note = [ln for ln in out.splitlines() if ln.startswith(C.RESTART_NOTE)]
+    assert len(note) == 1 and "numpy 2.0.2 -> 2.3.0" in note[0] and "pandas" not in note[0]
+    assert "Runtime > Restart session" in note[0]
+    assert "which changed 2 of Colab's packages" in out
+
+
+def test_no_restart_note_when_only_packages_not_yet_imported_changed(sim, monkeypatch, capsys):
+    sim.calls.pip_changes = {"pandas": "2.3.1", "new-package": "1.0"}
+    monkeypatch.delitem(sys.modules, "pandas", raising=False)
+    sim(on_colab=True, source=published())
+    assert C.RESTART_NOTE not in capsys.readouterr().out
+
+
+def test_colabs_own_ipywidgets_and_torch_satisfy_the_notebooks_extra():
+    """So pip leaves them alone: the floors the cell installs against are at or under Colab's versions."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        from pip._vendor import tomli as tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    reqs = project["dependencies"] + project["optional-dependencies"]["notebooks"]
+    floors = {r.split(">=")[0].strip(): r.split(">=")[1].split(",")[0].strip() for r in reqs if ">=" in r}
+    version = lambda v: tuple(int(x) for x in v.split("."))
+    assert version(floors["ipywidgets"]) <= version(COLAB_PACKAGES["ipywidgets"])
 
 
 def test_cell_is_plain_python_with_the_repo_address():
     compile(C.CELL_SOURCE, "cell", "exec")
     assert not any(line.lstrip().startswith(("!", "%")) for line in C.CELL_SOURCE.splitlines())
     assert f'COURSE_REPO_URL = "{C.COURSE_REPO_URL}"' in C.CELL_SOURCE
+    compile(published(), "cell", "exec")
 
 
 def test_links_follow_the_repo_address():

@@ -1,9 +1,11 @@
-"""course.py, the entry point behind `bash course.sh ...`: paths per OS, the requirements stamp, the
-commands it builds and the root note. All simulated (monkeypatched): nothing is installed or run."""
+"""course.py (and tools/course_launcher.py, its body), the entry point behind `bash course.sh ...`: paths
+per OS, the stamps, broken environments, Ctrl-C, old Pythons, the commands it builds and the root note.
+Simulated: fake venvs in tmp folders (a shell script as their Python), nothing is installed."""
 from __future__ import annotations
 
-import hashlib
+import ast
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("course_entry", ROOT / "course.py")
+_spec = importlib.util.spec_from_file_location("course_entry", ROOT / "tools" / "course_launcher.py")
 course = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(course)
 
@@ -31,7 +33,8 @@ class Recorder:
     def __call__(self, cmd, **kwargs):
         self.calls.append(list(cmd))
         self.effects(cmd)
-        return SimpleNamespace(returncode=self.returncode)
+        stdout = course.python_version() if "-c" in cmd else "pip 25"    # the health probes' answers
+        return SimpleNamespace(returncode=self.returncode, stdout=stdout)
 
 
 # --- paths ----------------------------------------------------------------------------------------
@@ -50,80 +53,150 @@ def test_venv_dir_default_relative_and_absolute(tmp_path):
 
 # --- the requirements stamp -----------------------------------------------------------------------
 
-def _files(tmp_path, req=b"-e .[course,test]\n", pyproject=b"[project]\nname = 'x'\n"):
+def _files(tmp_path, req=b"-e .[course]\n", pyproject=b"[project]\nname = 'x'\n", test_req=b"-e .[course,test]\n"):
     (tmp_path / "requirements.txt").write_bytes(req)
+    (tmp_path / "requirements-test.txt").write_bytes(test_req)
     (tmp_path / "pyproject.toml").write_bytes(pyproject)
 
 
-def test_stamp_is_the_digest_course_sh_stored(tmp_path):
-    """`cat requirements.txt pyproject.toml | sha256sum`: environments made by the old script stay valid."""
+def test_digest_changes_with_any_requirement_file(tmp_path):
     _files(tmp_path)
-    want = hashlib.sha256(b"-e .[course,test]\n" + b"[project]\nname = 'x'\n").hexdigest()
-    assert course.requirements_stamp(tmp_path) == want
+    first = course.requirements_digest(tmp_path)
+    _files(tmp_path, req=b"-e .\n")
+    second = course.requirements_digest(tmp_path)
+    _files(tmp_path, req=b"-e .\n", test_req=b"-e .[test]\n")
+    third = course.requirements_digest(tmp_path)
+    _files(tmp_path, req=b"-e .\n", test_req=b"-e .[test]\n", pyproject=b"[project]\nname = 'y'\n")
+    assert len({first, second, third, course.requirements_digest(tmp_path)}) == 4
 
 
-def test_stamp_changes_with_either_file(tmp_path):
+def test_the_real_requirement_files_exist():
+    assert course.REQUIREMENT_FILES == ("requirements.txt", "requirements-test.txt", "pyproject.toml")
+    assert len(course.requirements_digest()) == 64
+
+
+def test_stamp_records_requirements_python_minor_and_torch(tmp_path):
     _files(tmp_path)
-    first = course.requirements_stamp(tmp_path)
-    _files(tmp_path, req=b"-e .[course]\n")
-    second = course.requirements_stamp(tmp_path)
-    _files(tmp_path, req=b"-e .[course]\n", pyproject=b"[project]\nname = 'y'\n")
-    assert len({first, second, course.requirements_stamp(tmp_path)}) == 3
+    record = course.stamp_record(tmp_path, "cpu", "3.12.1")
+    assert record == {"requirements": course.requirements_digest(tmp_path), "python": "3.12", "torch": "cpu"}
 
 
-def test_the_real_stamp_covers_both_files():
-    assert course.REQUIREMENT_FILES == ("requirements.txt", "pyproject.toml")
-    assert len(course.requirements_stamp()) == 64
+def test_an_old_bare_digest_stamp_reads_as_empty(tmp_path):
+    (tmp_path / "s").write_text("ab" * 32 + "\n")
+    assert course.read_stamp(tmp_path / "s") == {} and course.read_stamp(tmp_path / "missing") == {}
 
 
 # --- setup ----------------------------------------------------------------------------------------
 
-def _fake_venv(venv: Path):
-    def effects(cmd):
-        if cmd[1:3] == ["-m", "venv"]:
-            py = course.venv_python(Path(cmd[3]))
-            py.parent.mkdir(parents=True)
-            py.write_text("")
-    return effects
+HERE = course.python_version()
 
 
+def _fake_python(path: Path, version: str = HERE, starts: bool = True, pip: bool = True, install_sleep: int = 0):
+    """A stand-in for a venv's Python (POSIX shell): answers the probe, `pip --version`, and pip install."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("#!/bin/sh\n"
+                    + ("" if starts else "exit 1\n")
+                    + f'if [ "$1" = "-c" ]; then echo {version}; exit 0; fi\n'
+                    + ('if [ "$3" = "--version" ]; then ' + ("echo pip 25; exit 0" if pip else
+                       "echo 'No module named pip' >&2; exit 1") + "; fi\n")
+                    + (f"sleep {install_sleep}\n" if install_sleep else "")
+                    + "exit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def _fake_venv(venv: Path, **kwargs):
+    venv.mkdir(parents=True, exist_ok=True)
+    (venv / "pyvenv.cfg").write_text("home = /nowhere\n")
+    return _fake_python(course.venv_python(venv), **kwargs)
+
+
+def _creates_venv(cmd):
+    if cmd[1:3] == ["-m", "venv"]:
+        _fake_venv(Path(cmd[3]))
+
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="the fake venv Python is a shell script")
+
+
+@posix_only
 def test_setup_creates_installs_once_and_reinstalls_on_change(tmp_path, capsys):
     _files(tmp_path)
     venv = tmp_path / ".venv"
-    run = Recorder(effects=_fake_venv(venv))
+    run = Recorder(effects=_creates_venv)
     python = course.setup(environ={}, run=run, root=tmp_path)
     assert python == course.venv_python(venv)
     assert run.calls[0] == [sys.executable, "-m", "venv", str(venv)]
     assert run.calls[1:] == course.install_commands(python)
-    assert any(c[-2:] == ["-r", "requirements.txt"] for c in run.calls)
-    assert (venv / course.STAMP_NAME).read_text().strip() == course.requirements_stamp(tmp_path)
+    assert course.read_stamp(venv / course.STAMP_NAME) == course.stamp_record(tmp_path, "default", HERE)
 
+    probes = [[str(python), "-c", course.PROBE], [str(python), "-m", "pip", "--version"]]
     run.calls.clear()
-    course.setup(environ={}, run=run, root=tmp_path)        # nothing changed: nothing runs
-    assert run.calls == []
+    course.setup(environ={}, run=run, root=tmp_path)        # nothing changed: only the health checks run
+    assert run.calls == probes
 
-    _files(tmp_path, req=b"-e .[course]\n")                  # requirements changed: install again, no new venv
+    _files(tmp_path, req=b"-e .[course,x]\n")              # requirements changed: install again, no new venv
+    run.calls.clear()
     course.setup(environ={}, run=run, root=tmp_path)
-    assert run.calls == course.install_commands(python)
-    assert "installing requirements" in capsys.readouterr().out
+    assert run.calls == probes + course.install_commands(python)
+    out = capsys.readouterr().out
+    assert "installing the course's packages" in out and "rebuilding" not in out
 
 
-def test_a_stamp_written_by_course_sh_is_accepted(tmp_path):
+@posix_only
+def test_lab_installs_no_test_tools_and_test_adds_them_once(tmp_path, capsys):
     _files(tmp_path)
     venv = tmp_path / ".venv"
-    _fake_venv(venv)([sys.executable, "-m", "venv", str(venv)])
-    (venv / course.STAMP_NAME).write_text(course.requirements_stamp(tmp_path) + "\n")   # echo "$want" > stamp
-    run = Recorder()
-    course.setup(environ={}, run=run, root=tmp_path)
-    assert run.calls == []
+    run = Recorder(effects=_creates_venv)
+    python = course.setup(environ={}, run=run, root=tmp_path)            # lab
+    assert not any("requirements-test.txt" in c for c in run.calls)
+    assert all("[test]" not in " ".join(c) and "playwright" not in c for c in run.calls)
+    run.calls.clear()
+    course.setup(environ={}, run=run, root=tmp_path, test=True)          # then test: the test extra once
+    assert run.calls[2:] == course.test_install_commands(python)
+    assert course.test_install_commands(python)[0][-2:] == ["-r", "requirements-test.txt"]
+    run.calls.clear()
+    course.setup(environ={}, run=run, root=tmp_path, test=True)          # and not again
+    assert len(run.calls) == 2
 
 
+def test_requirement_files_split_course_from_test():
+    def entries(name):
+        return [ln.strip() for ln in (ROOT / name).read_text().splitlines()
+                if ln.strip() and not ln.lstrip().startswith("#")]
+    assert entries("requirements.txt") == ["-e .[course]"]
+    assert entries("requirements-test.txt") == ["-e .[course,test]"]
+
+
+def test_install_shows_pips_progress_and_cpu_torch_comes_from_pytorchs_index(tmp_path):
+    py = tmp_path / "python"
+    default, cpu = course.install_commands(py), course.install_commands(py, "cpu")
+    assert not any("--quiet" in c or "-q" in c for c in default + cpu + course.test_install_commands(py))
+    assert not any("download.pytorch.org" in " ".join(c) for c in default)
+    assert cpu[1] == [str(py), "-m", "pip", "install", "--index-url", "https://download.pytorch.org/whl/cpu",
+                      "torch", "torchvision"]
+    assert cpu[2][-2:] == ["-r", "requirements.txt"]     # after torch, so its CPU build is kept
+
+
+@pytest.mark.parametrize("value, variant", [(None, "default"), ("", "default"), ("cpu", "cpu"), ("CPU", "cpu")])
+def test_torch_variant_from_the_environment(value, variant):
+    assert course.torch_variant({} if value is None else {"FACE_COURSE_TORCH": value}) == variant
+
+
+def test_unknown_torch_variant_is_a_clear_message():
+    with pytest.raises(SystemExit, match="FACE_COURSE_TORCH='cuda'.*cpu"):
+        course.torch_variant({"FACE_COURSE_TORCH": "cuda"})
+
+
+@posix_only
 def test_setup_stops_with_the_failing_step_and_writes_no_stamp(tmp_path):
     _files(tmp_path)
     venv = tmp_path / ".venv"
-    _fake_venv(venv)([sys.executable, "-m", "venv", str(venv)])
+    _fake_venv(venv)
+    run = Recorder(effects=lambda cmd: None)
+    run_fail = lambda cmd, **kw: SimpleNamespace(returncode=1) if "install" in cmd else subprocess.run(cmd, **kw)
     with pytest.raises(SystemExit, match="pip install"):
-        course.setup(environ={}, run=Recorder(returncode=1), root=tmp_path)
+        course.setup(environ={}, run=run_fail, root=tmp_path)
     assert not (venv / course.STAMP_NAME).exists()
 
 
@@ -131,6 +204,163 @@ def test_setup_says_how_to_get_venv_when_it_cannot_be_made(tmp_path):
     _files(tmp_path)
     with pytest.raises(SystemExit, match="python3-venv"):
         course.setup(environ={}, run=Recorder(returncode=1), root=tmp_path)
+
+
+# --- broken environments: each is diagnosed and rebuilt with one line ---------------------------------
+
+def _dangling(venv: Path):
+    """A venv whose base Python was removed: bin/python links to a file that is gone."""
+    venv.mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /gone\n")
+    python = course.venv_python(venv)
+    python.parent.mkdir(parents=True)
+    python.symlink_to(venv.parent / "removed-python3.11")
+
+
+@posix_only
+@pytest.mark.parametrize("make, note", [
+    (_dangling, "its Python is gone"),
+    (lambda v: _fake_venv(v, starts=False), "its Python does not start"),
+    (lambda v: _fake_venv(v, pip=False), "it has no pip"),
+    (lambda v: _fake_venv(v, version="3.12.1"), "it was made with Python 3.12.1"),
+])
+def test_a_broken_or_foreign_venv_is_rebuilt_with_a_one_line_note(tmp_path, capsys, make, note):
+    _files(tmp_path)
+    venv = tmp_path / ".venv"
+    make(venv)
+    (venv / "user-left-this").write_text("")
+    created = []
+    real = lambda cmd, **kw: (created.append(cmd), _creates_venv(cmd), SimpleNamespace(returncode=0))[2] \
+        if cmd[1:3] == ["-m", "venv"] else subprocess.run(cmd, **kw) if "-c" in cmd or "--version" in cmd \
+        else SimpleNamespace(returncode=0)
+    course.setup(environ={}, run=real, root=tmp_path, version="3.11.7" if "3.12" in note else HERE)
+    assert created == [[sys.executable, "-m", "venv", str(venv)]]
+    assert not (venv / "user-left-this").exists()                  # the old one was removed first
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "rebuilding" in ln]
+    assert len(lines) == 1 and note in lines[0] and lines[0].startswith("[course] rebuilding the environment")
+    if "3.12" in note:
+        assert "this is Python 3.11.7" in lines[0]
+
+
+@posix_only
+def test_a_healthy_venv_from_a_newer_patch_release_is_kept(tmp_path):
+    venv = tmp_path / "v"
+    _fake_venv(venv, version="3.11.9")
+    assert course.diagnose(venv, subprocess.run, "3.11.7") is None
+
+
+@posix_only
+def test_switching_to_cpu_torch_rebuilds(tmp_path):
+    _files(tmp_path)
+    venv = tmp_path / "v"
+    _fake_venv(venv)
+    (venv / course.STAMP_NAME).write_text(json.dumps(course.stamp_record(tmp_path, "default", HERE)))
+    assert "FACE_COURSE_TORCH asks for cpu" in course.diagnose(venv, subprocess.run, HERE, "cpu")
+    assert course.diagnose(venv, subprocess.run, HERE, "default") is None
+
+
+def test_a_folder_that_is_not_a_venv_is_never_deleted(tmp_path):
+    folder = tmp_path / "my-files"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("precious")
+    with pytest.raises(SystemExit, match="not a virtual environment"):
+        course.remove_venv(folder)
+    assert (folder / "thesis.tex").read_text() == "precious"
+
+
+def test_real_venv_without_pip_is_diagnosed(tmp_path):
+    """A real `python -m venv --without-pip`, as a Debian Python without python3-venv leaves it."""
+    venv = tmp_path / "nopip"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    assert course.diagnose(venv) == "it has no pip"
+
+
+@pytest.mark.skipif(shutil.which("pyenv") is None, reason="pyenv not installed")
+def test_real_venv_from_another_python_is_diagnosed(tmp_path):
+    other = "3.12.1" if sys.version_info[:2] != (3, 12) else "3.13.0"
+    found = subprocess.run(["pyenv", "which", "python" + other.rsplit(".", 1)[0]], capture_output=True, text=True,
+                           env={**os.environ, "PYENV_VERSION": other})
+    if found.returncode != 0:
+        pytest.skip(f"pyenv has no Python {other}")
+    venv = tmp_path / "other"
+    subprocess.run([found.stdout.strip(), "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    assert course.diagnose(venv) == f"it was made with Python {other}, and this is Python {HERE}"
+
+
+# --- Ctrl-C ---------------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_setup_is_one_line_and_status_130(monkeypatch, capsys):
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(course, "setup", interrupted)
+    assert course.main(["lab"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == course.INTERRUPTED == "[course] interrupted; run again"
+
+
+@posix_only
+def test_ctrl_c_during_pip_in_a_real_process(tmp_path):
+    """course.py in its own process group, pip (a fake that sleeps) running: SIGINT to the group."""
+    import signal
+    import time
+    venv = tmp_path / "venv"
+    _fake_venv(venv, install_sleep=30)
+    env = {**os.environ, "FACE_COURSE_VENV": str(venv), "FACE_COURSE_TORCH": ""}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "course.py"), "lab"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:        # wait for the install step (the note is printed just before it)
+        time.sleep(0.3)
+        if proc.poll() is not None:
+            break
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        if children and any("sleep" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")
+                            or "install" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")
+                            for c in children if Path(f"/proc/{c}/cmdline").exists()):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted; run again" in err and "Traceback" not in err
+    assert not (venv / course.STAMP_NAME).exists()          # the next run installs again
+
+
+# --- old Pythons get the version message ------------------------------------------------------------------
+
+COURSE_PY = (ROOT / "course.py").read_text(encoding="utf-8")
+
+
+def test_course_py_parses_as_python_3_6_and_uses_no_newer_syntax():
+    tree = ast.parse(COURSE_PY, feature_version=(3, 6))
+    kinds = {type(node).__name__ for node in ast.walk(tree)}
+    assert not kinds & {"JoinedStr", "AnnAssign", "NamedExpr"}          # f-strings (also 2.7), annotations
+    assert not any(isinstance(n, ast.FunctionDef) for n in ast.walk(tree))
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "__future__" for n in ast.walk(tree))
+    assert COURSE_PY.isascii()                                           # Python 2.7 needs a coding line otherwise
+
+
+@pytest.mark.parametrize("old", [(2, 7, 18, "final", 0), (3, 6, 15, "final", 0), (3, 9, 18, "final", 0)])
+def test_old_python_gets_the_version_message(monkeypatch, capsys, old):
+    import runpy
+    monkeypatch.setattr(sys, "version_info", old)
+    monkeypatch.setattr(sys, "version", "%d.%d.%d (fake)" % old[:3])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(ROOT / "course.py"), run_name="__main__")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "Python %d.%d.%d is too old: the course needs 3.10 or newer" % old[:3] in err
+    assert "PYTHON=python3.12 bash course.sh lab" in err
+
+
+@pytest.mark.skipif(shutil.which("pyenv") is None, reason="pyenv not installed")
+def test_python_3_10_runs_the_launcher():
+    found = subprocess.run(["pyenv", "which", "python3.10"], capture_output=True, text=True,
+                           env={**os.environ, "PYENV_VERSION": "3.10.13"})
+    if found.returncode != 0:
+        pytest.skip("pyenv has no Python 3.10")
+    proc = subprocess.run([found.stdout.strip(), str(ROOT / "course.py"), "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "python course.py lab" in proc.stdout
 
 
 def test_child_env_points_numba_at_the_repo_cache_unless_set(tmp_path):
@@ -207,7 +437,7 @@ def test_is_root_false_where_there_is_no_geteuid(monkeypatch):
 def test_main_runs_the_venv_python_with_the_built_arguments(monkeypatch, tmp_path, argv, tail):
     ran, browser = [], []
     py = tmp_path / "bin" / "python"
-    monkeypatch.setattr(course, "setup", lambda: py)
+    monkeypatch.setattr(course, "setup", lambda test: py)
     monkeypatch.setattr(course, "is_root", lambda: True)
     monkeypatch.setattr(course, "browser_ready", lambda: browser.append(1))
     monkeypatch.setattr(course, "run_last", lambda cmd, env: ran.append((cmd, env)) or 0)
@@ -270,7 +500,7 @@ def test_course_sh_hands_everything_to_course_py():
 
 def test_course_py_needs_no_shell_tools():
     """Commands are argument lists of Python, pip, jupyter and apt-get: never a shell or GNU tools."""
-    text = (ROOT / "course.py").read_text()
+    text = (ROOT / "course.py").read_text() + (ROOT / "tools" / "course_launcher.py").read_text()
     for tool in ('"sha256sum"', '"cut"', '"bash"', '"sh"', "shell=True", "os.system"):
         assert tool not in text
 

@@ -67,10 +67,16 @@ def test_baselines_extra_matches_requirements_baselines():
     assert _names(reqs) == _names(PROJECT["optional-dependencies"]["baselines"])
 
 
-def test_requirements_txt_installs_the_package_with_the_course_and_tests():
-    lines = [ln.strip() for ln in (ROOT / "requirements.txt").read_text().splitlines()
-             if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines == ["-e .[course,test]"]
+def _entries(name: str) -> list[str]:
+    return [ln.strip() for ln in (ROOT / name).read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def test_requirements_txt_installs_the_course_and_requirements_test_adds_the_tests():
+    """Learners (`course.sh lab`, environment.yml) get no test-only package; `course.sh test` adds them."""
+    assert _entries("requirements.txt") == ["-e .[course]"]
+    assert _entries("requirements-test.txt") == ["-e .[course,test]"]
+    course_side = _names(PROJECT["optional-dependencies"]["course"] + PROJECT["optional-dependencies"]["notebooks"])
+    assert not course_side & {"pytest", "playwright", "hypothesis", "nbval", "pytest-timeout"}
 
 
 def test_environment_yml_installs_requirements_txt():
@@ -106,7 +112,7 @@ def _third_party_imports(files) -> set[str]:
 
 # What an import is called on PyPI, where the two differ; `None`: comes with another requirement.
 DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
-                "skimage": "scikit-image", "umap": "umap-learn", "IPython": None}  # IPython: ipywidgets needs it
+                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml", "IPython": None}  # IPython: ipywidgets needs it
 
 
 def _dists(mods) -> set[str]:
@@ -152,3 +158,34 @@ def test_min_requirements_follow_extras_once_and_pin_everything():
     assert _names(reqs) == (_names(PROJECT["dependencies"]) | _names(PROJECT["optional-dependencies"]["notebooks"])
                             | {"jupyterlab"} | _names(PROJECT["optional-dependencies"]["test"]) - {PROJECT["name"]})
     assert all(M.pin_floor(r) for r in reqs), "every requirement of the course has a floor"
+
+
+# --- the README's install figures --------------------------------------------------------------------
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_memory_figure_is_the_benchmarks_largest_notebook_peak():
+    """'What it takes' quotes the largest kernel peak that `bash course.sh bench` recorded."""
+    import json
+    results = json.loads((ROOT / "benchmarks" / "results.json").read_text(encoding="utf-8"))
+    peaks = {name: nb["peak_rss_mb"] for name, nb in results["sections"]["course"]["details"]["notebooks"].items()}
+    name = max(peaks, key=peaks.get)
+    row = next(line for line in README.splitlines() if line.startswith("| memory |"))
+    assert f"{peaks[name] / 1024:.2f} GiB" in row and name[:2] in row
+
+
+def test_readme_names_the_knobs_that_exist_and_no_stale_test_count():
+    assert 'DATA = "' not in README and 'SOURCE = "../data"' in README
+    assert not re.search(r"\b\d{3,} tests in\b", README)      # a typed count goes stale: pytest prints it
+    assert "FACE_COURSE_TORCH=cpu" in README and "Intel Macs" in README
+
+
+def test_min_requirements_keep_the_higher_of_two_floors_once():
+    pins = M.pinned_floors(M.requirements(PROJECT, ["course", "test"]))
+    names = [_name(p) for p in pins]
+    assert len(names) == len(set(names))
+    assert "ipywidgets==8.1.0" in pins                     # the course extra's floor, over the notebooks' 7.7
+    assert M.pinned_floors(["a>=1.10", "a>=1.9", "b>=2"]) == ["a==1.10.0", "b==2.0.0"]
+    notebooks_only = M.pinned_floors(M.requirements(PROJECT, ["notebooks"]))
+    assert "ipywidgets==7.7.0" in notebooks_only            # what Colab's cell installs: Colab's 7.7 is kept

@@ -71,6 +71,24 @@ def requirements(project: dict, extras: list[str]) -> list[str]:
     return out
 
 
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+]", version))
+
+
+def pinned_floors(reqs: list[str]) -> list[str]:
+    """Each requirement's floor as a pin, one per package: where two extras floor the same package
+    (ipywidgets>=7.7 for the notebooks, >=8.1 for JupyterLab), the higher floor wins."""
+    pins: dict[str, str] = {}
+    for req in reqs:
+        pinned = pin_floor(req)
+        if pinned:
+            name, version = pinned.split("==")
+            key = name.lower().replace("_", "-")
+            if key not in pins or _version_key(version) > _version_key(pins[key].split("==")[1]):
+                pins[key] = pinned
+    return list(pins.values())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--extras", default="course,test", help="comma-separated extras (default: course,test)")
@@ -79,11 +97,9 @@ def main(argv=None) -> int:
     project = tomllib.loads(Path(args.pyproject).read_text(encoding="utf-8"))["project"]
     extras = [e.strip() for e in args.extras.split(",") if e.strip()]
     for req in requirements(project, extras):
-        pinned = pin_floor(req)
-        if pinned:
-            print(pinned)
-        else:
+        if not pin_floor(req):
             print(f"# no floor: {req}", file=sys.stderr)
+    print("\n".join(pinned_floors(requirements(project, extras))))
     return 0
 
 

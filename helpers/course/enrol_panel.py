@@ -21,11 +21,28 @@ from helpers.images import ImageSkip, read_image
 from helpers.recognizer import Recognizer
 
 
+def _upload_items(value) -> list[dict]:
+    """A FileUpload's files as dicts with 'name' and 'content': ipywidgets 8 gives a tuple of such
+    dicts; ipywidgets 7 (Colab's) a dict {name: {'metadata': ..., 'content': bytes}}."""
+    if isinstance(value, dict):
+        return [{"name": name, "content": item.get("content", b"")} for name, item in value.items()]
+    return list(value or ())
+
+
+def _clear_upload(upload: widgets.FileUpload) -> None:
+    if isinstance(upload.value, dict):      # ipywidgets 7: `value` is read-only, fed by data/metadata
+        upload.metadata, upload.data = [], []
+        upload.set_trait("value", {})
+    else:
+        upload.value = ()
+
+
 def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
     """(images, messages) from a FileUpload's value (ipywidgets 8: a tuple of dicts whose 'content'
-    is a memoryview); bad files get the loader's message. Clears the upload's value afterwards."""
+    is a memoryview; 7: a dict by file name); bad files get the loader's message. Clears the upload's
+    value afterwards."""
     images, messages = [], []
-    items = list(upload.value or ())
+    items = _upload_items(upload.value)
     try:
         for item in items:
             name = str(item.get("name", "photo"))
@@ -41,7 +58,7 @@ def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
                 Path(tmp).unlink(missing_ok=True)
                 del data
     finally:
-        upload.value = ()  # the bytes leave the widget (and its saved state) right away
+        _clear_upload(upload)  # the bytes leave the widget (and its saved state) right away
     return images, messages
 
 
