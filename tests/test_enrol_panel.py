@@ -79,3 +79,67 @@ def test_read_uploads_clears_the_widget_even_on_errors(orl):
 def test_panel_widget_exposes_its_parts(rec):
     box = enrol_panel(rec)
     assert isinstance(box.panel, EnrolPanel) and "Enrolled: 3 people" in box.panel.status.value
+
+
+def test_enrol_shows_the_faces_used_and_the_answer_beside_the_closest_person(rec, orl):
+    from PIL import Image
+
+    from helpers.course.enrol_panel import find_face
+
+    panel = EnrolPanel(rec, examples={"s1": orl.images[0]})
+    photos = [orl.images[i] for i in np.flatnonzero(orl.labels == 30)]
+    big_blank = Image.new("RGB", (900, 700), (128, 128, 128))        # large, and no face in it
+    panel.photos.value = (_upload("a.png", _png(photos[0])), _upload("b.png", _png(photos[1])),
+                          _upload("scene.png", _png(big_blank)))
+    panel.name.value = "Ada"
+    text = panel.on_enrol()
+    assert "Enrolled 'Ada' from 2 photo(s)." in text
+    assert "scene.png: skipped: no face found in a 900 x 700 photo" in text   # skipped, and why
+    assert len(panel.faces.children) == 2                                      # one thumbnail per face used
+    captions = [box.children[1].value for box in panel.faces.children]
+    assert "a.png: whole photo" in captions[0] and "b.png" in captions[1]
+    assert find_face(photos[0], SIZE).image is photos[0]                       # small photos: used as they are
+
+    panel.query.value = (_upload("new.png", _png(photos[5])),)
+    answer = panel.on_ask()
+    query, closest, bar = panel.compare.children
+    assert "Ada" in answer and "closest: Ada" in closest.children[1].value     # the closest face, shown
+    m = rec.recognize([photos[5]])[0]
+    assert f"score {m.score:.2f} &ge; threshold 0.50" in bar.value and 'class="threshold"' in bar.value
+
+    panel.query.value = (_upload("s2.png", _png(orl.images[12])),)              # s2 has no example photo
+    panel.on_ask()
+    assert "closest: s2 (no photo of them here)" in panel.compare.children[1].value
+    panel.on_clear()
+    assert panel.faces.children == () and panel.compare.children == () and "Ada" not in panel.examples
+    assert "s1" in panel.examples                                              # not an upload: kept
+
+
+def test_score_bar_marks_the_threshold_and_colours_by_the_answer():
+    from helpers.course.enrol_panel import score_bar
+
+    accepted, rejected = score_bar(0.62, 0.38), score_bar(0.15, 0.38)
+    assert "width:62.0%" in accepted and "left:38.0%" in accepted and "#2e7d32" in accepted
+    assert "width:15.0%" in rejected and "&lt; threshold 0.38" in rejected and "#2e7d32" not in rejected
+    assert "width:0.0%" in score_bar(-0.2, 0.3) and "width:100.0%" in score_bar(1.3, 0.3)   # clamped to the bar
+
+
+def test_large_photo_with_a_face_is_cropped_to_it(orl):
+    from PIL import Image
+
+    from helpers.course.enrol_panel import find_face
+    from helpers.facecrop import FaceCropper
+
+    scene = Image.new("RGB", (800, 600), (90, 120, 150))
+    face = orl.images[0].convert("RGB").resize((184, 224))
+    scene.paste(face, (300, 200))
+    found = find_face(scene, SIZE, "scene.jpg", FaceCropper())
+    assert found.image is not None and found.note.endswith("found" if "faces" not in found.note else "used")
+    assert max(found.image.size) < 400                                       # cut out of the scene, not the whole photo
+    assert find_face(scene, SIZE, "scene.jpg", None).note.startswith("whole photo (no face detector")
+
+
+def test_upload_buttons_have_room_for_their_count(rec):
+    panel = EnrolPanel(rec)
+    for w in (panel.photos, panel.query):
+        assert w.layout.width == "auto" and int(w.layout.min_width.rstrip("px")) >= 180

@@ -1,24 +1,39 @@
 """Enrol yourself: a notebook panel that enrols a person from uploaded photos and names a new one.
 
 Upload a few photos of one person (ipywidgets `FileUpload`), type a name, press **Enrol**: the
-recogniser adds that person's mean embedding to its gallery (no training). Upload another photo
-and press **Who is it?**: the answer, with its score against the threshold.
+recogniser adds that person's mean embedding to its gallery (no training). The panel shows the face
+it used from each photo (a thumbnail of exactly what the recogniser sees) and every photo it
+skipped, with the reason. Upload another photo and press **Who is it?**: the answer, the query's face
+beside the closest enrolled person's, and the score on a bar against the threshold.
+
+Faces: a photo no larger than `SMALL_FACTOR` x the recogniser's input size is taken as a face crop
+already (as ORL's 92 x 112 photos are); a larger one is searched with OpenCV's Haar detector
+(`helpers.facecrop`, a box with a margin: no landmark alignment) and its largest face is used; a
+large photo with no face found is skipped.
 
 Privacy: the uploaded bytes are read once through `helpers.images.read_image` (which gives one-line
 reasons for bad files: empty, truncated, not an image, too small ...), then the upload widget is
-cleared, so the bytes never stay in the kernel, the widget state or the saved notebook; the panel
-prints text only (no photo is displayed, so none lands in the notebook's outputs).
+cleared. Nothing is written to disk; the thumbnails live in this panel's widgets only (JupyterLab
+does not save widget state in the notebook unless you turn that on) and **Clear** drops them.
 """
 from __future__ import annotations
 
+import html
+import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import ipywidgets as widgets
+from PIL import Image, ImageOps
 
 from helpers.images import ImageSkip, read_image
-from helpers.recognizer import Recognizer
+from helpers.recognizer import Match, Recognizer
+
+SMALL_FACTOR = 3      # photos up to 3 x the input size are taken as face crops already
+THUMB = 96            # thumbnail side in pixels
 
 
 def _upload_items(value) -> list[dict]:
@@ -37,9 +52,18 @@ def _clear_upload(upload: widgets.FileUpload) -> None:
         upload.value = ()
 
 
-def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
-    """(images, messages) from a FileUpload's value (ipywidgets 8: a tuple of dicts whose 'content'
-    is a memoryview; 7: a dict by file name); bad files get the loader's message. Clears the upload's
+@dataclass
+class Face:
+    """The face used from one uploaded photo (`image` None when the photo was skipped)."""
+
+    source: str
+    image: Image.Image | None
+    note: str
+
+
+def read_named_uploads(upload: widgets.FileUpload) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """([(file name, image)], messages) from a FileUpload's value (ipywidgets 8: a tuple of dicts whose
+    'content' is a memoryview; 7: a dict by file name); bad files get the loader's message. Clears the upload's
     value afterwards."""
     images, messages = [], []
     items = _upload_items(upload.value)
@@ -51,7 +75,7 @@ def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
-                images.append(read_image(tmp))
+                images.append((name, read_image(tmp)))
             except ImageSkip as e:
                 messages.append(f"{name}: skipped: {e}")
             finally:
@@ -62,64 +86,160 @@ def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
     return images, messages
 
 
-class EnrolPanel:
-    """Widgets + callbacks around a `Recognizer` (enrolments change that recogniser's gallery)."""
+def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
+    """(images, messages): `read_named_uploads` without the file names."""
+    named, messages = read_named_uploads(upload)
+    return [img for _, img in named], messages
 
-    def __init__(self, rec: Recognizer):
+
+def find_face(img: Image.Image, size: int, source: str = "photo", cropper=None) -> Face:
+    """The face to embed from one photo: the photo itself when it is small (at most SMALL_FACTOR x
+    `size` on its longer side), else the largest face `cropper` (a `FaceCropper`) finds in it."""
+    if max(img.size) <= SMALL_FACTOR * size:
+        return Face(source, img, "whole photo (small: taken as a face crop)")
+    if cropper is None:
+        return Face(source, img, "whole photo (no face detector: install opencv-python-headless<5)")
+    face, n = cropper.crop(img)
+    if face is None:
+        return Face(source, None, f"skipped: no face found in a {img.width} x {img.height} photo; "
+                                  "crop it to the face and upload it again")
+    return Face(source, face, "face found" if n == 1 else f"{n} faces found: the largest used")
+
+
+def seen_by_model(img: Image.Image, size: int) -> Image.Image:
+    """What the recogniser sees: resized and centre-cropped to size x size (as its preprocessing)."""
+    return ImageOps.fit(img.convert("RGB"), (size, size), Image.Resampling.BILINEAR)
+
+
+def score_bar(score: float, threshold: float, width: int = 260) -> str:
+    """HTML: the cosine score as a bar on [0, 1] with a mark at the threshold (green when accepted)."""
+    fill = min(1.0, max(0.0, score))
+    colour = "#2e7d32" if score >= threshold else "#9e9e9e"
+    mark = min(1.0, max(0.0, threshold))
+    return (f'<div title="score {score:.2f}, threshold {threshold:.2f}" style="position:relative;width:{width}px;'
+            f'height:14px;background:#eee;border:1px solid #bbb">'
+            f'<div class="score" style="width:{100 * fill:.1f}%;height:100%;background:{colour}"></div>'
+            f'<div class="threshold" style="position:absolute;left:{100 * mark:.1f}%;top:-3px;width:2px;height:20px;'
+            f'background:#c62828"></div></div>'
+            f'<small>score {score:.2f} {"&ge;" if score >= threshold else "&lt;"} threshold {threshold:.2f} '
+            f'(red mark)</small>')
+
+
+def _thumb(img: Image.Image, caption: str) -> widgets.Widget:
+    buf = io.BytesIO()
+    img.convert("RGB").resize((THUMB, THUMB), Image.Resampling.BILINEAR).save(buf, format="PNG")
+    return widgets.VBox([widgets.Image(value=buf.getvalue(), format="png", width=THUMB, height=THUMB),
+                         widgets.HTML(f"<small>{html.escape(caption)}</small>",
+                                      layout=widgets.Layout(width=f"{THUMB + 30}px"))])
+
+
+def _cropper():
+    try:
+        from helpers.facecrop import FaceCropper
+
+        return FaceCropper()
+    except ImportError:
+        return None
+
+
+class EnrolPanel:
+    """Widgets + callbacks around a `Recognizer` (enrolments change that recogniser's gallery).
+
+    `examples`: one photo per already enrolled person (name -> image), shown beside an answer."""
+
+    def __init__(self, rec: Recognizer, examples: Mapping[str, Image.Image] | None = None):
         self.rec = rec
-        self.photos = widgets.FileUpload(accept="image/*", multiple=True, description="Photos to enrol")
-        self.name = widgets.Text(placeholder="their name", description="Name")
-        self.enrol_button = widgets.Button(description="Enrol", button_style="primary")
-        self.query = widgets.FileUpload(accept="image/*", multiple=False, description="Photo to name")
-        self.ask_button = widgets.Button(description="Who is it?")
+        self.examples = {k: seen_by_model(v, rec.size) for k, v in (examples or {}).items()}
+        self._mine: set[str] = set()   # people enrolled here: their thumbnail came from an upload
+        self.cropper = _cropper()
+        fits = widgets.Layout(width="auto", min_width="190px")   # room for the label and its "(3)"
+        self.photos = widgets.FileUpload(accept="image/*", multiple=True, description="Photos to enrol",
+                                         layout=fits)
+        self.name = widgets.Text(placeholder="their name", description="Name",
+                                 layout=widgets.Layout(width="240px"))
+        self.enrol_button = widgets.Button(description="Enrol", button_style="primary",
+                                           layout=widgets.Layout(width="auto", min_width="90px"))
+        self.query = widgets.FileUpload(accept="image/*", multiple=False, description="Photo to name",
+                                        layout=fits)
+        self.ask_button = widgets.Button(description="Who is it?",
+                                         layout=widgets.Layout(width="auto", min_width="110px"))
+        self.clear_button = widgets.Button(description="Clear pictures", tooltip="drop the thumbnails shown",
+                                           layout=widgets.Layout(width="auto", min_width="130px"))
         self.status = widgets.HTML(value=self._people())
+        self.faces = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.answer = widgets.HTML(value="")
+        self.compare = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
         self.enrol_button.on_click(lambda _: self.on_enrol())
         self.ask_button.on_click(lambda _: self.on_ask())
+        self.clear_button.on_click(lambda _: self.on_clear())
 
     def _people(self) -> str:
         return f"Enrolled: {len(self.rec.names)} people; threshold {self.rec.threshold:.2f}."
 
     def on_enrol(self) -> str:
-        """Enrol the uploaded photos under the typed name; returns (and shows) what happened."""
+        """Enrol the faces found in the uploaded photos under the typed name; returns what happened."""
         name = self.name.value.strip()
-        images, messages = read_uploads(self.photos)
+        named, messages = read_named_uploads(self.photos)
+        faces = [find_face(img, self.rec.size, src, self.cropper) for src, img in named]
+        used = [f for f in faces if f.image is not None]
+        messages += [f"{f.source}: {f.note}" for f in faces if f.image is None]
         if not name:
-            msg = "Type a name first (the photos were not kept: upload them again)."
+            msg, used = "Type a name first (the photos were not kept: upload them again).", []
         elif name in self.rec.names:
-            msg = f"{name!r} is already enrolled: choose another name."
-        elif not images:
+            msg, used = f"{name!r} is already enrolled: choose another name.", []
+        elif not used:
             msg = "No usable photo to enrol: upload one or more photos of the person."
         else:
-            self.rec.add_person(name, images)
-            msg = f"Enrolled {name!r} from {len(images)} photo(s)."
+            self.rec.add_person(name, [f.image for f in used])
+            self.examples[name] = seen_by_model(used[0].image, self.rec.size)
+            self._mine.add(name)
+            msg = f"Enrolled {name!r} from {len(used)} photo(s)."
             self.name.value = ""
+        self.faces.children = [_thumb(seen_by_model(f.image, self.rec.size), f"{f.source}: {f.note}")
+                               for f in used]
         text = " ".join([msg, *messages, self._people()])
-        self.status.value = text
+        self.status.value = html.escape(text, quote=False)
         return text
 
     def on_ask(self) -> str:
-        """Name the person in the uploaded photo (or say unknown), with the score and the threshold."""
-        images, messages = read_uploads(self.query)
-        if not images:
+        """Name the person in the uploaded photo (or say unknown); show it beside the closest person."""
+        named, messages = read_named_uploads(self.query)
+        faces = [find_face(img, self.rec.size, src, self.cropper) for src, img in named[:1]]
+        messages += [f"{f.source}: {f.note}" for f in faces if f.image is None]
+        self.compare.children = []
+        if not faces or faces[0].image is None:
             text = " ".join(messages) or "Upload a photo first."
-        else:
-            m = self.rec.recognize(images[:1])[0]
-            text = f"Answer: {m}"
-        self.answer.value = text
+            self.answer.value = html.escape(text, quote=False)
+            return text
+        face = faces[0]
+        m: Match = self.rec.recognize([face.image])[0]
+        text = f"Answer: {m}"
+        query = _thumb(seen_by_model(face.image, self.rec.size), f"{face.source}: {face.note}")
+        closest = (_thumb(self.examples[m.closest], f"closest: {m.closest}") if m.closest in self.examples
+                   else widgets.HTML(f"<small>closest: {html.escape(m.closest)} (no photo of them here)</small>"))
+        self.compare.children = [query, closest, widgets.HTML(score_bar(m.score, m.threshold))]
+        self.answer.value = html.escape(text, quote=False)
         return text
 
+    def on_clear(self) -> None:
+        """Drop every thumbnail made from an upload (the enrolled gallery stays)."""
+        self.faces.children, self.compare.children = [], []
+        self.examples = {k: v for k, v in self.examples.items() if k not in self._mine}
+        self._mine.clear()
+
     def widget(self) -> widgets.Widget:
+        row = widgets.Layout(flex_flow="row wrap", align_items="center")
         return widgets.VBox([
             widgets.HTML("<b>1.</b> Photos of one person (a few, different days or light), a name, Enrol."),
-            widgets.HBox([self.photos, self.name, self.enrol_button]), self.status,
+            widgets.HBox([self.photos, self.name, self.enrol_button], layout=row), self.status, self.faces,
             widgets.HTML("<b>2.</b> Another photo: who is it?"),
-            widgets.HBox([self.query, self.ask_button]), self.answer])
+            widgets.HBox([self.query, self.ask_button, self.clear_button], layout=row), self.answer,
+            self.compare])
 
 
-def enrol_panel(rec: Recognizer) -> widgets.Widget:
+def enrol_panel(rec: Recognizer, examples: Mapping[str, Image.Image] | None = None) -> widgets.Widget:
     """The panel as one widget (keep `EnrolPanel` to reach its parts, e.g. in tests)."""
-    panel = EnrolPanel(rec)
+    panel = EnrolPanel(rec, examples)
     box = panel.widget()
     box.panel = panel  # reachable from the displayed widget
     return box
