@@ -3,9 +3,9 @@
 The same PIL photos -> (N, D) features, preprocessing included (end to end: what a learner
 waits for), for the course's default backbone at its input size. Recipes, each written here
 independently of the helpers (own export, own session, library defaults):
-  * helpers: `helpers.features.compute_features` with its defaults (what `extract_features` runs:
+  * helpers: `helpers.features.compute` with its defaults and no taps (what `extract_features` runs:
     notebooks 01-05 and the recogniser's raw/head methods);
-  * the recogniser's extractor: `helpers.pooled.compute_pooled` (the default method's
+  * the recogniser's extractor: `helpers.features.compute` with the stage taps (the default method's
     multi-layer features: ONNX Runtime, batched preprocessing prepared while the model runs);
   * eager PyTorch: eval, inference_mode, channels_last, batch 16 (its fastest batch here);
   * torch.compile (default mode) of the same network, batch 16 (if it compiles on this machine;
@@ -38,10 +38,9 @@ import numpy as np
 import torch
 
 from helpers.backbones import BackboneUnavailable, load_backbone
-from helpers.features import compute_features, default_batch_size
+from helpers.features import FINAL, TAPPED, compute, default_batch_size
 from helpers.preprocess import to_batch
 from helpers.onnx_backbone import resolve_engine
-from helpers.pooled import compute_pooled
 
 from .common import Figure, Section, time_repeats
 
@@ -206,9 +205,9 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
               flush=True)
 
     add(f"helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
-        lambda: (lambda ims: compute_features(bb, ims, size=size, progress=False)), recipe="helpers")
+        lambda: (lambda ims: compute(bb, ims, size=size)[FINAL]), recipe="helpers")
     add("recogniser's extractor (compute_pooled, batch 64)",
-        lambda: (lambda ims: compute_pooled(bb, ims, size)["final"]), recipe="helpers-pooled")
+        lambda: (lambda ims: compute(bb, ims, TAPPED, size)[FINAL]), recipe="helpers-pooled")
     add("eager PyTorch, channels_last, inference_mode (batch 16)", lambda: eager(bb.body, transform),
         recipe="eager")
     if not smoke:

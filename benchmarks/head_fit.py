@@ -21,7 +21,7 @@ import torch
 
 from helpers import build_model, fit, load_backbone, split_known_strangers, train_head_on_features
 from helpers.data import load_orl
-from helpers.features import compute_features
+from helpers.features import FINAL, compute
 from helpers.onnx_backbone import resolve_engine
 from helpers.runtime import threads
 from helpers.training import SMALL_FIT
@@ -51,8 +51,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
 
     def extract():
         torch.manual_seed(0)
-        box["feats"] = compute_features(bb, images, progress=False,
-                                        transform=bb.transform(train=True, size=size))
+        box["feats"] = compute(bb, images, size=size, transform=bb.transform(train=True, size=size))[FINAL]
 
     with PeakRSS() as mem_extract:
         t_extract = time_repeats(extract, repeats=min(3, repeats), warmup=0)

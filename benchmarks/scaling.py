@@ -13,7 +13,7 @@ import torch
 
 from helpers import load_backbone, train_head_on_features
 from helpers.data import load_orl
-from helpers.features import compute_features
+from helpers.features import FINAL, compute
 from helpers.training import SMALL_FIT
 
 from .common import Figure, PeakRSS, Section, fmt_s, time_repeats
@@ -56,7 +56,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
                                   repeats=repeats if n <= 3000 else 1, warmup=0)
         images = LazyImages(pool, n)
         with PeakRSS() as m_ext:
-            t_ext = time_repeats(lambda: compute_features(bb, images, size=input_size, progress=False),
+            t_ext = time_repeats(lambda: compute(bb, images, size=input_size)[FINAL],
                                  repeats=repeats if n <= 1000 else 1, warmup=0)
         row = {
             "n": n,
