@@ -1,8 +1,10 @@
 """ImageNet backbones as feature extractors: ResNet-18 (torchvision) and EfficientNet-Lite0 (packaged).
 
-Every backbone exposes the same things: `feature_dim`, its preprocessing (`input_size`, `mean`,
-`std`, `transform()`), its stages in order for gradual unfreezing (`stem`, `layer1` ... `layer4`)
-and, where the weights have one, its ImageNet classifier (`predict_imagenet`).
+Every backbone exposes the same things: `feature_dim`, its pretrained config (`input_size`, `mean`,
+`std`; `transform()`), its stages in order (`stem`, `layer1` ... `layer4`) with the stage API
+(`forward_intermediates`, `forward_until`, `forward_from`; see `helpers.stages`) and, where the
+weights have one, its ImageNet classifier (`predict_imagenet`). `REGISTRY` is the one place a
+backbone is added. Introduced in notebook 01.
 """
 from __future__ import annotations
 
@@ -20,10 +22,13 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .stages import FINAL, IMAGENET_MEAN, IMAGENET_STD, PretrainedConfig, SequentialStages, Stages
+
+__all__ = ["BACKBONES", "FINAL", "REGISTRY", "Backbone", "BackboneSpec", "BackboneUnavailable", "PretrainedConfig",
+           "SequentialStages", "Stages", "imagenet_categories", "internet_reachable", "keep_frozen_in_eval",
+           "load_backbone", "resnet18_weights_path"]
+
 RESNET18_FILE = "resnet18-f37072fd.pth"
-FINAL = "final"  # the key of the backbone's pooled output beside stage outputs
 
 
 class BackboneUnavailable(RuntimeError):
@@ -92,67 +97,6 @@ def keep_frozen_in_eval(module: nn.Module, all_batchnorm: bool = False) -> nn.Mo
 
     visit(module)
     return module
-
-
-@dataclass(frozen=True)
-class PretrainedConfig:
-    """How a model's weights expect their input (timm's `pretrained_cfg`): photo size and normalisation."""
-    input_size: int = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-
-class Stages(nn.Module):
-    """A trunk cut into named stages: `forward_stage(name, x)` runs one, `forward_head(x)` pools the last
-    output to (B, D). `stage_paths` lists, per stage in order, the submodules it owns (for parameters and
-    freezing). An architecture is added by writing one subclass (or using `SequentialStages`)."""
-
-    stage_paths: "OrderedDict[str, list[str]]"
-
-    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for name in self.stage_paths:
-            x = self.forward_stage(name, x)
-        return self.forward_head(x)
-
-
-class SequentialStages(Stages):
-    """Named children run in order: stage s runs its first listed child up to the next stage's first
-    child (parameter-free children such as ReLU and max-pooling ride along), the head runs whatever
-    follows the last stage's last child. Children keep their names (`body.conv1.weight`, ...)."""
-
-    def __init__(self, children: "OrderedDict[str, nn.Module]", stages: "OrderedDict[str, list[str]]"):
-        super().__init__()
-        for name, m in children.items():
-            self.add_module(name, m)
-        self.stage_paths = OrderedDict((k, list(v)) for k, v in stages.items())
-        order = list(children)
-        bad = [p for ps in self.stage_paths.values() for p in ps if p not in order]
-        if bad:
-            raise ValueError(f"stage paths {bad} are not children of this body ({order})")
-        filled = [(s, order.index(ps[0]), order.index(ps[-1])) for s, ps in self.stage_paths.items() if ps]
-        self._runs: dict[str, list[str]] = {s: [] for s in self.stage_paths}
-        for k, (s, first, last) in enumerate(filled):
-            stop = filled[k + 1][1] if k + 1 < len(filled) else last + 1
-            self._runs[s] = order[first:stop]
-        self._head = order[filled[-1][2] + 1:] if filled else order
-        if filled and filled[0][1] != 0:
-            self._runs[filled[0][0]] = order[:filled[0][1]] + self._runs[filled[0][0]]
-
-    def forward_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        for child in self._runs[name]:
-            x = getattr(self, child)(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        for child in self._head:
-            x = getattr(self, child)(x)
-        return x
 
 
 class Backbone(nn.Module):
@@ -404,11 +348,12 @@ class BackboneSpec:
         return self.build(name, self.config, pretrained, allow_download)
 
 
-# The one place a backbone is added (e.g. "resnet50": BackboneSpec(_torchvision_resnet)). EfficientNet-Lite0:
-# ImageNet mean/std, the course's historical choice (benchmarks/normalisation.py compares TF-Lite's 0.5/0.5).
+# The one place a backbone is added (e.g. "resnet50": BackboneSpec(_torchvision_resnet)). EfficientNet-Lite0
+# keeps ImageNet mean/std although TF-Lite trained it on [-1, 1] (mean = std = 0.5): on the development
+# people (ORL s1-s10) 0.5/0.5 was not clearly better by the rule fixed beforehand in benchmarks/normalisation.py.
 REGISTRY: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(_torchvision_resnet),
-    "efficientnet_lite0": BackboneSpec(_efficientnet_lite),
+    "resnet18": BackboneSpec(_torchvision_resnet, PretrainedConfig(224, IMAGENET_MEAN, IMAGENET_STD)),
+    "efficientnet_lite0": BackboneSpec(_efficientnet_lite, PretrainedConfig(224, IMAGENET_MEAN, IMAGENET_STD)),
 }
 BACKBONES = ("auto", *REGISTRY)
 
