@@ -206,7 +206,7 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
 
     add(f"helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
         lambda: (lambda ims: compute(bb, ims, size=size)[FINAL]), recipe="helpers")
-    add("recogniser's extractor (compute_pooled, batch 64)",
+    add("recogniser's extractor (compute with taps, batch 64)",
         lambda: (lambda ims: compute(bb, ims, TAPPED, size)[FINAL]), recipe="helpers-pooled")
     add("eager PyTorch, channels_last, inference_mode (batch 16)", lambda: eager(bb.body, transform),
         recipe="eager")
@@ -341,16 +341,16 @@ def run(smoke: bool = False, backbone: str = "auto", size: int | None = None, n_
             "recipe that agrees with PyTorch (cosine ≥ 0.999)", helpers, "images/s", f"fastest: {fastest}",
             best_rate, helpers / best_rate, "of fastest", "≥ 95 % of fastest", helpers / best_rate >= 0.95))
     ceiling = rows.get(CEILING, {}).get("images_per_s")
-    pooled = rows.get("recogniser's extractor (compute_pooled, batch 64)", {}).get("images_per_s")
+    pooled = rows.get("recogniser's extractor (compute with taps, batch 64)", {}).get("images_per_s")
     if pooled and best_rate_of(rows, fastest):
         b = best_rate_of(rows, fastest)
         sec.figures.append(Figure(
-            f"extraction.{key}.pooled_vs_fastest", f"{bb.name} {size}px: the recogniser's extractor (compute_pooled) "
+            f"extraction.{key}.pooled_vs_fastest", f"{bb.name} {size}px: the recogniser's extractor (compute with taps) "
             "vs the fastest agreeing independent recipe (sweep)", pooled, "images/s", f"fastest: {fastest}", b,
             pooled / b, "of fastest", "≥ 95 % of fastest", pooled / b >= 0.95))
     e2e = rows.get(E2E, {})
     for label, name in (("helpers extractor", helpers_name),
-                        ("recogniser's extractor", "recogniser's extractor (compute_pooled, batch 64)")):
+                        ("recogniser's extractor", "recogniser's extractor (compute with taps, batch 64)")):
         r = e2e.get(name)
         if r and ceiling:
             sec.figures.append(Figure(

@@ -80,7 +80,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
         "epochs": epochs, "head": f"Linear+BN embedding (512) + ArcFace (s=16), fused AdamW, batch {batch_size}",
         "guide_claim_s_typed": list(GUIDE_GPU_CLAIM_S),
         "head_threads": 1 if n_items < SMALL_FIT else threads_n, "guide_batch": 32, "guide_epochs_measured": guide_epochs, "repeats": repeats,
-        "extraction": f"compute_features defaults ({resolve_engine(None, torch.device('cpu'))})"})
+        "extraction": f"features.compute defaults ({resolve_engine(None, torch.device('cpu'))})"})
     sec.figures = [
         Figure("head_fit.seconds", f"Frozen head fit, {epochs} epochs on {n_items} cached vectors, batch "
                f"{batch_size}", head, "s",

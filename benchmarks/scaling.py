@@ -78,7 +78,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
     grow = last["n"] / first["n"]
     sec = Section("Scaling", config={"sizes": list(sizes), "epochs": epochs, "input_size": input_size,
                                      "backbone": bb.describe(), "feature_dim": bb.feature_dim,
-                                     "extraction": "compute_features defaults (engine and batch)", "people": 9,
+                                     "extraction": "features.compute defaults (engine and batch)", "people": 9,
                                      "head_threads": f"1 below {SMALL_FIT} vectors, else {torch.get_num_threads()}"})
     sec.details = {"rows": rows}
     sec.notes.append(f"The head fit runs on 1 thread below {SMALL_FIT} vectors and on {torch.get_num_threads()} "
