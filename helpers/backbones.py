@@ -24,10 +24,6 @@ from torchvision.transforms import v2
 
 from .stages import FINAL, IMAGENET_MEAN, IMAGENET_STD, PretrainedConfig, SequentialStages, Stages
 
-__all__ = ["BACKBONES", "FINAL", "REGISTRY", "Backbone", "BackboneSpec", "BackboneUnavailable", "PretrainedConfig",
-           "SequentialStages", "Stages", "imagenet_categories", "internet_reachable", "keep_frozen_in_eval",
-           "load_backbone", "resnet18_weights_path"]
-
 RESNET18_FILE = "resnet18-f37072fd.pth"
 
 
