@@ -98,10 +98,6 @@ def keep_frozen_in_eval(module: nn.Module, all_batchnorm: bool = False) -> nn.Mo
 class Backbone(nn.Module):
     """A pretrained network without its classifier: images (B,3,H,W) -> features (B, feature_dim).
 
-    Its `body` is a `Stages`: `forward_intermediates` returns stage outputs, `forward_from` runs
-    from a stage's input to the features (timm's stage API). `config` holds the input size and
-    normalisation the weights expect.
-
     Frozen parts stay in eval mode when `.train()` is called (`keep_frozen_in_eval`): their
     BatchNorm running statistics never move and their dropout / drop-connect stays off, so a
     frozen stage computes exactly what it computed before training. Set `keep_frozen_bn_eval =
@@ -135,6 +131,36 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
+    @property
+    def classifier(self) -> nn.Module | None:
+        """The ImageNet classifier of these weights (not part of the face model), or None."""
+        return self._classifier[0]
+
+    @torch.inference_mode()
+    def predict_imagenet(self, x: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k ImageNet (class, probability) for each image in the batch `x`."""
+        if self.classifier is None:
+            raise ValueError(f"{self.name} ({self.weights}) has no ImageNet classifier")
+        was = self.training
+        self.eval()
+        probs = self.classifier(self(x)).softmax(-1)
+        self.train(was)
+        cats = imagenet_categories()
+        top = probs.topk(k, dim=-1)
+        return [[(cats[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
+                for ps, ix in zip(top.values, top.indices)]
+
+    # ------------------------------------------------------------------ stages
+    @property
+    def stage_names(self) -> list[str]:
+        return list(self.stage_paths)
+
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        if stage not in self.stage_paths:
+            raise KeyError(f"unknown stage {stage!r}; this backbone has {self.stage_names}")
+        return [self.body.get_submodule(p) for p in self.stage_paths[stage]]
+
+    # the stage API (timm's): the body (a `helpers.stages.Stages`) runs stage by stage
     def forward_intermediates(self, x: torch.Tensor, stages: Sequence[str],
                               final: bool = True) -> dict[str, torch.Tensor]:
         """{stage: its output (B, C, h, w)} for each of `stages`, plus {"final": features (B, D)}.
@@ -172,35 +198,6 @@ class Backbone(nn.Module):
         for name in names[names.index(stage):]:
             x = self.body.forward_stage(name, x)
         return self.body.forward_head(x)
-
-    @property
-    def classifier(self) -> nn.Module | None:
-        """The ImageNet classifier of these weights (not part of the face model), or None."""
-        return self._classifier[0]
-
-    @torch.inference_mode()
-    def predict_imagenet(self, x: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k ImageNet (class, probability) for each image in the batch `x`."""
-        if self.classifier is None:
-            raise ValueError(f"{self.name} ({self.weights}) has no ImageNet classifier")
-        was = self.training
-        self.eval()
-        probs = self.classifier(self(x)).softmax(-1)
-        self.train(was)
-        cats = imagenet_categories()
-        top = probs.topk(k, dim=-1)
-        return [[(cats[i], float(p)) for p, i in zip(ps.tolist(), ix.tolist())]
-                for ps, ix in zip(top.values, top.indices)]
-
-    # ------------------------------------------------------------------ stages
-    @property
-    def stage_names(self) -> list[str]:
-        return list(self.stage_paths)
-
-    def stage_modules(self, stage: str) -> list[nn.Module]:
-        if stage not in self.stage_paths:
-            raise KeyError(f"unknown stage {stage!r}; this backbone has {self.stage_names}")
-        return [self.body.get_submodule(p) for p in self.stage_paths[stage]]
 
     def stage_parameters(self, stage: str):
         for m in self.stage_modules(stage):

@@ -122,7 +122,7 @@ def test_importing_helpers_has_no_side_effects(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def _calls(path: Path) -> set[str]:
+def _called(path: Path) -> set[str]:
     """Dotted names of everything called in a module (`torch.onnx.export`, `cache_dir`, ...)."""
     def dotted(node) -> str:
         if isinstance(node, ast.Attribute):
@@ -134,7 +134,7 @@ def _calls(path: Path) -> set[str]:
 def test_one_extractor_one_cache_one_onnx_export():
     """Features are computed and cached by helpers.features alone (one key), ONNX files written by
     helpers.onnx_backbone alone (one export helper, one session cache)."""
-    exporters = sorted(n for n, p in MODULES.items() if "torch.onnx.export" in _calls(p))
+    exporters = sorted(n for n, p in MODULES.items() if "torch.onnx.export" in _called(p))
     assert exporters == ["helpers.onnx_backbone"], exporters
     cachers = sorted(n for n, p in LIBRARY.items() if 'cache_dir("features"' in p.read_text().replace("'", '"'))
     assert cachers == ["helpers.features"], cachers
