@@ -11,6 +11,7 @@ Introduced in notebook 01 (frozen features) and 06 (stage taps).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import time
 from typing import Sequence
@@ -71,7 +72,7 @@ def _runner(backbone: Backbone, taps: tuple[str, ...], engine: str, device: torc
                 print(f"features: {e}; using PyTorch instead")
     here = all(p.device.type == device.type and device.index in (None, p.device.index)
                for p in backbone.parameters())
-    net = backbone if here else _copy_to(backbone, device)
+    net = backbone if here else copy.deepcopy(backbone).to(device)
     keys = (FINAL, *taps)
 
     def run(batch: np.ndarray) -> list[torch.Tensor]:
@@ -80,11 +81,6 @@ def _runner(backbone: Backbone, taps: tuple[str, ...], engine: str, device: torc
             got = stage_taps(net, x, taps)
             return [got[k].float().cpu() for k in keys]
     return run
-
-
-def _copy_to(backbone: Backbone, device: torch.device) -> Backbone:
-    import copy
-    return copy.deepcopy(backbone).to(device)
 
 
 def compute(backbone: Backbone, images: Sequence[Image.Image], taps: Sequence[str] = (), size: int | None = None,
