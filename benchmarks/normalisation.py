@@ -14,8 +14,8 @@ What "clear" means, fixed before the first run: switch the default to 0.5/0.5 on
 input size (224 px), (1) the 95 % t-interval over the 10 development people of the per-person 1-NN
 difference (0.5/0.5 minus ImageNet) lies above 0, (2) the 95 % bootstrap interval over people (2,000
 resamples) of the pair-AUC difference lies above 0, and (3) every sample photo keeps its expected
-top-1 class (a cat for chelsea, espresso or cup for coffee). Anything else keeps ImageNet mean/std. 112 px (the recogniser's smaller inputs) is
-printed too but does not decide.
+top-1 class (a cat for chelsea, espresso or cup for coffee). Anything else keeps ImageNet mean/std.
+112 px (the recogniser's smaller inputs) is printed too but does not decide.
 
     python -m benchmarks.normalisation [--seeds 20] [--sizes 224,112]
 """
