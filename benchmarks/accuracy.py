@@ -50,7 +50,7 @@ from helpers.data import load_orl
 from helpers.evaluation import best_match, class_centroids, nearest_neighbour_accuracy, open_set, \
     threshold_from_strangers, verification
 from helpers.background import BACKGROUND_PEOPLE
-from helpers.pooled import GRID_LAYERS
+from helpers.features import GRID_LAYERS
 from helpers.recognizer_pipeline import DEFAULT_METHOD, USE_BACKGROUND, WHITEN
 from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
     DEFAULT_PHONE_VIEWS, DEFAULT_VIEWS

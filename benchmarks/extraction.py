@@ -3,9 +3,9 @@
 The same PIL photos -> (N, D) features, preprocessing included (end to end: what a learner
 waits for), for the course's default backbone at its input size. Recipes, each written here
 independently of the helpers (own export, own session, library defaults):
-  * helpers: `helpers.features.compute_features` with its defaults (what `extract_features` runs:
+  * helpers: `helpers.features.compute` with its defaults and no taps (what `extract_features` runs:
     notebooks 01-05 and the recogniser's raw/head methods);
-  * the recogniser's extractor: `helpers.pooled.compute_pooled` (the default method's
+  * the recogniser's extractor: `helpers.features.compute` with the stage taps (the default method's
     multi-layer features: ONNX Runtime, batched preprocessing prepared while the model runs);
   * eager PyTorch: eval, inference_mode, channels_last, batch 16 (its fastest batch here);
   * torch.compile (default mode) of the same network, batch 16 (if it compiles on this machine;
@@ -38,10 +38,9 @@ import numpy as np
 import torch
 
 from helpers.backbones import BackboneUnavailable, load_backbone
-from helpers.features import compute_features, default_batch_size
+from helpers.features import FINAL, TAPPED, compute, default_batch_size
 from helpers.preprocess import to_batch
 from helpers.onnx_backbone import resolve_engine
-from helpers.pooled import compute_pooled
 
 from .common import Figure, Section, time_repeats
 
@@ -206,9 +205,9 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
               flush=True)
 
     add(f"helpers extractor ({ENGINE}, batch {HELPERS_BATCH})",
-        lambda: (lambda ims: compute_features(bb, ims, size=size, progress=False)), recipe="helpers")
-    add("recogniser's extractor (compute_pooled, batch 64)",
-        lambda: (lambda ims: compute_pooled(bb, ims, size)["final"]), recipe="helpers-pooled")
+        lambda: (lambda ims: compute(bb, ims, size=size)[FINAL]), recipe="helpers")
+    add("recogniser's extractor (compute with taps, batch 64)",
+        lambda: (lambda ims: compute(bb, ims, TAPPED, size)[FINAL]), recipe="helpers-pooled")
     add("eager PyTorch, channels_last, inference_mode (batch 16)", lambda: eager(bb.body, transform),
         recipe="eager")
     if not smoke:
@@ -342,16 +341,16 @@ def run(smoke: bool = False, backbone: str = "auto", size: int | None = None, n_
             "recipe that agrees with PyTorch (cosine ≥ 0.999)", helpers, "images/s", f"fastest: {fastest}",
             best_rate, helpers / best_rate, "of fastest", "≥ 95 % of fastest", helpers / best_rate >= 0.95))
     ceiling = rows.get(CEILING, {}).get("images_per_s")
-    pooled = rows.get("recogniser's extractor (compute_pooled, batch 64)", {}).get("images_per_s")
+    pooled = rows.get("recogniser's extractor (compute with taps, batch 64)", {}).get("images_per_s")
     if pooled and best_rate_of(rows, fastest):
         b = best_rate_of(rows, fastest)
         sec.figures.append(Figure(
-            f"extraction.{key}.pooled_vs_fastest", f"{bb.name} {size}px: the recogniser's extractor (compute_pooled) "
+            f"extraction.{key}.pooled_vs_fastest", f"{bb.name} {size}px: the recogniser's extractor (compute with taps) "
             "vs the fastest agreeing independent recipe (sweep)", pooled, "images/s", f"fastest: {fastest}", b,
             pooled / b, "of fastest", "≥ 95 % of fastest", pooled / b >= 0.95))
     e2e = rows.get(E2E, {})
     for label, name in (("helpers extractor", helpers_name),
-                        ("recogniser's extractor", "recogniser's extractor (compute_pooled, batch 64)")):
+                        ("recogniser's extractor", "recogniser's extractor (compute with taps, batch 64)")):
         r = e2e.get(name)
         if r and ceiling:
             sec.figures.append(Figure(

@@ -21,7 +21,7 @@ import torch
 
 from helpers import build_model, fit, load_backbone, split_known_strangers, train_head_on_features
 from helpers.data import load_orl
-from helpers.features import compute_features
+from helpers.features import FINAL, compute
 from helpers.onnx_backbone import resolve_engine
 from helpers.runtime import threads
 from helpers.training import SMALL_FIT
@@ -51,8 +51,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
 
     def extract():
         torch.manual_seed(0)
-        box["feats"] = compute_features(bb, images, progress=False,
-                                        transform=bb.transform(train=True, size=size))
+        box["feats"] = compute(bb, images, size=size, transform=bb.transform(train=True, size=size))[FINAL]
 
     with PeakRSS() as mem_extract:
         t_extract = time_repeats(extract, repeats=min(3, repeats), warmup=0)
@@ -81,7 +80,7 @@ def run(smoke: bool = False, backbone: str = "auto", repeats: int = 5, guide_epo
         "epochs": epochs, "head": f"Linear+BN embedding (512) + ArcFace (s=16), fused AdamW, batch {batch_size}",
         "guide_claim_s_typed": list(GUIDE_GPU_CLAIM_S),
         "head_threads": 1 if n_items < SMALL_FIT else threads_n, "guide_batch": 32, "guide_epochs_measured": guide_epochs, "repeats": repeats,
-        "extraction": f"compute_features defaults ({resolve_engine(None, torch.device('cpu'))})"})
+        "extraction": f"features.compute defaults ({resolve_engine(None, torch.device('cpu'))})"})
     sec.figures = [
         Figure("head_fit.seconds", f"Frozen head fit, {epochs} epochs on {n_items} cached vectors, batch "
                f"{batch_size}", head, "s",

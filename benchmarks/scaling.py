@@ -13,7 +13,7 @@ import torch
 
 from helpers import load_backbone, train_head_on_features
 from helpers.data import load_orl
-from helpers.features import compute_features
+from helpers.features import FINAL, compute
 from helpers.training import SMALL_FIT
 
 from .common import Figure, PeakRSS, Section, fmt_s, time_repeats
@@ -56,7 +56,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
                                   repeats=repeats if n <= 3000 else 1, warmup=0)
         images = LazyImages(pool, n)
         with PeakRSS() as m_ext:
-            t_ext = time_repeats(lambda: compute_features(bb, images, size=input_size, progress=False),
+            t_ext = time_repeats(lambda: compute(bb, images, size=input_size)[FINAL],
                                  repeats=repeats if n <= 1000 else 1, warmup=0)
         row = {
             "n": n,
@@ -78,7 +78,7 @@ def run(smoke: bool = False, sizes=(100, 300, 1000, 3000, 10000), epochs: int = 
     grow = last["n"] / first["n"]
     sec = Section("Scaling", config={"sizes": list(sizes), "epochs": epochs, "input_size": input_size,
                                      "backbone": bb.describe(), "feature_dim": bb.feature_dim,
-                                     "extraction": "compute_features defaults (engine and batch)", "people": 9,
+                                     "extraction": "features.compute defaults (engine and batch)", "people": 9,
                                      "head_threads": f"1 below {SMALL_FIT} vectors, else {torch.get_num_threads()}"})
     sec.details = {"rows": rows}
     sec.notes.append(f"The head fit runs on 1 thread below {SMALL_FIT} vectors and on {torch.get_num_threads()} "

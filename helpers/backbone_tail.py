@@ -6,12 +6,10 @@ never change, so they are computed once and each epoch runs the last stage only 
 """
 from __future__ import annotations
 
-import warnings
 from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
 from .backbones import Backbone
 from .freezing import apply_freezing_rule
@@ -48,24 +46,8 @@ class BackboneTail(nn.Module):
         self._backbone = [backbone]  # not registered: the tail's parameters are only its own
         self.stage_names_held = names[names.index(stage):]
         self.feature_dim = backbone.feature_dim
-        body = backbone.body
-        first = backbone.stage_paths[stage][0]
-        if isinstance(body, nn.Sequential):  # ResNet-18: conv1 ... layer4, avgpool, flatten
-            children = [n for n, _ in body.named_children()]
-            top = first.split(".")[0]
-            if top not in children or "." in first:
-                raise NotImplementedError(f"cannot cut {backbone.name} at {stage!r} ({first})")
-            self.kind = "sequential"
-            self.rest = body[children.index(top):]
-        elif hasattr(body, "_blocks") and first.startswith("_blocks."):  # EfficientNet-Lite
-            self.kind = "efficientnet"
-            self.start = int(first.split(".")[1])
-            self.n_blocks = len(body._blocks)
-            self.blocks = nn.ModuleList(list(body._blocks)[self.start:])
-            self._conv_head, self._bn1, self._swish = body._conv_head, body._bn1, body._swish
-            self.drop_connect_rate = body.drop_connect_rate
-        else:
-            raise NotImplementedError(f"BackboneTail does not know how to cut {type(body).__name__}")
+        # the held stages' modules, registered so that the tail's parameters, modes and device are theirs
+        self.held = nn.ModuleList(m for s in self.stage_names_held for m in backbone.stage_modules(s))
 
     @property
     def backbone(self) -> Backbone:
@@ -81,39 +63,14 @@ class BackboneTail(nn.Module):
         return self.backbone.stage_parameters(stage)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind == "sequential":
-            return self.rest(x)
-        for i, block in enumerate(self.blocks, start=self.start):
-            x = block(x, drop_connect_rate=self.drop_connect_rate * i / self.n_blocks)
-        x = self._swish(self._bn1(self._conv_head(x)))
-        return x.mean((2, 3))
+        """Activations entering the stage (B, C, h, w) -> features (B, feature_dim)."""
+        return self.backbone.forward_from(self.stage, x)
 
     def train(self, mode: bool = True) -> "nn.Module":
         super().train(mode)
         if mode and self.backbone.keep_frozen_bn_eval:  # the rule of Backbone.train
             apply_freezing_rule(self)
         return self
-
-
-def stage_input_extractor(backbone: Backbone, stage: str) -> nn.Module:
-    """The backbone's body up to `stage`: images (B,3,H,W) -> activations entering the stage (B,C,h,w).
-
-    Built with torchvision's `create_feature_extractor` (FX): the returned node is the one that
-    feeds the stage's first module in the traced graph, so nothing after it is computed.
-    """
-    backbone.stage_modules(stage)  # a clear KeyError for an unknown stage
-    if not backbone.stage_paths[stage]:
-        raise ValueError(f"stage {stage!r} of {backbone.name} holds no layers")
-    first = backbone.stage_paths[stage][0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "nodes in eval mode are a subsequence of train mode": we trace eval
-        nodes = get_graph_node_names(backbone.body.eval())[1]
-    inside = [i for i, n in enumerate(nodes) if n == first or n.startswith(first + ".")]
-    if not inside or inside[0] == 0:
-        raise ValueError(f"cannot find what enters {stage!r} ({first}) in {backbone.name}'s graph")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return create_feature_extractor(backbone.body, return_nodes={nodes[inside[0] - 1]: "x"})
 
 
 def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform: Callable | None = None,
@@ -123,11 +80,12 @@ def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform: Ca
         raise ValueError("no images given")
     device = pick_device(device)
     transform = transform or backbone.transform()
+    if not backbone.stage_paths[stage]:
+        raise ValueError(f"stage {stage!r} of {backbone.name} holds no layers")
     was = backbone.training
     backbone.to(device).eval()
     try:
-        net = stage_input_extractor(backbone, stage).to(device).eval()
-        return run_batched(lambda x: net(x)["x"], list(images), batch_size, device,
+        return run_batched(lambda x: backbone.forward_until(stage, x), list(images), batch_size, device,
                            prepare=lambda chunk: torch.stack([transform(im) for im in chunk]))
     finally:
         backbone.train(was)

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .io import atomic_write_bytes, onnx_session
+from .onnx_backbone import onnx_bytes
 from .recognizer import Recognizer
 from .runtime import threads
 
@@ -34,14 +35,7 @@ def export_onnx(rec: Recognizer, path: str | Path, opset: int = 17) -> Path:
     """ONNX with a dynamic batch axis, by the TorchScript-based exporter (no onnxscript needed)."""
     path = Path(path)
     rec = rec.eval().cpu()
-    x = torch.zeros(1, 3, rec.size, rec.size)
-    buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(rec, (x,), buf, dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=["embeddings"],
-                          dynamic_axes={"images": {0: "batch"}, "embeddings": {0: "batch"}})
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_write_bytes(onnx_bytes(rec, torch.zeros(1, 3, rec.size, rec.size), ["embeddings"], opset), path)
     return path
 
 

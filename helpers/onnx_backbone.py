@@ -2,8 +2,9 @@
 
 On this course's CPUs ONNX Runtime runs EfficientNet-Lite0 about 3x faster than eager PyTorch
 (its depthwise convolutions especially); `benchmarks/extraction.py` measures it. The backbone
-is exported once per (weights, input size) into `cache_dir("models", "onnx")` and reused. When
-onnxruntime is missing or the export fails, `backbone_session` raises `OnnxUnavailable` with
+(with its stage taps) is exported once per (weights, input size, taps) into `cache_dir("models",
+"onnx")` and reused. `onnx_bytes` is the one ONNX export (`helpers.export` uses it for recognisers).
+When onnxruntime is missing or the export fails, `backbone_session` raises `OnnxUnavailable` with
 the reason, and `helpers.features` falls back to PyTorch. `FACE_COURSE_ENGINE=torch` forces
 PyTorch everywhere.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_write_bytes, onnx_session
+from .taps import TapOutputs
 from .runtime import cache_dir
 
 ENGINES = ("auto", "torch", "onnxruntime")
@@ -68,11 +70,28 @@ def weights_digest(module: torch.nn.Module) -> str:
     return digest
 
 
-def backbone_session(backbone, height: int, width: int, n_threads: int):
-    """An ONNX Runtime session mapping (N, 3, height, width) float32 images to (N, feature_dim) features."""
+def onnx_bytes(module: torch.nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17) -> bytes:
+    """`module` (on the CPU, eval mode) as an ONNX file with input "images" and a dynamic batch axis on the
+    input and every output: the course's one call of the TorchScript-based exporter (no onnxscript)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's constant-folding notes
+        torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=list(output_names),
+                          dynamic_axes={"images": {0: "batch"}, **{o: {0: "batch"} for o in output_names}})
+    return buf.getvalue()
+
+
+def backbone_session(backbone, height: int, width: int, n_threads: int, taps: tuple[str, ...] = ()):
+    """An ONNX Runtime session mapping (N, 3, height, width) float32 images to [final (N, D), *taps]: the
+    backbone's features and its pooled stage taps (`helpers.taps.stage_taps`), in that order.
+
+    Exported once per (backbone, weights, size, taps) into `cache_dir("models", "onnx")`; the few most
+    recently used sessions stay in memory (the one session cache)."""
     if importlib.util.find_spec("onnxruntime") is None:
         raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)")
-    name = f"{backbone.name}-{height}x{width}-{weights_digest(backbone)}"
+    tag = "-".join(t.replace(":", "_") for t in taps)
+    name = f"{backbone.name}-{height}x{width}-{weights_digest(backbone)}" + (f"-{tag}" if tag else "")
     key = (name, n_threads)
     if key in _SESSIONS:
         _SESSIONS.move_to_end(key)
@@ -80,7 +99,7 @@ def backbone_session(backbone, height: int, width: int, n_threads: int):
     folder = cache_dir("models", "onnx")
     path = folder / f"{name}.onnx"
     if not path.exists():
-        _export(backbone, height, width, path)
+        _export(backbone, height, width, path, tuple(taps))
     path.touch()  # most recently used: kept by _prune
     _prune(folder)
     try:
@@ -93,21 +112,17 @@ def backbone_session(backbone, height: int, width: int, n_threads: int):
     return session
 
 
-def _export(backbone, height: int, width: int, path: Path) -> None:
-    was_training = backbone.training
-    buf = io.BytesIO()
+def _export(backbone, height: int, width: int, path: Path, taps: tuple[str, ...]) -> None:
+    """Export a CPU copy of `backbone` (the caller's stays on its device, in its mode and memory format)."""
+    import copy
+
     try:
-        net = backbone.cpu().eval()
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the exporter's constant-folding notes
-            torch.onnx.export(net, (torch.zeros(1, 3, height, width),), buf, dynamo=False, opset_version=17,
-                              input_names=["images"], output_names=["features"],
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        net = copy.deepcopy(backbone).cpu().eval()
+        names = ["final", *(f"tap{i}" for i in range(len(taps)))]
+        data = onnx_bytes(TapOutputs(net, taps), torch.zeros(1, 3, height, width), names)
     except Exception as e:
         raise OnnxUnavailable(f"exporting {backbone.name} to ONNX failed: {str(e).splitlines()[0][:160]}") from e
-    finally:
-        backbone.train(was_training)
-    atomic_write_bytes(buf.getvalue(), path)
+    atomic_write_bytes(data, path)
 
 
 def _prune(folder: Path) -> None:

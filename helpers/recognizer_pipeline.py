@@ -22,11 +22,10 @@ import torch.nn.functional as F
 from .backbones import Backbone
 from .data import FaceDataError, FaceSet, load_orl, split_known_strangers, split_people, split_per_person
 from .evaluation import best_match, threshold_from_strangers, threshold_without_strangers, verification
-from .features import extract_features
+from .features import TAPPED, extract, extract_features
 from .images import image_digest
 from .recognizer import Recognizer, open_set_report
 from .background import BACKGROUND_PEOPLE, background_faces
-from .pooled import pooled_features
 from .representations import DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, DEFAULT_VIEWS, Representation, \
     fit_representation, mirrored
 from .runtime import threads
@@ -59,8 +58,8 @@ def method_features(backbone: Backbone, images: Sequence, size: int | None = Non
         return features_for(backbone, images, size, n_threads)
     rep = Representation(backbone, layers, tta=True)
     with threads(n_threads):
-        parts = pooled_features(backbone, list(images), size)
-        mirror = pooled_features(backbone, [mirrored(im) for im in images], size)
+        parts = extract(backbone, list(images), TAPPED, size)
+        mirror = extract(backbone, [mirrored(im) for im in images], TAPPED, size)
     return rep.unwhitened(parts, mirror)
 
 

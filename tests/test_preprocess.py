@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from helpers.preprocess import prefetched_batches, resized_crop, to_batch
-from helpers.pooled import compute_pooled
+from helpers.features import FINAL, compute
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +41,7 @@ def test_prefetched_batches_cover_every_photo_in_order(orl, effnet):
 
 def test_features_agree_with_the_torchvision_path(orl, effnet):
     photos = orl.images[:8]
-    fast = compute_pooled(effnet, photos, 112, engine="torch")["final"].numpy()
+    fast = compute(effnet, photos, size=112, engine="torch")[FINAL].numpy()
     with torch.inference_mode():
         ref = effnet.eval()(torch.stack([effnet.transform(size=112)(im) for im in photos])).numpy()
     cos = (fast * ref).sum(1) / np.linalg.norm(fast, axis=1) / np.linalg.norm(ref, axis=1)
@@ -61,11 +61,10 @@ def test_resize_is_the_same_linear_map_as_pillow_for_odd_sizes():
         assert np.abs(resized_crop(img, size) - pil).max() < 1e-3   # Pillow, channel by channel, in float
 
 
-def test_compute_features_default_is_the_eval_transform_batched(orl, effnet):
-    from helpers.features import compute_features
+def test_compute_default_is_the_eval_transform_batched(orl, effnet):
     photos = orl.images[:10]
-    fast = compute_features(effnet, photos, progress=False, engine="torch", size=64)
-    slow = compute_features(effnet, photos, transform=effnet.transform(size=64), progress=False, engine="torch")
+    fast = compute(effnet, photos, engine="torch", size=64)[FINAL]
+    slow = compute(effnet, photos, transform=effnet.transform(size=64), engine="torch")[FINAL]
     assert fast.shape == slow.shape == (10, effnet.feature_dim)
     assert torch.allclose(fast, slow, atol=1e-4, rtol=1e-4)
 

@@ -11,7 +11,8 @@ import torch
 
 from helpers import recognizer as R
 from helpers import recognizer_pipeline as P
-from helpers import pooled as PO
+from helpers import features as FE
+from helpers import taps as TA
 from helpers import representations as RP
 from helpers.degrade import degrade
 from tests.tiny_backbone import tiny_backbone
@@ -132,29 +133,29 @@ def test_augmented_views_are_deterministic(orl):
 @pytest.mark.parametrize("h, w, g", [(7, 7, 2), (14, 14, 3), (7, 7, 4), (2, 2, 3), (5, 9, 2)])
 def test_grid_pool_is_adaptive_average_pooling(h, w, g):
     x = torch.randn(2, 5, h, w)
-    assert torch.allclose(PO.grid_pool(x, g), torch.nn.functional.adaptive_avg_pool2d(x, g).flatten(1), atol=1e-6)
+    assert torch.allclose(TA.grid_pool(x, g), torch.nn.functional.adaptive_avg_pool2d(x, g).flatten(1), atol=1e-6)
 
 
 def test_grid_taps_are_named_and_checked():
-    assert PO.tap_stage("layer3") == ("layer3", 1) and PO.tap_stage("layer3:3x3") == ("layer3", 3)
+    assert TA.tap_stage("layer3") == ("layer3", 1) and TA.tap_stage("layer3:3x3") == ("layer3", 3)
     for bad in ("layer3:2x3", "layer3:x", "layer3:0x0"):
         with pytest.raises(ValueError, match="GxG"):
-            PO.tap_stage(bad)
+            TA.tap_stage(bad)
 
 
 def test_grid_taps_agree_between_onnx_runtime_and_pytorch(orl, effnet):
     photos = orl.images[:3]
     layers = ("layer3", "layer3:3x3")
-    a = PO.compute_pooled(effnet, photos, SIZE, layers=layers)
-    b = PO.compute_pooled(effnet, photos, SIZE, layers=layers, engine="torch")
+    a = FE.compute(effnet, photos, layers, SIZE)
+    b = FE.compute(effnet, photos, layers, SIZE, engine="torch")
     assert a["layer3:3x3"].shape == (3, 112 * 9) and set(a) == {RP.FINAL, *layers}
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-4), k
     # the grid's cells average back to the global average (equal cells: 64 px -> layer3 is 4 x 4 -> not equal
     # for 3 x 3, so compare a 2 x 2 grid)
-    two = PO.compute_pooled(effnet, photos, SIZE, layers=("layer3", "layer3:2x2"), engine="torch")
+    two = FE.compute(effnet, photos, ("layer3", "layer3:2x2"), SIZE, engine="torch")
     assert torch.allclose(two["layer3:2x2"].view(3, 112, 4).mean(2), two["layer3"], atol=1e-5)
-    empty = PO.compute_pooled(effnet, [], SIZE, layers=layers)
+    empty = FE.compute(effnet, [], layers, SIZE)
     assert empty["layer3:3x3"].shape == (0, 112 * 9)
 
 
