@@ -13,6 +13,7 @@ from helpers.backbone_tail import FineTuneModel
 from helpers.backbones import Backbone
 from helpers.freezing import apply_freezing_rule, freeze, is_frozen, unfreeze
 from helpers.model import build_model, set_trainable_stages
+from helpers.stages import PretrainedConfig, SequentialStages
 from helpers.training import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -21,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def _backbone_with_parameter_free_parts(seed: int = 0) -> Backbone:
     """stem = conv, BatchNorm without affine parameters, Dropout; layer1 = conv + BN (trainable later)."""
     torch.manual_seed(seed)
-    body = nn.Sequential(OrderedDict(
+    body = SequentialStages(OrderedDict(
         conv1=nn.Conv2d(3, 8, 3, stride=2, padding=1), bn_plain=nn.BatchNorm2d(8, affine=False),
         drop=nn.Dropout(0.5), layer1=nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)),
-        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)))
-    stages = OrderedDict(stem=["conv1", "bn_plain", "drop"], layer1=["layer1"])
-    return Backbone(body, stages, 8, "plain-bn", f"random init seed {seed}", "test", input_size=32).eval()
+        pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(1)),
+        OrderedDict(stem=["conv1", "bn_plain", "drop"], layer1=["layer1"]))
+    return Backbone(body, 8, "plain-bn", f"random init seed {seed}", "test", PretrainedConfig(input_size=32)).eval()
 
 
 def test_freeze_and_unfreeze_mark_every_submodule():
