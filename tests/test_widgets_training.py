@@ -234,7 +234,7 @@ def test_fine_tuning_at_another_input_size_recomputes_features_and_says_so():
     panel = training_panel(torch.zeros(len(images), bb.feature_dim), labels, split, images=images, backbone=bb,
                            epochs=3)
     c = panel.controls
-    assert list(c.size.options) == [32, 112]
+    assert set(c.size.options) == {32, 112} and c.size.value == 32
     c.size.value = 112
     c.train.click()
     res = panel.results[-1]
@@ -274,5 +274,6 @@ def test_result_html_never_breaks_inside_a_field(clusters):
     res = panel.results[-1]
     assert html.count('style="white-space: nowrap"') == len(res.fields()) >= 5
     assert "val 100.0 %" in html
-    wrapped = res.line(width=40).splitlines()                 # printed in a cell: breaks between fields
-    assert wrapped[0].startswith("Result:") and all(f in res.line(width=40) for f in res.fields())
+    wrapped = res.line(lines=True).splitlines()               # printed in a cell: breaks between fields
+    assert len(wrapped) == 4 and wrapped[0].startswith("Result:") and wrapped[2].startswith("  val ")
+    assert all(f in res.line(lines=True) for f in res.fields())

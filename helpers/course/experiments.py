@@ -350,15 +350,14 @@ def compare_over_seeds(features, source: str = "orl", n_known: int = 30, shots: 
 # ------------------------------------------------------------------------------ learning rate and freezing (02)
 
 def format_over_seeds(cmp: SeedComparison, metrics: Sequence[str] = ("val", "eer")) -> str:
-    """One row per setting: mean ± 95 % t-interval over the seeds of each metric, then the per-seed values."""
+    """One row per setting: mean ± 95 % t-interval over the seeds of each metric."""
     names = {"val": "val accuracy", "eer": "strangers' EER", "test": "test accuracy"}
     width = max(len(n) for n in cmp.runs) + 2
-    lines = [f"{cmp.task}; mean ± 95 % t-interval over seeds {', '.join(map(str, cmp.seeds))}",
-             f"{'':<{width}}" + "".join(f"{names[m]:>18}" for m in metrics) + "   per seed (val / EER)"]
-    for n, r in cmp.runs.items():
+    lines = [f"{cmp.task}", f"mean ± 95 % t-interval over seeds {', '.join(map(str, cmp.seeds))}:",
+             f"{'':<{width}}" + "".join(f"{names[m]:>18}" for m in metrics)]
+    for n in cmp.runs:
         cells = [f"{100 * m:5.1f} ± {100 * h:4.1f} %" for m, h in (cmp.interval(n, k) for k in metrics)]
-        per = " ".join(f"{100 * v:.0f}/{100 * e:.0f}" for v, e in zip(r["val"], r["eer"]))
-        lines.append(f"{n:<{width}}" + "".join(f"{c:>18}" for c in cells) + f"   {per}")
+        lines.append(f"{n:<{width}}" + "".join(f"{c:>18}" for c in cells))
     return "\n".join(lines)
 
 

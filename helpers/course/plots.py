@@ -213,3 +213,15 @@ def top_confusions(truth, predicted, names: Sequence[str], k: int = 8) -> list[t
             pairs[(int(t), int(p))] = pairs.get((int(t), int(p)), 0) + 1
     order = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
     return [(names[t], names[p], n) for (t, p), n in order]
+
+
+def plot_top_confusions(mistakes: Sequence[tuple[str, str, int]], ax=None, title: str = "most frequent mistakes"):
+    """Horizontal bars, one per (true person -> predicted person) pair of `top_confusions`."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.3 * max(1, len(mistakes)) + 1))
+    labels = [f"{t} → {p}" for t, p, _ in mistakes]
+    ax.barh(labels, [n for *_, n in mistakes], color="#c44e52")
+    ax.set(xlabel="test photos", title=title if mistakes else "no mistakes")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.invert_yaxis()
+    return ax

@@ -61,11 +61,11 @@ class LiveFigure:
             self.handle.update(data, raw=True)
 
     def say(self, result: "TrainResult | str") -> None:
-        """A Result under the figure: printed in a cell, broken between fields only (at 100
-        characters); in an Output, an HTML line whose fields never break inside (text for other views)."""
+        """A Result under the figure: printed in a cell, on a few lines broken between fields only;
+        in an Output, an HTML line whose fields never break inside (text for other views)."""
         text = result if isinstance(result, str) else result.line()
         if self.output is None:
-            print(text if isinstance(result, str) else result.line(width=100))
+            print(text if isinstance(result, str) else result.line(lines=True))
             return
         figs = tuple(o for o in self.output.outputs if o.get("output_type") == "display_data"
                      and "image/png" in o.get("data", {}))
@@ -153,19 +153,15 @@ class TrainResult:
         parts.append(f"trained in {sum(self.history.seconds):.1f} s")
         return parts
 
-    def line(self, width: int | None = None) -> str:
-        """The summary starting with "Result:"; with `width`, broken into lines between fields only."""
+    def line(self, lines: bool = False) -> str:
+        """The summary starting with "Result:", on one line; with `lines`, on up to four: what was
+        trained, the budget, the scores, the data and time (breaks that never depend on the numbers)."""
         parts = self.fields()
-        if width is None:
+        if not lines:
             return ", ".join(parts)
-        lines, cur = [], parts[0]
-        for p in parts[1:]:
-            if len(cur) + 2 + len(p) > width:
-                lines.append(cur + ",")
-                cur = "  " + p
-            else:
-                cur += ", " + p
-        return "\n".join([*lines, cur])
+        n = 4 if self.budget else 3
+        groups = [parts[:3], parts[3:n], parts[n:-2], parts[-2:]] if not self.diverged else [parts[:3], parts[3:]]
+        return ",\n  ".join(", ".join(g) for g in groups if g)
 
     def html(self) -> str:
         """The line as HTML: fields never break inside (one nowrap span each), lines break between them."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 def training_panel(features, labels, split, images=None, backbone=None, lr: float = 1e-2,
                    epochs: int = 50, head: str = "arcface", freeze: bool = True, seed: int = 0,
                    strangers=None, stranger_images=None, tune_epochs: int = 0, backbone_lr: float = 1e-4,
-                   size: int | None = None):
+                   size: int | None = None, features_size: int | None = None):
     """Retrain the face model from a panel: lr, epochs, head, input size, then-epochs, freeze, Train.
 
     Nothing trains until Train is clicked; each click calls `experiments.train_and_report` with the
@@ -24,7 +24,8 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
     labels) of people never trained on) moved since the previous click. Unticking needs `images`,
     `backbone` and (with `strangers`) `stranger_images`; the warning under the controls gives the
     cost from one fine-tuning step timed on this machine. `panel.controls` holds the widgets,
-    `panel.results` every run (or the error, also shown as one line).
+    `panel.results` every run (or the error, also shown as one line). `features` (and the strangers')
+    are at `features_size` px (default the backbone's input size); `size` is the panel's first input size.
     """
     import contextlib
     import io
@@ -45,8 +46,8 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
     blr_w = W.FloatLogSlider(value=backbone_lr, base=10, min=-6, max=-2, step=0.25, description="backbone lr",
                              readout_format=".1e", style=wide, layout=W.Layout(width="300px"))
     native = backbone.input_size if backbone is not None else None
-    sizes = [native] + ([112] if native and native != 112 else []) if native else ["features given"]
-    size_w = W.Dropdown(options=sizes, value=size if size in sizes else sizes[0], description="input px",
+    sizes = sorted({native, 112, features_size or native}, reverse=True) if native else ["features given"]
+    size_w = W.Dropdown(options=sizes, value=size if size in sizes else (native or sizes[0]), description="input px",
                         style=wide, layout=W.Layout(width="170px"), disabled=backbone is None or images is None)
     freeze_w = W.Checkbox(value=freeze, description="freeze backbone", style=wide, indent=False,
                           layout=W.Layout(width="150px"))
@@ -103,7 +104,7 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
                                        strangers=strangers, stranger_images=stranger_images,
                                        previous=done[-1] if done else None, earlier=done,
                                        size=size_w.value if native else None, tune_epochs=tune_w.value,
-                                       backbone_lr=blr_w.value)
+                                       backbone_lr=blr_w.value, features_size=features_size)
             results.append(res)
             if not res.frozen and res.tune_steps:  # the next estimate uses this run's measured steps
                 measured[size_w.value] = res.tune_seconds / res.tune_steps
