@@ -218,6 +218,7 @@ def test_unticking_freeze_continues_from_the_frozen_head_at_an_equal_visible_bud
     assert all(torch.equal(a, b) for a, b in zip(before, bb.parameters()))           # the original: untouched
     assert any(not torch.equal(a, b) for a, b in zip(before, tuned.model.backbone.parameters()))
     assert np.isfinite(tuned.stranger_eer)
+    assert "(your last fine-tuning run)" in c.warning.value         # the estimate now uses the real run
     c.freeze.value = True
     c.train.click()
     frozen = panel.results[-1]

@@ -394,7 +394,7 @@ def equal_budget(backbone: Backbone, source: str = "orl", n_known: int = 30, sho
                                  backbone=backbone, progress=False, strangers=strangers,
                                  stranger_images=data.strangers.images, size=size,
                                  tune_epochs=0 if freeze is None else tune_epochs, tune_lr=tune_lr,
-                                 backbone_lr=backbone_lr, features_size=size, show=False)
+                                 backbone_lr=backbone_lr, features_size=size, show=False, each_epoch=False)
             for k, v in (("val", r.val_acc), ("test", r.test_acc), ("eer", r.stranger_eer), ("seconds", r.seconds)):
                 runs[name][k].append(float(v))
             budget = r.budget if freeze is False else budget

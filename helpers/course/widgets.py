@@ -73,11 +73,12 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
             return
         if px not in measured:
             warn.value = f"<b>Fine-tuning</b>: timing one step of {TUNE_BATCH} photos at {px} px ..."
-            measured[px] = seconds_per_step(backbone, images, px, int(max(labels)) + 1)
+            measured[px] = (seconds_per_step(backbone, images, px, int(max(labels)) + 1), "a test step just now")
         steps = steps_per_epoch(len(split.train), TUNE_BATCH) * tune_w.value
+        per_step, source = measured[px]
         warn.value = (f"<b>Fine-tuning</b> from the frozen head: {tune_w.value} epochs = {steps} steps of "
                       f"{TUNE_BATCH} photos at {px} px through the whole backbone and back. One step took "
-                      f"{measured[px]:.2f} s here just now, so about {steps * measured[px]:.0f} s, plus the "
+                      f"{per_step:.2f} s here ({source}), so about {steps * per_step:.0f} s, plus the "
                       f"validation and strangers' photos.")
     freeze_w.observe(show_warning, names="value")
     tune_w.observe(show_warning, names="value")
@@ -107,7 +108,8 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
                                        backbone_lr=blr_w.value, features_size=features_size)
             results.append(res)
             if not res.frozen and res.tune_steps:  # the next estimate uses this run's measured steps
-                measured[size_w.value] = res.tune_seconds / res.tune_steps
+                measured[size_w.value] = (res.tune_seconds / res.tune_steps, "your last fine-tuning run")
+                show_warning()
             extra = printed.getvalue().strip()
             if extra:  # e.g. "training stopped: loss became nan ..." from the training loop
                 out.outputs = (*out.outputs, {"output_type": "stream", "name": "stdout", "text": extra + "\n"})

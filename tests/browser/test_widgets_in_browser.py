@@ -212,7 +212,9 @@ def _training_panel_reacts(nb) -> None:
     assert "vs last run" in second, f"the Result line does not compare with the last click: {second!r}"
     a, b = _numbers(first), _numbers(second)
     assert a != b, f"moving the learning rate ({second_rep.changed}) changed no number: {first!r} / {second!r}"
-    third = nb.toggle_and_run(0, "freeze backbone", click_timeout=400.0, expect_warning="took")
+    third = nb.toggle_and_run(0, "freeze backbone", click_timeout=400.0, expect_warning="Fine-tuning")
+    warning = nb.page.locator(f"{labdriver.ACTIVE} .course-panel").nth(0).locator(".course-warning").first.inner_text()
+    assert "took" in warning and "your last fine-tuning run" in warning, f"no measured cost: {warning!r}"
     assert "fine-tuned after epoch" in third and "epochs unfrozen" in third and " px: " in third, \
         f"unticking freeze did not continue from the frozen head with a visible budget: {third!r}"
     c = _numbers(third)
