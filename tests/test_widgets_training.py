@@ -278,3 +278,20 @@ def test_result_html_never_breaks_inside_a_field(clusters):
     wrapped = res.line(lines=True).splitlines()               # printed in a cell: breaks between fields
     assert len(wrapped) == 4 and wrapped[0].startswith("Result:") and wrapped[2].startswith("  val ")
     assert all(f in res.line(lines=True) for f in res.fields())
+
+
+def test_measuring_stage_two_only_at_the_end_changes_no_number():
+    """equal_budget skips the per-epoch validation and strangers of stage 2: the same final numbers."""
+    from helpers.course.training_runs import train_and_report
+
+    images, labels = _photos()
+    split = split_per_person(labels, seed=0)
+    bb = tiny_backbone()
+    s_images, _ = _photos(per_person=3, seed=1)
+    s_labels = np.repeat(np.arange(2), 3)
+    feats = torch.randn(len(images), bb.feature_dim, generator=torch.Generator().manual_seed(1))
+    runs = [train_and_report(feats, labels, split, epochs=3, freeze=False, images=images, backbone=bb,
+                             strangers=(torch.zeros(6, bb.feature_dim), s_labels), stranger_images=s_images,
+                             tune_epochs=3, show=False, each_epoch=e) for e in (True, False)]
+    assert runs[0].val_acc == runs[1].val_acc and runs[0].stranger_eer == runs[1].stranger_eer
+    assert runs[0].history.loss == runs[1].history.loss and np.isnan(runs[1].history.val_acc[-2])
