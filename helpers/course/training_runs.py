@@ -379,7 +379,7 @@ def _split_pairs(metrics: dict, epochs: int, every: int) -> dict:
 class _Curves:
     """Loss, accuracy (and strangers' EER) axes kept between redraws (a pyplot-free Figure).
 
-    The y-axes are fixed (loss 1e-3..20 log, accuracy 0..100 %, EER 0..50 %) so that runs compare by
+    The y-axes are fixed (loss 1e-3..20 log, accuracy 0..100 % (102: a line at 100 stays visible), EER 0..50 %) so that runs compare by
     eye across clicks; `earlier` runs are drawn faintly under this one; epoch ticks are integers;
     `boundary`: the last frozen epoch (a dashed line where stage 2 starts).
     """
@@ -418,7 +418,7 @@ class _Curves:
                            label="backbone unfrozen" if unfrozen and ax is axes[1] else
                            ("frozen, lower lr" if ax is axes[1] else None))
         self.loss_ax.set(ylabel="loss (log scale)", title="loss (margin included)", yscale="log", ylim=(1e-3, 20))
-        self.acc_ax.set(ylabel="accuracy (%)", title="known people: accuracy", ylim=(0, 100))
+        self.acc_ax.set(ylabel="accuracy (%)", title="known people: accuracy", ylim=(0, 102))  # 100 % visible
         if self.eer_ax is not None:
             (self.eer,) = self.eer_ax.plot([], [], "o-", color="C3", ms=3, label="this run")
             self.eer_ax.set(ylabel="EER (%)", title="strangers (never trained on): EER", ylim=(0, 50))
