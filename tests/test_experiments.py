@@ -151,10 +151,12 @@ def test_train_and_report_is_deterministic_and_reports(clusters, capsys):
     a = experiments.train_and_report(x, y, split, epochs=6, progress=False)
     b = experiments.train_and_report(x, y, split, epochs=6, progress=False)
     assert a.history.loss == b.history.loss and a.test_acc == b.test_acc == 1.0
-    lines = [line.rsplit("trained in", 1)[0] for line in capsys.readouterr().out.strip().splitlines()]
-    assert len(lines) == 2 and lines[0] == lines[1]          # only the time may differ
-    assert lines[0].startswith("Result: ArcFace head, frozen backbone (cached features), lr=0.01, 6 epochs: "
-                               "val 100.0 %, test 100.0 % (4 people; ")
+    assert a.line().rsplit("trained in", 1)[0] == b.line().rsplit("trained in", 1)[0]   # only the time differs
+    printed = capsys.readouterr().out
+    assert printed.count("Result:") == 2 and all(len(l) <= 100 for l in printed.splitlines())
+    assert a.line().startswith("Result: ArcFace head, frozen backbone, lr=0.01, cached features: 6 epochs "
+                               "frozen (6 steps), val 100.0 %, 4 people, ")
+    assert "test" not in a.line()            # settings are judged on validation; test is kept for the end
     assert list(a.test_pred) == list(a.test_true)
 
 
@@ -334,3 +336,40 @@ def test_course_data_shots_keeps_k_training_photos(course):
     data = experiments.load_course_data("orl", n_known=9, seed=0, shots=2)
     assert data.split.sizes() == {"train": 18, "val": 18, "test": 27}
     assert list(data.split.val) == list(course.split.val) and list(data.split.test) == list(course.split.test)
+
+
+# ------------------------------------------------------------------ learning rate and freezing (02)
+
+def test_equal_budget_arms_share_stage_one_and_take_the_same_steps():
+    bb = tiny_backbone()
+    before = [p.detach().clone() for p in bb.parameters()]
+    cmp = experiments.equal_budget(bb, seeds=(0, 1), size=32, epochs=3, tune_epochs=1)
+    assert list(cmp.runs) == ["after stage 1 (frozen)", "frozen + frozen", "frozen + unfrozen"]
+    assert all(len(r[k]) == 2 for r in cmp.runs.values() for k in ("val", "eer", "seconds"))
+    assert "at 32 px; 3 epochs frozen (3 steps) + 1 epochs unfrozen, backbone lr 0.0001 (4 steps of 16" in cmp.task
+    assert all(0 <= e <= 1 for r in cmp.runs.values() for e in r["eer"])
+    assert all(torch.equal(a, b) for a, b in zip(before, bb.parameters()))   # fine-tuned a copy
+    table = experiments.format_over_seeds(cmp)
+    assert "frozen + unfrozen" in table and "strangers' EER" in table and "test" not in table
+
+
+def test_lr_sweep_and_its_figure(tmp_path):
+    x = torch.randn(400, 8)                                   # any features of ORL's 400 photos
+    sweep = experiments.lr_sweep(x, lrs=(1e-3, 1e-1), seeds=(0, 1), epochs=2)
+    assert list(sweep.runs) == ["lr 0.001", "lr 0.1"]
+    budget = experiments.SeedComparison("t", [0, 1], {"a": {"val": [0.5, 0.6], "eer": [0.2, 0.3]},
+                                                      "b": {"val": [0.7, 0.8], "eer": [0.1, 0.2]}})
+    fig = plots.plot_lr_and_freezing(sweep, budget, (1e-3, 1e-1))
+    axes = fig.axes
+    assert len(axes) == 4 and axes[0].get_xscale() == "log"
+    assert axes[0].get_ylim() == (0, 100) and axes[1].get_ylim() == (0, 50) and axes[3].get_ylim() == (0, 50)
+    plt.close(fig)
+
+
+def test_top_confusions_lists_the_most_frequent_mistakes_first():
+    names = ["ann", "bob", "cy"]
+    truth = [0, 0, 0, 1, 1, 2, 2, 2]
+    pred = [0, 1, 1, 1, 2, 2, 0, 0]
+    assert plots.top_confusions(truth, pred, names) == [("ann", "bob", 2), ("cy", "ann", 2), ("bob", "cy", 1)]
+    assert plots.top_confusions(truth, pred, names, k=1) == [("ann", "bob", 2)]
+    assert plots.top_confusions([0, 1], [0, 1], names) == []

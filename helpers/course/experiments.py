@@ -26,8 +26,8 @@ from ..evaluation import predict
 from ..features import extract_features
 from ..model import build_model, count_parameters
 from ..training import train_head_on_features
-from .training_runs import (FINETUNE_MAX_EPOCHS, FINETUNE_SIZE, HEAD_NAMES, LiveFigure,  # noqa: F401 (re-exported)
-                            TrainReport, as_float_tensor, _Curves, figure_bundle, stranger_metric, train_and_report)
+from .training_runs import (HEAD_NAMES, TUNE_BATCH, LiveFigure, TrainReport, as_float_tensor,  # noqa: F401 (re-exported)
+                            _Curves, figure_bundle, stranger_metric, train_and_report)
 
 
 
@@ -314,8 +314,8 @@ class SeedComparison:
 
 
 def compare_heads_over_seeds(features, source: str = "orl", n_known: int = 30, shots: int | None = 2,
-                       variants: dict[str, dict] | None = None, seeds: Sequence[int] = range(5),
-                       epochs: int = 50, lr: float = 1e-2) -> SeedComparison:
+                             variants: dict[str, dict] | None = None, seeds: Sequence[int] = range(5),
+                             epochs: int = 50, lr: float = 1e-2) -> SeedComparison:
     """Heads over seeds: train each variant (keyword arguments of `train_head_on_features`, e.g. head=,
     m=, s=, lr=) on the frozen features of each seed's known people; report val / test accuracy and the
     strangers' EER (notebooks 02, 04; `unfreezing_lessons.compare_schedules_over_seeds` compares
@@ -342,4 +342,60 @@ def compare_heads_over_seeds(features, source: str = "orl", n_known: int = 30, s
     shots_txt = "all 5" if shots is None else str(shots)
     task = (f"{n_known} known people x {shots_txt} training photos, "
             f"{len(data.strangers.labels) if data.strangers is not None else 0} stranger photos")
+    return SeedComparison(task, list(seeds), runs)
+
+
+# ------------------------------------------------------------------------------ learning rate and freezing (02)
+
+def format_over_seeds(cmp: SeedComparison, metrics: Sequence[str] = ("val", "eer")) -> str:
+    """One row per setting: mean ± 95 % t-interval over the seeds of each metric."""
+    names = {"val": "val accuracy", "eer": "strangers' EER", "test": "test accuracy"}
+    width = max(len(n) for n in cmp.runs) + 2
+    lines = [f"{cmp.task}", f"mean ± 95 % t-interval over seeds {', '.join(map(str, cmp.seeds))}:",
+             f"{'':<{width}}" + "".join(f"{names[m]:>18}" for m in metrics)]
+    for n in cmp.runs:
+        cells = [f"{100 * m:5.1f} ± {100 * h:4.1f} %" for m, h in (cmp.interval(n, k) for k in metrics)]
+        lines.append(f"{n:<{width}}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+def lr_sweep(features, source: str = "orl", n_known: int = 30, shots: int | None = 2,
+             lrs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0), seeds: Sequence[int] = (0, 1, 2),
+             epochs: int = 50, head: str = "arcface") -> SeedComparison:
+    """The frozen head at each learning rate, on each seed's people and split (`compare_heads_over_seeds`):
+    validation accuracy and the strangers' EER; `runs` keys are "lr 0.0001", ... in `lrs` order."""
+    return compare_heads_over_seeds(features, source, n_known=n_known, shots=shots, seeds=seeds,
+                                    epochs=epochs, variants={f"lr {lr:g}": dict(head=head, lr=lr) for lr in lrs})
+
+
+def equal_budget(backbone: Backbone, source: str = "orl", n_known: int = 30, shots: int | None = 2,
+                 seeds: Sequence[int] = (0, 1, 2), size: int = 112, epochs: int = 50, tune_epochs: int = 5,
+                 lr: float = 1e-2, tune_lr: float | None = None, backbone_lr: float = 1e-4,
+                 head: str = "arcface") -> SeedComparison:
+    """Frozen vs unfrozen at an equal budget, per seed: both train the head on cached `size`-px features
+    for `epochs` at `lr` (one shared stage 1), then `tune_epochs` more epochs on the same photos at
+    the same size and the same steps, head at `tune_lr` (lr/10): "frozen" keeps the backbone fixed,
+    "unfrozen" also trains it at `backbone_lr` (the guide's "unfreeze and continue training with a
+    lower learning rate"). Also records stage 1 alone ("frozen, stage 1 only": fewer steps).
+    `runs[...]["seconds"]` holds each run's training time."""
+    names = {"after stage 1 (frozen)": None, "frozen + frozen": True, "frozen + unfrozen": False}
+    runs = {n: {"val": [], "test": [], "eer": [], "seconds": []} for n in names}
+    faces = load_faces(source)
+    feats = extract_features(backbone, faces.images, size=size, progress=False, verbose=False)
+    budget = ""
+    for seed in seeds:
+        data = load_course_data(source, n_known=n_known, seed=seed, shots=shots)
+        strangers = (feats[data.stranger_idx], data.strangers.labels)
+        for name, freeze in names.items():
+            r = train_and_report(feats[data.known_idx], data.known.labels, data.split, head=head, lr=lr,
+                                 epochs=epochs, freeze=freeze is not False, seed=seed, images=data.known.images,
+                                 backbone=backbone, progress=False, strangers=strangers,
+                                 stranger_images=data.strangers.images, size=size,
+                                 tune_epochs=0 if freeze is None else tune_epochs, tune_lr=tune_lr,
+                                 backbone_lr=backbone_lr, features_size=size, show=False, each_epoch=False)
+            for k, v in (("val", r.val_acc), ("test", r.test_acc), ("eer", r.stranger_eer), ("seconds", r.seconds)):
+                runs[name][k].append(float(v))
+            budget = r.budget if freeze is False else budget
+    task = (f"{n_known} known people x {'all 5' if shots is None else shots} training photos at {size} px; "
+            f"{budget.split(': ', 1)[-1]}")
     return SeedComparison(task, list(seeds), runs)

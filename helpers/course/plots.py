@@ -164,3 +164,64 @@ def show_one_per_person(faces: FaceSet, max_people: int = 20, cols: int = 10, ti
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ============================================================================ notebook 02: learning rate, freezing, mistakes
+
+def plot_lr_and_freezing(sweep, budget, lrs: Sequence[float]) -> plt.Figure:
+    """One figure, 2 x 2: top, the frozen head's validation accuracy and strangers' EER against the
+    learning rate (`sweep`, a SeedComparison keyed "lr ..."); bottom, the same two for each arm of
+    `budget` (equal_budget). Each seed is a faint dot (same seed joined across arms), the mean
+    ± 95 % t-interval a black bar. Fixed axes: accuracy 0-100 %, EER 0-50 %."""
+    from .experiments import t_interval
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    for col, (metric, label, top) in enumerate((("val", "validation accuracy (%)", 100),
+                                                ("eer", "strangers' EER (%)", 50))):
+        ax = axes[0, col]
+        names = list(sweep.runs)
+        for i, n in enumerate(names):
+            v = 100 * np.asarray(sweep.runs[n][metric])
+            ax.plot([lrs[i]] * len(v), v, "o", color="C0", alpha=0.35, ms=4)
+        means = [t_interval(100 * np.asarray(sweep.runs[n][metric])) for n in names]
+        ax.errorbar(lrs, [m for m, _ in means], yerr=[h for _, h in means], color="k", marker="s", ms=4,
+                    capsize=3, lw=1)
+        ax.set(xscale="log", ylim=(0, top), xlabel="learning rate (frozen head, AdamW)", ylabel=label,
+               title=f"frozen head: {label.split(' (')[0]} vs learning rate", xticks=list(lrs))
+        ax.title.set_fontsize(9)
+        ax = axes[1, col]
+        arms = list(budget.runs)
+        per_seed = 100 * np.array([budget.runs[a][metric] for a in arms])   # (arms, seeds)
+        for s in range(per_seed.shape[1]):
+            ax.plot(range(len(arms)), per_seed[:, s], "o-", color="C1", alpha=0.35, ms=4, lw=0.8)
+        means = [t_interval(row) for row in per_seed]
+        ax.errorbar(range(len(arms)), [m for m, _ in means], yerr=[h for _, h in means], color="k",
+                    marker="s", ms=4, capsize=3, lw=0, elinewidth=1)
+        ax.set_xticks(range(len(arms)), arms, fontsize=8)
+        ax.set(ylim=(0, top), ylabel=label, title=f"equal budget: {label.split(' (')[0]}")
+        ax.title.set_fontsize(9)
+    fig.tight_layout()
+    return fig
+
+
+def top_confusions(truth, predicted, names: Sequence[str], k: int = 8) -> list[tuple[str, str, int]]:
+    """The `k` most frequent mistakes as (true person, predicted person, count), most frequent first
+    (ties: in order of the true person); an empty list when every prediction is right."""
+    pairs: dict[tuple[int, int], int] = {}
+    for t, p in zip(np.asarray(truth), np.asarray(predicted)):
+        if t != p:
+            pairs[(int(t), int(p))] = pairs.get((int(t), int(p)), 0) + 1
+    order = sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+    return [(names[t], names[p], n) for (t, p), n in order]
+
+
+def plot_top_confusions(mistakes: Sequence[tuple[str, str, int]], ax=None, title: str = "most frequent mistakes"):
+    """Horizontal bars, one per (true person -> predicted person) pair of `top_confusions`."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 0.3 * max(1, len(mistakes)) + 1))
+    labels = [f"{t} → {p}" for t, p, _ in mistakes]
+    ax.barh(labels, [n for *_, n in mistakes], color="#c44e52")
+    ax.set(xlabel="test photos", title=title if mistakes else "no mistakes")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.invert_yaxis()
+    return ax

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 def training_panel(features, labels, split, images=None, backbone=None, lr: float = 1e-2,
                    epochs: int = 50, head: str = "arcface", freeze: bool = True, seed: int = 0,
-                   strangers=None, stranger_images=None):
-    """Retrain the face model from a panel: learning rate (log slider), epochs, freeze, head, Train.
+                   strangers=None, stranger_images=None, tune_epochs: int = 0, backbone_lr: float = 1e-4,
+                   size: int | None = None, features_size: int | None = None):
+    """Retrain the face model from a panel: lr, epochs, head, input size, then-epochs, freeze, Train.
 
     Nothing trains until Train is clicked; each click calls `experiments.train_and_report` with the
-    panel's values, drawing the curves and a "Result:" line into the panel's Output; the line says
-    how validation accuracy and the strangers' EER (`strangers` = (features, labels) of people never
-    trained on) moved since the previous click. An error is shown there as one clear line.
-    `panel.controls` holds the widgets, `panel.results` every run. Unticking "freeze backbone"
-    fine-tunes the backbone on `images` (needs `images`, `backbone`, and `stranger_images` with
-    `strangers`); a warning under the controls says what that costs.
+    panel's values: the head on cached features for `epochs` at `lr`, then `tune_epochs` ("then")
+    more epochs from that head at lr/10, with the backbone frozen (box ticked) or fine-tuned at
+    `backbone_lr` (unticked: the guide's "unfreeze and continue training with a lower learning
+    rate"). Ticked or not, the two runs take the same optimiser steps at the same input size on the
+    same photos. The curves keep fixed axes, earlier runs drawn faintly; the Result line reports
+    validation (not test), the budget, and how val and the strangers' EER (`strangers` = (features,
+    labels) of people never trained on) moved since the previous click. Unticking needs `images`,
+    `backbone` and (with `strangers`) `stranger_images`; the warning under the controls gives the
+    cost from one fine-tuning step timed on this machine. `panel.controls` holds the widgets,
+    `panel.results` every run (or the error, also shown as one line). `features` (and the strangers')
+    are at `features_size` px (default the backbone's input size); `size` is the panel's first input size.
     """
     import contextlib
     import io
@@ -27,14 +33,22 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
 
     import ipywidgets as W
 
-    from .experiments import FINETUNE_MAX_EPOCHS, FINETUNE_SIZE, HEAD_NAMES, train_and_report
+    from .training_runs import HEAD_NAMES, TUNE_BATCH, seconds_per_step, steps_per_epoch, train_and_report
 
     wide = {"description_width": "initial"}
     lr_w = W.FloatLogSlider(value=lr, base=10, min=-4, max=0, step=0.25, description="lr",
-                            readout_format=".1e", style=wide, layout=W.Layout(width="320px"))
+                            readout_format=".1e", style=wide, layout=W.Layout(width="300px"))
     lr_w.add_class("course-lr")
-    epochs_w = W.IntSlider(value=epochs, min=1, max=200, step=1, description="epochs", style=wide,
-                           layout=W.Layout(width="300px"))
+    epochs_w = W.IntSlider(value=epochs, min=1, max=200, step=1, description="epochs (frozen)", style=wide,
+                           layout=W.Layout(width="330px"))
+    tune_w = W.IntSlider(value=tune_epochs, min=0, max=20, step=1, description="then epochs", style=wide,
+                         layout=W.Layout(width="270px"))
+    blr_w = W.FloatLogSlider(value=backbone_lr, base=10, min=-6, max=-2, step=0.25, description="backbone lr",
+                             readout_format=".1e", style=wide, layout=W.Layout(width="300px"))
+    native = backbone.input_size if backbone is not None else None
+    sizes = sorted({native, 112, features_size or native}, reverse=True) if native else ["features given"]
+    size_w = W.Dropdown(options=sizes, value=size if size in sizes else (native or sizes[0]), description="input px",
+                        style=wide, layout=W.Layout(width="170px"), disabled=backbone is None or images is None)
     freeze_w = W.Checkbox(value=freeze, description="freeze backbone", style=wide, indent=False,
                           layout=W.Layout(width="150px"))
     head_w = W.Dropdown(options=[(HEAD_NAMES[k], k) for k in HEAD_NAMES], value=head, description="head",
@@ -45,34 +59,57 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
     out.add_class("course-output")                                                # 100 % would overflow
     warn = W.HTML(layout=W.Layout(margin="0 0 4px 4px"))
     warn.add_class("course-warning")
+    measured: dict = {}  # size -> seconds per fine-tuning step, measured on this machine
 
     def show_warning(_=None):
-        warn.value = ("" if freeze_w.value else
-                      f"<b>Fine-tuning</b> sends every photo through the whole backbone and back, at "
-                      f"{FINETUNE_SIZE} px and at most {FINETUNE_MAX_EPOCHS} epochs: about a minute on a "
-                      f"2-core CPU (the strangers' EER is measured on their photos after each epoch).")
+        if freeze_w.value:
+            warn.value = ""
+            return
+        if tune_w.value == 0:  # unfreezing continues from the frozen head: it needs epochs to do so
+            tune_w.value = 5
+        px = size_w.value
+        if images is None or backbone is None:
+            warn.value = "<b>Fine-tuning</b> needs the photos and the backbone (training_panel(..., images, backbone))."
+            return
+        if px not in measured:
+            warn.value = f"<b>Fine-tuning</b>: timing one step of {TUNE_BATCH} photos at {px} px ..."
+            measured[px] = (seconds_per_step(backbone, images, px, int(max(labels)) + 1), "a test step just now")
+        steps = steps_per_epoch(len(split.train), TUNE_BATCH) * tune_w.value
+        per_step, source = measured[px]
+        warn.value = (f"<b>Fine-tuning</b> from the frozen head: {tune_w.value} epochs = {steps} steps of "
+                      f"{TUNE_BATCH} photos at {px} px through the whole backbone and back. One step took "
+                      f"{per_step:.2f} s here ({source}), so about {steps * per_step:.0f} s, plus the "
+                      f"validation and strangers' photos.")
     freeze_w.observe(show_warning, names="value")
+    tune_w.observe(show_warning, names="value")
+    size_w.observe(show_warning, names="value")
     show_warning()
-    panel = W.VBox([W.HBox([lr_w, epochs_w]), W.HBox([head_w, freeze_w, run]), warn, out],
-                   layout=W.Layout(width="100%", max_width="980px"))
+    panel = W.VBox([W.HBox([lr_w, epochs_w, head_w]), W.HBox([tune_w, blr_w, size_w]),
+                    W.HBox([freeze_w, run]), warn, out], layout=W.Layout(width="100%", max_width="980px"))
     panel.add_class("course-panel")
     results: list = []
 
     def on_click(_=None):
         run.disabled = True
+        how = "frozen" if freeze_w.value else f"unfrozen for the last {tune_w.value} epochs"
         out.outputs = ({"output_type": "stream", "name": "stdout",
-                        "text": f"training ({'frozen' if freeze_w.value else 'fine-tuning the backbone'}, "
-                                f"lr={lr_w.value:.3g}, {epochs_w.value} epochs) ...\n"},)
+                        "text": f"training ({how}, lr={lr_w.value:.3g}, {epochs_w.value} + {tune_w.value} "
+                                f"epochs, {size_w.value} px) ...\n"},)
         printed = io.StringIO()
         try:
             with contextlib.redirect_stdout(printed):
-                last = next((r for r in reversed(results) if not isinstance(r, Exception)), None)
+                done = [r for r in results if not isinstance(r, Exception)]
                 res = train_and_report(features, labels, split, head=head_w.value, lr=lr_w.value,
                                        epochs=epochs_w.value, freeze=freeze_w.value, seed=seed,
                                        images=images, backbone=backbone, output=out, progress=False,
                                        strangers=strangers, stranger_images=stranger_images,
-                                       previous=last)
+                                       previous=done[-1] if done else None, earlier=done,
+                                       size=size_w.value if native else None, tune_epochs=tune_w.value,
+                                       backbone_lr=blr_w.value, features_size=features_size)
             results.append(res)
+            if not res.frozen and res.tune_steps:  # the next estimate uses this run's measured steps
+                measured[size_w.value] = (res.tune_seconds / res.tune_steps, "your last fine-tuning run")
+                show_warning()
             extra = printed.getvalue().strip()
             if extra:  # e.g. "training stopped: loss became nan ..." from the training loop
                 out.outputs = (*out.outputs, {"output_type": "stream", "name": "stdout", "text": extra + "\n"})
@@ -84,8 +121,9 @@ def training_panel(features, labels, split, images=None, backbone=None, lr: floa
             run.disabled = False
 
     run.on_click(on_click)
-    panel.controls = SimpleNamespace(lr=lr_w, epochs=epochs_w, freeze=freeze_w, head=head_w, train=run,
-                                     output=out, warning=warn)
+    panel.controls = SimpleNamespace(lr=lr_w, epochs=epochs_w, tune_epochs=tune_w, backbone_lr=blr_w,
+                                     size=size_w, freeze=freeze_w, head=head_w, train=run, output=out,
+                                     warning=warn)
     panel.results = results
     return panel
 
