@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone_tail import last_stage
 from ..backbones import Backbone
 from ..model import FaceModel, build_model
 from ..runtime import set_seed
@@ -116,6 +117,20 @@ def compare_cached_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], a
     task = (f"{n_known} known people x {'all' if shots is None else shots} training photos at {size} px, "
             f"{sum(p.epochs for p in next(iter(arms.values())))} optimiser steps per arm")
     return SeedComparison(task, list(seeds), runs)
+
+
+def choose_warmup(backbone: Backbone, faces, dev_seeds: Sequence[int], candidates: Sequence[int], n_known: int,
+                  shots: int | None, size: int, all_inputs: torch.Tensor, n_threads: int | None = None,
+                  steps: tuple[int, int] = (30, 8)) -> tuple[int, SeedComparison]:
+    """The warm-up length (steps) with the highest mean validation accuracy over `dev_seeds`, among
+    `candidates`, and the comparison it was chosen from. Only validation photos decide; never the test
+    photos, never the strangers, never the seeds that later confirm the choice."""
+    cut = last_stage(backbone)
+    arms = {f"{w}-step warm-up": list(cached_arms(cut, steps, warmup=w).values())[-1] for w in candidates}
+    comp = compare_cached_over_seeds(backbone, faces, dev_seeds, arms, n_known, shots, size, all_inputs,
+                                     n_threads, trace=False)
+    best = max(zip(candidates, arms), key=lambda wa: float(np.mean(comp.runs[wa[1]]["val"])))[0]
+    return best, comp
 
 
 def verdict(comp: SeedComparison, a: str, b: str, metric: str, what: str) -> str:
