@@ -371,3 +371,14 @@ def test_verdict_states_the_largest_difference_the_run_could_miss():
     assert f"no difference larger than {100 * (abs(mean) + half):.1f} points" in text
     apart = SeedComparison("t", [0, 1, 2], {"a": {"eer": [0.10, 0.12, 0.11]}, "b": {"eer": [0.20, 0.23, 0.21]}})
     assert "a clear difference" in L.verdict(apart, "b", "a", "eer", "EER")
+
+
+def test_choose_warmup_picks_the_best_mean_validation_accuracy_on_the_seeds_given(tiny_data, orl):
+    faces = orl.subset(np.flatnonzero(orl.labels < 10), relabel=True)
+    bb = tiny_data.backbone
+    shared = U.all_stage_inputs(bb, faces, size=32, n_threads=1)
+    best, comp = L.choose_warmup(bb, faces, [100, 101], (0, 2), 5, None, 32, shared, n_threads=1, steps=(3, 3))
+    assert comp.seeds == [100, 101] and list(comp.runs) == ["0-step warm-up", "2-step warm-up"]
+    means = {w: np.mean(comp.runs[f"{w}-step warm-up"]["val"]) for w in (0, 2)}
+    assert best == max(means, key=means.get)
+    assert all(row["val_trace"] == [] for row in comp.runs.values())   # no trace: validation at the end only
