@@ -24,7 +24,7 @@ from .evaluation import embed, one_shot_identification, verification
 from .model import FaceModel, build_model, count_parameters, set_trainable_stages
 from .memory import PeakMemory
 from .runtime import default_threads, pick_device, run_batched, set_seed, threads
-from .training import History, ImageDataset, fit
+from .training import History, ImageDataset, fit, param_groups
 
 
 # ---------------------------------------------------------------------- data for the comparison
@@ -104,11 +104,36 @@ class UnfreezeData:
 
 
 def prepare_data(backbone: Backbone, faces: FaceSet, n_known: int = 9, size: int = 112, seed: int = 0,
-                 shots: int | None = None, n_threads: int | None = None, batch_size: int = 16) -> UnfreezeData:
-    """Pick `n_known` people (the rest are strangers), split their photos, fix the input size."""
+                 shots: int | None = None, n_threads: int | None = None, batch_size: int = 16,
+                 all_inputs: torch.Tensor | None = None) -> UnfreezeData:
+    """Pick `n_known` people (the rest are strangers), split their photos, fix the input size.
+
+    `all_inputs`: `all_stage_inputs(backbone, faces, size)`, the activations entering the last stage
+    of every photo of `faces`, computed once and shared by many seeds (they do not depend on the seed).
+    """
     known, strangers = split_known_strangers(faces, n_known=n_known, seed=seed)
     split = split_per_person(known.labels, shots=shots, seed=seed)
-    return UnfreezeData(backbone, known, strangers, split, size, n_threads or default_threads(), batch_size)
+    data = UnfreezeData(backbone, known, strangers, split, size, n_threads or default_threads(), batch_size)
+    if all_inputs is not None:
+        if len(all_inputs) != len(faces):
+            raise ValueError(f"all_inputs holds {len(all_inputs)} photos; faces has {len(faces)}")
+        where = {path: i for i, path in enumerate(faces.paths)}
+        known_idx = [where[path] for path in known.paths]
+        for part in PARTS:
+            if part == "strangers":
+                idx = [where[path] for path in strangers.paths] if strangers is not None else []
+            else:
+                idx = [known_idx[i] for i in getattr(split, part)]
+            data._inputs[part] = all_inputs[idx] if idx else None
+    return data
+
+
+def all_stage_inputs(backbone: Backbone, faces: FaceSet, size: int = 112, n_threads: int | None = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """Activations entering the last stage (N, C, h, w) of every photo of `faces` (eval mode, no augmentation)."""
+    with threads(n_threads or default_threads()):
+        return stage_inputs(backbone, faces.images, last_stage(backbone), backbone.transform(size=size),
+                            batch_size, pick_device())
 
 
 # ---------------------------------------------------------------------- schedules
@@ -125,12 +150,14 @@ class StagePlan:
     backbone_lr: float | None = None
     augment: bool = False
     cache: bool = False
+    warmup: int = 0  # `train_cached_steps` only: steps of linear warm-up for the groups this stage unfreezes
 
     def describe(self) -> str:
         what = "head only" if not self.stages else "head + " + " + ".join(self.stages)
         how = "cached activations" if self.cache else ("augmented photos" if self.augment else "photos")
         lrs = f"lr {self.lr:.2g}" + (f", backbone lr {self.backbone_lr:.2g}" if self.stages else "")
-        return f"{self.name}: {what}, {self.epochs} epochs, {lrs}, on {how}"
+        warm = f", {self.warmup}-step warm-up" if self.warmup else ""
+        return f"{self.name}: {what}, {self.epochs} epochs, {lrs}{warm}, on {how}"
 
 
 def frozen_schedule(epochs: int = 30, lr: float = 1e-2) -> list[StagePlan]:
@@ -355,6 +382,96 @@ def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[st
         if r.diverged:
             break
     return out
+
+
+# ---------------------------------------------------------------------- the stages that cost seconds, step by step
+
+
+def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
+    """Multiplier of a group's learning rate at `step` (0-based) of a stage of `steps` steps.
+
+    Cosine decay from 1 to 0 over the stage (as `fit`'s per-epoch schedule), times a linear warm-up
+    (step + 1) / (warmup + 1) for the first `warmup` steps: the first step runs at 1 / (warmup + 1)
+    of the rate, step `warmup` at the full (cosine) rate.
+    """
+    cosine = 0.5 * (1.0 + float(np.cos(np.pi * step / max(1, steps))))
+    warm = (step + 1) / (warmup + 1) if step < warmup else 1.0
+    return cosine * warm
+
+
+def train_cached_steps(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "", seed: int = 0,
+                       batch_size: int = 64, trace: bool = False) -> RunResult:
+    """Stage 1 (head only) and stage 2 (+ the last stage) on ONE model, step by step on the cached
+    activations entering the last stage: what the guide's first two stages do, in seconds on a CPU.
+
+    For each plan: set `requires_grad` on its stages (the rest frozen, BatchNorm in eval mode), build
+    one parameter group per trainable part (head at `plan.lr`, the last stage at `plan.backbone_lr`),
+    rebuild AdamW (fresh moments), then `plan.epochs` passes over the training photos in batches of
+    `batch_size` (60 photos: one step per pass). The groups a stage newly unfreezes get a linear
+    warm-up over `plan.warmup` steps (`lr_factor`). `trace`: validation accuracy and strangers' EER
+    after every step, in `History.val_acc` / `extra["strangers_eer"]` (one entry per step).
+    The result is evaluated (`evaluate_run`) and its histories hold one entry per step.
+    """
+    cut = data.cut_stage
+    for plan in plans:
+        if set(plan.stages) - {cut}:
+            raise ValueError(f"{plan.name}: on cached activations only the last stage ({cut}) can train; "
+                             f"got {plan.stages}")
+    set_seed(seed)  # the same embedding and head weights as `run_schedule` on this seed
+    model = as_finetune(build_model(data.num_classes, backbone=copy.deepcopy(data.backbone),
+                                    freeze_backbone=True), bn_train=False)
+    tail = FineTuneModel(model.embedding, model.head, BackboneTail(model.backbone, cut))
+    head_only = FineTuneModel(model.embedding, model.head, None)   # on the cached features: faster, same numbers
+    y, yv, s_lab = data.labels("train"), data.labels("val"), data.labels("strangers").numpy()
+    gen = torch.Generator().manual_seed(seed)
+    trained: list[str] = []
+    histories, seconds = [], []
+    with threads(data.threads):
+        for plan in plans:
+            set_trainable_stages(model.backbone, plan.stages)
+            new = {s for s in plan.stages if s not in trained}
+            target, cached = (tail, data.inputs) if plan.stages or trained else (head_only, data.features)
+            x, xv = cached("train"), cached("val")
+            s_x = cached("strangers") if trace and data.strangers is not None else None
+            groups = param_groups(target, plan.lr, plan.backbone_lr)
+            opt = torch.optim.AdamW(groups, weight_decay=5e-4)   # a new optimizer: fresh Adam moments
+            base = [g["lr"] for g in opt.param_groups]
+            steps_per_pass = max(1, -(-len(x) // batch_size))
+            steps = plan.epochs * steps_per_pass
+            hist, t0 = History(), time.perf_counter()
+            for step in range(steps):
+                for g, lr0 in zip(opt.param_groups, base):
+                    g["lr"] = lr0 * lr_factor(step, steps, plan.warmup if g["name"] in new else 0)
+                idx = torch.randperm(len(x), generator=gen)[:batch_size]
+                target.train()
+                emb = target.embedding(target.features(x[idx]))
+                loss = F.cross_entropy(target.head(emb, y[idx]), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                hist.loss.append(loss.item())
+                with torch.no_grad():
+                    hist.train_acc.append(float((target.head.cosine(emb).argmax(1) == y[idx]).float().mean()))
+                if trace:
+                    target.eval()
+                    with torch.inference_mode():
+                        hist.val_acc.append(float((target.head.cosine(target.embedding(target.features(xv)))
+                                                   .argmax(1) == yv).float().mean()))
+                        if s_x is not None:
+                            emb_s = F.normalize(target.embedding(target.features(s_x)), dim=1).numpy()
+                            hist.extra.setdefault("strangers_eer", []).append(verification(emb_s, s_lab).eer)
+                hist.seconds.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+            histories.append(hist)
+            seconds.append(sum(hist.seconds))
+            trained += sorted(new)
+    trainable = count_parameters(model).trainable  # in the last stage
+    set_trainable_stages(model.backbone, [])
+    model.eval()
+    result = RunResult(method or " + ".join(p.name for p in plans), model, list(plans), histories, trainable,
+                       count_parameters(model).total, seconds, None, "", trained_stages=tuple(trained))
+    evaluate_run(result, data, seed)
+    return result
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -275,3 +275,110 @@ def test_frozen_report_names_exactly_the_changed_stage(effnet):
     assert all("trainable         0 of" in ln and "train mode  0 of" in ln for ln in lines)
     set_trainable_stages(model.backbone, ["layer4"])
     assert "train mode 16 of 16" in L.frozen_report(model).splitlines()[4]
+
+
+# ---------------------------------------------------------------------- stages 1-2 step by step, warm-up
+
+
+def test_lr_factor_is_a_linear_warm_up_times_a_cosine():
+    steps = 8
+    cosine = [0.5 * (1 + np.cos(np.pi * t / steps)) for t in range(steps)]
+    assert [U.lr_factor(t, steps) for t in range(steps)] == pytest.approx(cosine)
+    warm = [U.lr_factor(t, steps, warmup=3) for t in range(steps)]
+    assert warm[:3] == pytest.approx([cosine[0] / 4, cosine[1] * 2 / 4, cosine[2] * 3 / 4])
+    assert warm[3:] == pytest.approx(cosine[3:])          # full rate from step `warmup` on
+
+
+def _cached_plans(cut, warmup=0, s2=1):
+    return [U.StagePlan("stage 1", (), 3, 1e-2, cache=True),
+            U.StagePlan("stage 2", (cut,), s2, 1e-3, 1e-2, cache=True, warmup=warmup)]
+
+
+def test_cached_steps_train_the_last_stage_only_and_warm_up_its_first_steps(tiny_data):
+    data = _fresh(tiny_data)
+    cut = data.cut_stage
+    pre = {k: v for k, v in _state(data.backbone).items()}
+    cold = U.train_cached_steps(data, _cached_plans(cut, warmup=0), seed=0)
+    warm = U.train_cached_steps(data, _cached_plans(cut, warmup=3), seed=0)
+    assert all(torch.equal(v, pre[k]) for k, v in _state(data.backbone).items())  # runs train a copy
+    for res in (cold, warm):
+        moved = {k.split(".")[1] for k, v in _state(res.model.backbone).items() if not torch.equal(v, pre[k])}
+        assert moved == {cut}, moved
+        assert res.trained_stages == (cut,) and [h.epochs for h in res.histories] == [3, 1]
+        assert res.metrics is not None
+    # Adam's first step moves every weight by about its learning rate, whatever the gradient's size: so
+    # the largest move of the last stage's weights is ~lr without warm-up and ~lr / 4 with 3 warm-up steps
+    def largest_move(res):
+        after = dict(res.model.backbone.named_parameters())
+        return max(float((after[k] - pre[k]).abs().max()) for k in after if f".{cut}." in f".{k}")
+    assert largest_move(cold) == pytest.approx(1e-2, rel=0.05)
+    assert largest_move(warm) == pytest.approx(1e-2 / 4, rel=0.05)
+    # the head was trainable before: no warm-up for it (its first stage-2 step is the same in both runs)
+    assert torch.equal(_first(cold.model), _first(warm.model))
+
+
+def test_cached_steps_refuse_an_earlier_stage_and_are_reproducible(tiny_data):
+    data = _fresh(tiny_data)
+    with pytest.raises(ValueError, match="only the last stage"):
+        U.train_cached_steps(data, [U.StagePlan("x", ("stem",), 1, 1e-2, cache=True)])
+    a = U.train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1, trace=True)
+    b = U.train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1)
+    assert a.combined_history().loss == b.combined_history().loss and a.metrics == b.metrics
+    assert len(a.histories[1].val_acc) == 3 and len(a.histories[1].extra["strangers_eer"]) == 3
+
+
+def test_prepare_data_reuses_the_activations_of_all_photos(tiny_data, orl):
+    faces = orl.subset(np.flatnonzero(orl.labels < 10), relabel=True)
+    bb = tiny_data.backbone
+    shared = U.all_stage_inputs(bb, faces, size=32, n_threads=1)
+    for seed in (0, 3):
+        a = U.prepare_data(bb, faces, n_known=5, size=32, seed=seed, n_threads=1, all_inputs=shared)
+        b = U.prepare_data(bb, faces, n_known=5, size=32, seed=seed, n_threads=1)
+        for part in U.PARTS:
+            assert torch.allclose(a.inputs(part), b.inputs(part), atol=1e-5), part
+    with pytest.raises(ValueError, match="holds 3 photos"):
+        U.prepare_data(bb, faces, n_known=5, size=32, all_inputs=shared[:3])
+
+
+def test_powered_comparison_arms_share_stage_1_and_the_budget(tiny_data, orl):
+    faces = orl.subset(np.flatnonzero(orl.labels < 10), relabel=True)
+    bb = tiny_data.backbone
+    shared = U.all_stage_inputs(bb, faces, size=32, n_threads=1)
+    arms = L.cached_arms(T.last_stage(bb), steps=(3, 2), warmup=1)
+    assert len({sum(p.epochs for p in plans) for plans in arms.values()}) == 1   # equal step budgets
+    comp = L.compare_cached_over_seeds(bb, faces, [0, 1, 2], arms, 5, None, 32, shared, n_threads=1)
+    assert list(comp.runs) == list(arms) and comp.seeds == [0, 1, 2]
+    starts = [[trace[0] for trace in row["val_trace"]] for row in comp.runs.values()]
+    assert starts[0] == starts[1] == starts[2]           # stage 1 is the same run in every arm
+    assert all(len(t) == 3 for row in comp.runs.values() for t in row["eer_trace"])
+    names = list(arms)
+    text = L.verdict(comp, names[1], names[0], "eer", "strangers' EER")
+    mean, half = comp.difference(names[1], names[0], "eer")
+    assert (f"{100 * mean:+.1f} ± {100 * half:.1f} points over 3 seeds" in text)
+    assert ("clear difference" in text) == (abs(mean) > half)
+    fig = L.plot_warmup(comp)
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def test_verdict_states_the_largest_difference_the_run_could_miss():
+    from helpers.course.experiments import SeedComparison
+    same = SeedComparison("t", [0, 1, 2, 3], {"a": {"eer": [0.10, 0.12, 0.11, 0.13]},
+                                              "b": {"eer": [0.11, 0.11, 0.12, 0.12]}})
+    text = L.verdict(same, "b", "a", "eer", "EER")
+    mean, half = same.difference("b", "a", "eer")
+    assert f"no difference larger than {100 * (abs(mean) + half):.1f} points" in text
+    apart = SeedComparison("t", [0, 1, 2], {"a": {"eer": [0.10, 0.12, 0.11]}, "b": {"eer": [0.20, 0.23, 0.21]}})
+    assert "a clear difference" in L.verdict(apart, "b", "a", "eer", "EER")
+
+
+def test_choose_warmup_picks_the_best_mean_validation_accuracy_on_the_seeds_given(tiny_data, orl):
+    faces = orl.subset(np.flatnonzero(orl.labels < 10), relabel=True)
+    bb = tiny_data.backbone
+    shared = U.all_stage_inputs(bb, faces, size=32, n_threads=1)
+    best, comp = L.choose_warmup(bb, faces, [100, 101], (0, 2), 5, None, 32, shared, n_threads=1, steps=(3, 3))
+    assert comp.seeds == [100, 101] and list(comp.runs) == ["0-step warm-up", "2-step warm-up"]
+    means = {w: np.mean(comp.runs[f"{w}-step warm-up"]["val"]) for w in (0, 2)}
+    assert best == max(means, key=means.get)
+    assert all(row["val_trace"] == [] for row in comp.runs.values())   # no trace: validation at the end only

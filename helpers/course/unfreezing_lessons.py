@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbone_tail import last_stage
 from ..backbones import Backbone
 from ..model import FaceModel, build_model
 from ..runtime import set_seed
 from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, full_schedule, gradual_schedule,
-                          model_features, prepare_data, run_chain, run_schedule)
-from .experiments import SeedComparison
+                          model_features, prepare_data, run_chain, run_schedule, train_cached_steps)
+from .experiments import SeedComparison, t_interval
 
 
 def compare_methods(data: UnfreezeData, gradual: Sequence[StagePlan], full: Sequence[StagePlan],
@@ -73,6 +74,100 @@ def compare_schedules_over_seeds(backbone: Backbone, faces, seeds: Sequence[int]
             row["eer"].append(r.metrics.strangers_eer)
     task = f"{n_known} known people x {'all' if shots is None else shots} training photos at {size} px"
     return SeedComparison(task, list(seeds), runs)
+
+
+# ---------------------------------------------------------------------- the powered comparison (stages 1-2)
+
+
+def cached_arms(cut: str, steps: tuple[int, int] = (30, 8), lr: tuple[float, float] = (1e-2, 1e-3),
+                backbone_lr: float = 3e-4, warmup: int = 3) -> dict[str, list[StagePlan]]:
+    """Three arms with the same optimiser steps, batch and input size (stage 1 identical in all three):
+    the head alone for both stages; + `cut` in stage 2 without warm-up; + `cut` with a `warmup`-step warm-up."""
+    s1 = StagePlan("stage 1", (), steps[0], lr[0], cache=True)
+    arms = {"frozen (head only, both stages)": [s1, StagePlan("stage 2", (), steps[1], lr[1], cache=True)],
+            "gradual, no warm-up": [s1, StagePlan("stage 2", (cut,), steps[1], lr[1], backbone_lr, cache=True)]}
+    if warmup:
+        arms[f"gradual, {warmup}-step warm-up"] = [s1, StagePlan("stage 2", (cut,), steps[1], lr[1], backbone_lr,
+                                                                 cache=True, warmup=warmup)]
+    return arms
+
+
+def compare_cached_over_seeds(backbone: Backbone, faces, seeds: Sequence[int], arms: dict[str, list[StagePlan]],
+                              n_known: int, shots: int | None, size: int, all_inputs: torch.Tensor,
+                              n_threads: int | None = None, trace: bool = True) -> SeedComparison:
+    """Each arm of `cached_arms` on each seed's people and split (`train_cached_steps`).
+
+    Per arm and seed: final val / test accuracy and strangers' EER ("val", "test", "eer"), and with
+    `trace` the validation accuracy and strangers' EER after each stage-2 step, the end of stage 1
+    first ("val_trace", "eer_trace": one list per seed).
+    """
+    runs = {name: {"val": [], "test": [], "eer": [], "val_trace": [], "eer_trace": []} for name in arms}
+    for seed in seeds:
+        data = prepare_data(backbone, faces, n_known=n_known, size=size, seed=seed, shots=shots,
+                            n_threads=n_threads, all_inputs=all_inputs)
+        for name, plans in arms.items():
+            r = train_cached_steps(data, plans, name, seed, trace=trace)
+            row = runs[name]
+            row["val"].append(r.metrics.val_acc)
+            row["test"].append(r.metrics.test_acc)
+            row["eer"].append(r.metrics.strangers_eer)
+            if trace:
+                h1, h2 = r.histories[0], r.histories[-1]
+                row["val_trace"].append([h1.val_acc[-1], *h2.val_acc])
+                row["eer_trace"].append([h1.extra["strangers_eer"][-1], *h2.extra["strangers_eer"]])
+    task = (f"{n_known} known people x {'all' if shots is None else shots} training photos at {size} px, "
+            f"{sum(p.epochs for p in next(iter(arms.values())))} optimiser steps per arm")
+    return SeedComparison(task, list(seeds), runs)
+
+
+def choose_warmup(backbone: Backbone, faces, dev_seeds: Sequence[int], candidates: Sequence[int], n_known: int,
+                  shots: int | None, size: int, all_inputs: torch.Tensor, n_threads: int | None = None,
+                  steps: tuple[int, int] = (30, 8)) -> tuple[int, SeedComparison]:
+    """The warm-up length (steps) with the highest mean validation accuracy over `dev_seeds`, among
+    `candidates`, and the comparison it was chosen from. Only validation photos decide; never the test
+    photos, never the strangers, never the seeds that later confirm the choice."""
+    cut = last_stage(backbone)
+    arms = {f"{w}-step warm-up": list(cached_arms(cut, steps, warmup=w).values())[-1] for w in candidates}
+    comp = compare_cached_over_seeds(backbone, faces, dev_seeds, arms, n_known, shots, size, all_inputs,
+                                     n_threads, trace=False)
+    best = max(zip(candidates, arms), key=lambda wa: float(np.mean(comp.runs[wa[1]]["val"])))[0]
+    return best, comp
+
+
+def verdict(comp: SeedComparison, a: str, b: str, metric: str, what: str) -> str:
+    """What the paired comparison a - b could detect, in points: the difference with its 95 % interval
+    when it excludes 0, else "no difference larger than X points" (X: the interval's farther end)."""
+    mean, half = comp.difference(a, b, metric)
+    mean, half = 100 * mean, 100 * half
+    n = len(comp.seeds)
+    if abs(mean) > half:
+        return f"{what}: {a} minus {b} = {mean:+.1f} ± {half:.1f} points over {n} seeds, a clear difference"
+    return (f"{what}: {a} minus {b} = {mean:+.1f} ± {half:.1f} points over {n} seeds: "
+            f"no difference larger than {abs(mean) + half:.1f} points")
+
+
+def plot_warmup(comp: SeedComparison):
+    """Validation accuracy and strangers' EER after each stage-2 step (step 0: the end of stage 1), mean over
+    seeds with a 95 % t-interval band, one line per arm (10 x 3 inches)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3))
+    for name, row in comp.runs.items():
+        for ax, key in zip(axes, ("val_trace", "eer_trace")):
+            values = 100 * np.array(row[key])            # seeds x steps
+            stats = [t_interval(col) for col in values.T]
+            mean, half = np.array([m for m, _ in stats]), np.array([h for _, h in stats])
+            steps = np.arange(values.shape[1])
+            ax.plot(steps, mean, marker="o", ms=3, label=name)
+            ax.fill_between(steps, mean - half, mean + half, alpha=0.15)
+    axes[0].set(xlabel="stage-2 step (0 = end of stage 1)", ylabel="%", title="validation accuracy (known people)")
+    axes[1].set(xlabel="stage-2 step (0 = end of stage 1)", ylabel="%", title="strangers' EER (lower is better)")
+    axes[0].legend(fontsize=7)
+    for ax in axes:
+        ax.title.set_fontsize(9)
+    fig.suptitle(f"mean and 95 % interval over {len(comp.seeds)} seeds", fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def plot_chain(chain: Sequence[RunResult]):
