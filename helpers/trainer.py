@@ -9,9 +9,17 @@ Backbone (frozen, some stages or all), embedding and ArcFace head train together
 wrapped in DistributedDataParallel when there are several processes, so the head's gradients are
 averaged too. `--batch-size` is the global batch: each of W processes takes batch/W photos of the
 same seeded order (DistributedSampler), so W processes compute the same steps as one. Photos are
-streamed from disk by DataLoader workers. Rank 0 alone logs, evaluates and writes files:
-OUT/checkpoint.pt after every epoch (model with head, optimizer, scheduler, grad scaler, epoch,
-every rank's RNG states; written atomically), OUT/history.json and OUT/final.pt.
+streamed from disk by DataLoader workers.
+
+Ranks agree before training: rank 0 alone walks the folder and decides whether (and from which
+checkpoint) to resume; the others receive its photo index (paths, sizes, labels, SHA-256) and
+check it against their own machine's files and checkpoint, and any mismatch stops every rank with
+one message. Every photo is decoded once before training (shared over the ranks): unreadable ones
+are listed and skipped, up to --max-bad-photos. The learning rate follows a per-step warm-up and
+cosine schedule, optionally scaled with the global batch (--lr-scaling); --accumulate splits each
+step into micro-batches. Rank 0 alone logs, evaluates and writes files: OUT/checkpoint.pt after
+every epoch (model with head, optimizer, grad scaler, epoch, every rank's RNG states; fsync'ed
+then renamed, the previous one kept as checkpoint.last-good.pt), OUT/history.json, OUT/final.pt.
 
 Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank raise (kind
 'hang' sleeps forever, 'nan' turns its loss into NaN) at that step.
@@ -19,10 +27,13 @@ Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib
+import io
 import json
+import math
 import os
 import sys
 import time
@@ -39,20 +50,22 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from .backbones import Backbone, BackboneUnavailable, load_backbone
 from .data import FaceDataError
-from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, all_reduce_sum,
-                          convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed, main_print,
-                          rng_state, set_rng_state, shutdown)
-from .io import atomic_save, atomic_write_bytes
+from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, PeerReported, all_reduce_sum,
+                          broadcast_object, convert_sync_batchnorm, explain_failure, fail, gather_objects,
+                          init_distributed, main_print, mark_progress, rng_state, set_rng_state, shutdown)
 from .model import FaceModel, build_model, set_trainable_stages
 from .runtime import set_seed
-from .streaming import PhotoStream, scan_people
+from .streaming import PhotoStream, scan_people, unreadable_photos
 from .training import TrainingDiverged, param_groups
 
-CHECKPOINT_FORMAT = "face-course-trainer/1"
+CHECKPOINT_FORMAT = "face-course-trainer/2"
+CHECKPOINT, LAST_GOOD = "checkpoint.pt", "checkpoint.last-good.pt"
 # settings that change the computed weights: a checkpoint resumes only with the same ones
 SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr",
-                    "backbone_lr", "weight_decay", "head", "margin", "scale", "val_per_person",
-                    "augment", "seed", "clip")
+                    "backbone_lr", "weight_decay", "optimizer", "momentum", "head", "margin", "scale", "val_per_person",
+                    "augment", "seed", "clip", "warmup_epochs", "accumulate", "lr_scaling", "base_batch")
+# what --resume-with-new-lr may change (after a NaN, for instance)
+RATE_FIELDS = ("lr", "backbone_lr", "clip", "warmup_epochs", "lr_scaling", "base_batch")
 
 
 class TrainError(ValueError):
@@ -74,6 +87,8 @@ class TrainConfig:
     lr: float = 1e-2                # embedding + head; backbone stages get backbone_lr
     backbone_lr: float | None = None  # None = lr / 10
     weight_decay: float = 5e-4
+    optimizer: str = "adamw"        # adamw | sgd (arcface_torch's choice for large runs; see momentum)
+    momentum: float = 0.9           # SGD only; 0 = plain SGD
     head: str = "arcface"
     margin: float | None = None
     scale: float = 16.0
@@ -84,7 +99,13 @@ class TrainConfig:
     amp: str = "auto"               # auto | bf16 | fp16 | off; only on CUDA
     clip: float = 5.0               # max gradient norm (0 = no clipping)
     sync_bn: bool = False           # synchronise trainable BatchNorm layers over ranks
-    resume: bool = False            # continue from OUT/checkpoint.pt if it exists
+    resume: bool = False            # continue from OUT/checkpoint.pt (or its last good copy) if any
+    resume_with_new_lr: bool = False  # allow resuming with another lr, backbone_lr, clip or warm-up
+    warmup_epochs: float = 0.0      # linear warm-up of the rates, stepped per optimizer step
+    accumulate: int = 1             # micro-batches per optimizer step (gradient accumulation)
+    lr_scaling: str = "none"        # none | linear | sqrt: lr (and backbone_lr) x f(batch / base_batch)
+    base_batch: int = 64            # the global batch that lr was chosen for (with lr_scaling)
+    max_bad_photos: int = 10        # unreadable photos skipped before training; more stops the run
     device: str | None = None       # None = CUDA if present, else CPU; 'cpu' forces gloo
     threads: int | None = None      # torch threads per process (torchrun sets 1)
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -181,12 +202,52 @@ def _set_modes(model: FaceModel, trainable: list[str]) -> None:
             model.backbone.eval()
 
 
+def _durable_write(data: bytes, path: Path) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
+    folder: after a crash (even of the machine) `path` is the old file or the new one, never empty."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_save(obj, path: Path) -> None:
-    """torch.save (or JSON for a .json path), written atomically: never half a file."""
+    """torch.save (or JSON for a .json path), written atomically and durably: never half a file."""
     if path.suffix == ".json":
-        atomic_write_bytes(json.dumps(obj, indent=1).encode(), path)
+        _durable_write(json.dumps(obj, indent=1).encode(), path)
     else:
-        atomic_save(obj, path)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        _durable_write(buf.getvalue(), path)
+
+
+def _save_checkpoint(obj: dict, path: Path) -> None:
+    """Write the checkpoint; the one it replaces stays as the last good copy (LAST_GOOD name)."""
+    if path.exists():
+        os.replace(path, path.with_name(LAST_GOOD))
+    _atomic_save(obj, path)
 
 
 def _fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
@@ -220,6 +281,147 @@ def _accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: t
     return correct / max(total, 1)
 
 
+def make_optimizer(cfg: "TrainConfig", model: FaceModel, lr: float, backbone_lr: float | None):
+    """AdamW (the course's default) or SGD with momentum, over `param_groups` (head at lr, stages lower)."""
+    groups = param_groups(model, lr, backbone_lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "adamw":
+        raise TrainError(f"--optimizer {cfg.optimizer}: choose adamw or sgd")
+    fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **fused)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Per-step schedule: linear warm-up from 1/warmup to 1, then cosine from 1 down to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+
+
+def scaled_lr(cfg: "TrainConfig") -> tuple[float, float | None, str]:
+    """(lr, backbone_lr, sentence for the log) after scaling with the global batch (`lr_scaling`)."""
+    k = cfg.batch_size / cfg.base_batch
+    if cfg.lr_scaling == "none":
+        return cfg.lr, cfg.backbone_lr, f"lr {cfg.lr:g} (not scaled with the global batch {cfg.batch_size})"
+    if cfg.lr_scaling not in ("linear", "sqrt"):
+        raise TrainError(f"--lr-scaling {cfg.lr_scaling}: choose none, linear or sqrt")
+    f = k if cfg.lr_scaling == "linear" else math.sqrt(k)
+    bb = None if cfg.backbone_lr is None else cfg.backbone_lr * f
+    rule = f"{k:g}" if cfg.lr_scaling == "linear" else f"sqrt({k:g})"
+    return cfg.lr * f, bb, (f"lr {cfg.lr:g} x {rule} = {cfg.lr * f:g} for the global batch {cfg.batch_size} "
+                            f"({cfg.lr_scaling} rule from --base-batch {cfg.base_batch})")
+
+
+# ---------------------------------------------------------------------- ranks that agree
+
+def _agree(ctx: DistContext, problem: str | None) -> None:
+    """Every rank says whether its view is fine; on any problem rank 0 raises one TrainError naming
+    the ranks, the others raise PeerReported (they leave without a message of their own)."""
+    problems = gather_objects(problem, ctx)
+    if any(problems):
+        if not ctx.is_main:
+            raise PeerReported(2)
+        said = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
+        raise TrainError(f"the processes disagree ({said})")
+
+
+def _from_main(ctx: DistContext, fn):
+    """Run `fn()` on rank 0 only and hand its result to every rank; if it raises, rank 0 raises
+    the error and the other ranks PeerReported (one message, not one per rank)."""
+    result = error = None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after the others know
+            error = e
+    ok, result = broadcast_object((error is None, result), ctx)
+    if error is not None:
+        raise error
+    if not ok:
+        raise PeerReported(2)
+    return result
+
+
+def _check_settings(cfg: "TrainConfig", W: int) -> tuple[float, float | None, str]:
+    """Settings that cannot work with W processes; returns `scaled_lr(cfg)`."""
+    if cfg.accumulate < 1 or cfg.batch_size % (W * cfg.accumulate):
+        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by {W} process(es) x --accumulate "
+                         f"{cfg.accumulate}; use a multiple of {W * max(cfg.accumulate, 1)}")
+    if cfg.optimizer not in ("adamw", "sgd"):
+        raise TrainError(f"--optimizer {cfg.optimizer}: choose adamw or sgd")
+    if cfg.warmup_epochs < 0 or cfg.max_bad_photos < 0:
+        raise TrainError("--warmup-epochs and --max-bad-photos must be >= 0")
+    return scaled_lr(cfg)
+
+
+def _plan(cfg: "TrainConfig", ctx: DistContext) -> dict:
+    """Rank 0's view of the run: the photo index (with sizes) and whether to resume from where."""
+    index = scan_people(cfg.data, min_photos=cfg.min_photos).with_sizes()
+    plan = {"index": index, "digest": index.digest(), "resume_from": None, "epochs_done": 0, "notes": []}
+    if cfg.resume:
+        out = Path(cfg.out)
+        for name in (CHECKPOINT, LAST_GOOD):
+            path = out / name
+            if not path.exists():
+                continue
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                done = int(ckpt["epochs_done"])
+            except Exception as e:  # noqa: BLE001 - an unreadable file: try the last good copy
+                damaged = path.with_name(path.stem + ".damaged.pt")
+                os.replace(path, damaged)  # else the next save would keep it as the "last good" copy
+                plan["notes"].append(f"{path} cannot be read ({type(e).__name__}; kept as {damaged.name})")
+                continue
+            plan["resume_from"], plan["epochs_done"] = name, done
+            break
+        else:
+            if plan["notes"]:
+                raise TrainError(" ".join(plan["notes"]) + f"; no readable checkpoint in {out}: "
+                                 "delete them to start again")
+    return plan
+
+
+def _check_local_view(plan: dict, ctx: DistContext) -> str | None:
+    """On ranks other than 0: does this machine see rank 0's photos (a sample of sizes) and digest?"""
+    index = plan["index"]
+    if index.digest() != plan["digest"]:
+        return "the photo index arrived damaged (its SHA-256 differs from rank 0's)"
+    if ctx.is_main or ctx.local_rank != 0:  # one rank per machine looks at its files
+        return None
+    n = len(index.paths)
+    for i in sorted(set(np.linspace(0, n - 1, min(n, 200)).astype(int).tolist())):
+        try:
+            size = os.stat(index.paths[i]).st_size
+        except OSError:
+            size = -1
+        if size != index.sizes[i]:
+            seen = "no file" if size < 0 else f"{size} bytes"
+            return (f"sees {seen} at {index.paths[i]} where rank 0 saw {index.sizes[i]} bytes: the machines "
+                    "see different photo folders; give every machine the same copy (or a shared folder)")
+    return None
+
+
+def _skip_unreadable(index, cfg: "TrainConfig", ctx: DistContext):
+    """Decode every photo once, shared over the ranks; skip the unreadable ones (listed on rank 0),
+    or stop when there are more than --max-bad-photos."""
+    mine = unreadable_photos(index.paths, range(ctx.rank, len(index.paths), ctx.world_size))
+    bad = sorted(b for part in gather_objects(mine, ctx) for b in part)
+    if not bad:
+        return index
+    lines = [f"  {index.paths[i]}: {reason}" for i, reason in bad]
+    if len(bad) > cfg.max_bad_photos:
+        if not ctx.is_main:
+            raise PeerReported(2)
+        raise TrainError(f"{len(bad)} unreadable photo(s), more than --max-bad-photos {cfg.max_bad_photos}; "
+                         "replace or remove them (or raise the cap):\n" + "\n".join(lines[:20]) +
+                         (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+    main_print(ctx, f"trainer: skipping {len(bad)} unreadable photo(s) (at most --max-bad-photos "
+                    f"{cfg.max_bad_photos}):\n" + "\n".join(lines))
+    return index.without([i for i, _ in bad], min_photos=cfg.min_photos)
+
+
 # ---------------------------------------------------------------------- the run
 
 def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContext | None = None) -> TrainResult:
@@ -244,10 +446,13 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
 
 def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> TrainResult:
     W, dev = ctx.world_size, ctx.device
-    if cfg.batch_size % W:
-        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by {W} processes; "
-                         f"use a multiple of {W}")
-    index = scan_people(cfg.data, min_photos=cfg.min_photos)
+    lr, backbone_lr, lr_said = _from_main(ctx, lambda: _check_settings(cfg, W))
+    # rank 0 walks the folder and decides whether to resume; the others receive its view and check it
+    plan = _from_main(ctx, lambda: _plan(cfg, ctx))
+    _agree(ctx, _check_local_view(plan, ctx))
+    for note in plan["notes"]:
+        main_print(ctx, f"trainer: {note}")
+    index = _skip_unreadable(plan["index"], cfg, ctx)
     train_idx, val_idx = index.split(cfg.val_per_person, cfg.seed)
     if len(train_idx) < cfg.batch_size:
         raise TrainError(f"{len(train_idx)} training photos, fewer than one batch of {cfg.batch_size}: "
@@ -264,26 +469,32 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     if cfg.sync_bn:
         convert_sync_batchnorm(model, dev)
     model.to(dev)
-    fused = {"fused": True} if dev.type in ("cpu", "cuda") else {}
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr), weight_decay=cfg.weight_decay, **fused)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    opt = make_optimizer(cfg, model, lr, backbone_lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     amp = resolve_amp(cfg.amp, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    signature = {k: getattr(cfg, k) for k in SIGNATURE_FIELDS} | {"people": index.names}
+    signature = {k: getattr(cfg, k) for k in SIGNATURE_FIELDS} | {
+        "photos": f"{len(index)} photos of {index.num_people} people, index sha256 {index.digest()[:16]}"}
     out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "epoch_seconds", "images_per_s")}
-    start = 0
+    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "epoch_seconds", "images_per_s", "lr")}
     set_seed(cfg.seed + ctx.rank)  # dropout / drop-connect masks differ between ranks
-    if cfg.resume and ckpt_path.exists():
-        start, history = _resume(ckpt_path, ctx, model, opt, sched, scaler, signature)
+    start, resumed_note = 0, ""
+    if plan["resume_from"]:
+        start, history, resumed_note = _resume(out / plan["resume_from"], plan["epochs_done"], cfg, ctx,
+                                               model, opt, scaler, signature)
+        for g, base in zip(opt.param_groups, base_lrs):  # the rates of now (--resume-with-new-lr)
+            g["initial_lr"] = base
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.verbose:
+            micro = cfg.batch_size // (W * cfg.accumulate)
+            accum = f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else ""
             print(f"trainer: {len(index)} photos of {index.num_people} people ({len(train_idx)} train, "
-                  f"{len(val_idx)} val); {backbone.name} at {size} px, stages {stages or 'none (frozen)'}; "
-                  f"{ctx.describe()}; batch {cfg.batch_size} = {W} x {cfg.batch_size // W}; "
-                  f"amp {amp or 'off'}" + (f"; resumed after epoch {start}" if start else ""), flush=True)
+                  f"{len(val_idx)} val; index sha256 {plan['digest'][:12]}); {backbone.name} at {size} px, "
+                  f"stages {stages or 'none (frozen)'}; {ctx.describe()}; batch {cfg.batch_size} = "
+                  f"{W} x {micro}{accum}; {lr_said}; warm-up {cfg.warmup_epochs:g} epoch(s), cosine per step; "
+                  f"amp {amp or 'off'}" + (f"; resumed after epoch {start}{resumed_note}" if start else ""),
+                  flush=True)
 
     net = Objective(model, amp)
     if ctx.distributed:
@@ -292,13 +503,17 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
                             backbone.transform(train=cfg.augment, size=size), cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=W, rank=ctx.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size // W, sampler=sampler, drop_last=True,
+    micro = cfg.batch_size // (W * cfg.accumulate)
+    loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, pin_memory=dev.type == "cuda")
+    steps_per_epoch = len(loader) // cfg.accumulate
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     val_loader = None
     if ctx.is_main and len(val_idx):
         val_set = PhotoStream([index.paths[i] for i in val_idx], index.labels[val_idx],
                               backbone.transform(train=False, size=size), cfg.seed)
-        val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size // W, 2), num_workers=cfg.workers)
+        val_loader = DataLoader(val_set, batch_size=max(micro, 2), num_workers=cfg.workers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -308,30 +523,55 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
         train_set.set_epoch(epoch)
         _set_modes(model, stages)
         t0, seen, losses = time.perf_counter(), 0, []
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss = _fault(ctx, epoch, step, net(x, y))
+        batches = iter(loader)
+        for step in range(steps_per_epoch):
+            factor = lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * factor
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=dev)
+            bad = torch.zeros((), device=dev)
+            count = 0
+            for k in range(cfg.accumulate):
+                x, y = next(batches)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                last = k == cfg.accumulate - 1
+                with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
+                    loss = net(x, y)
+                    if k == 0:
+                        loss = _fault(ctx, epoch, step, loss)
+                    if last:
+                        mark_progress(ctx, epoch, step)  # names this rank if a collective times out
+                    scaler.scale(loss / cfg.accumulate).backward()
+                loss_sum += loss.detach().float() * len(y)
+                bad += (~torch.isfinite(loss.detach())).float()
+                count += len(y)
             # one small all-reduce per step: the global mean loss, and whether any rank's is NaN
-            stats = all_reduce_sum(torch.stack([loss.detach().float() * len(y),
-                                                torch.tensor(float(len(y)), device=dev),
-                                                (~torch.isfinite(loss.detach())).float()]), ctx)
+            stats = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=dev), bad]), ctx)
+            stats = stats.tolist()
             if stats[2] > 0:
+                if not ctx.is_main:
+                    raise PeerReported(2)
+                other = (f"a smaller --clip (now {cfg.clip:g}) or more --warmup-epochs (now {cfg.warmup_epochs:g})"
+                         + (", or --amp bf16 instead of fp16" if amp == torch.float16 else ""))
                 raise TrainingDiverged(
                     f"the loss became NaN/inf at epoch {epoch + 1} step {step + 1} (on {int(stats[2])} "
-                    f"of {W} process(es)); lower --lr (now {cfg.lr:g}) or --clip, or use --amp bf16 "
-                    f"instead of fp16. Resume from the last good epoch with --resume")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                    f"of {W * cfg.accumulate} micro-batch(es)); this step was not applied. " +
+                    (f"Resume from the checkpoint of epoch {epoch} with a lower rate: --resume "
+                     f"--resume-with-new-lr --lr {cfg.lr / 10:g} (now {cfg.lr:g}), and/or {other}"
+                     if epoch else
+                     f"No epoch finished, so nothing to resume: start again with a lower --lr "
+                     f"(now {cfg.lr:g}; try {cfg.lr / 10:g}), and/or {other}"))
             if cfg.clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
             scaler.step(opt)
             scaler.update()
-            losses.append(float(stats[0] / stats[1]))
-            seen += len(y)
-        sched.step()
+            losses.append(stats[0] / stats[1])
+            seen += count
         seconds = time.perf_counter() - t0
         history["step_loss"] += losses
+        history["lr"].append(opt.param_groups[0]["lr"])
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         history["epoch_seconds"].append(seconds)
         history["images_per_s"].append(seen * W / seconds if seconds > 0 else float("nan"))
@@ -341,10 +581,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
             history["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rng = gather_objects(rng_state(), ctx)
         if ctx.is_main:
-            _atomic_save({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "rng": rng, "history": history,
-                          "signature": signature, "world_size": W}, ckpt_path)
+            _save_checkpoint({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
+                              "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                              "history": history, "signature": signature, "world_size": W}, out / CHECKPOINT)
             _atomic_save(history, out / "history.json")
             if cfg.verbose:
                 val = f", val acc {100 * history['val_acc'][-1]:.1f} %" if history["val_acc"] else ""
@@ -359,30 +598,51 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     return TrainResult(history, index.names, W, out, model.eval() if ctx.is_main else None, start)
 
 
-def _resume(path: Path, ctx: DistContext, model: FaceModel, opt, sched, scaler, signature: dict):
-    """Load a checkpoint into the run's objects; returns (epochs done, history)."""
+def _resume(path: Path, epochs_done: int, cfg: TrainConfig, ctx: DistContext, model: FaceModel, opt, scaler,
+            signature: dict) -> tuple[int, dict, str]:
+    """Every rank loads the checkpoint rank 0 chose and checks it is the same one; returns
+    (epochs done, history, a note for the log)."""
+    problem, ckpt = None, None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            problem = f"{path} is not a checkpoint of helpers.trainer ({CHECKPOINT_FORMAT}): use another --out"
+        elif int(ckpt["epochs_done"]) != epochs_done:
+            problem = (f"{path} holds epoch {ckpt['epochs_done']} where rank 0 resumes after epoch {epochs_done}: "
+                       "--out must be one folder that every machine sees")
+    except FileNotFoundError:
+        problem = (f"no {path} here while rank 0 resumes from it after epoch {epochs_done}: --out must be "
+                   "one folder that every machine sees")
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise TrainError(f"{path} cannot be read ({type(e).__name__}); delete it to start again") from None
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path} is not a checkpoint of helpers.trainer ({CHECKPOINT_FORMAT})")
+        problem = f"{path} cannot be read here ({type(e).__name__})"
+    if not ctx.distributed and problem:
+        raise TrainError(problem)
+    _agree(ctx, problem)
+    allowed = RATE_FIELDS if cfg.resume_with_new_lr else ()
     diff = [f"{k}: checkpoint {ckpt['signature'].get(k)!r}, now {v!r}" for k, v in signature.items()
-            if ckpt["signature"].get(k) != v]
-    if diff:
+            if ckpt["signature"].get(k) != v and k not in allowed]
+    if diff:  # the same on every rank: rank 0 says it
+        if not ctx.is_main:
+            raise PeerReported(2)
         said = "; ".join(diff)
-        raise TrainError(f"{path} was made with other settings ({said}): use the same settings "
-                         "to resume, or another --out to start a new run")
+        rates = [k for k in diff if k.split(":")[0] in RATE_FIELDS]
+        raise TrainError(f"{path} was made with other settings ({said}): use the same settings to resume"
+                         + (", or --resume-with-new-lr to change the rates" if rates else "")
+                         + ", or another --out to start a new run")
+    changed = [f"{k} {ckpt['signature'].get(k)!r} -> {signature[k]!r}" for k in allowed
+               if ckpt["signature"].get(k) != signature[k]]
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
     scaler.load_state_dict(ckpt["scaler"])
+    note = f" with new rates ({', '.join(changed)}; --resume-with-new-lr)" if changed else ""
+    if path.name == LAST_GOOD:
+        note += f" from the last good copy {path.name}"
     if len(ckpt["rng"]) == ctx.world_size:
         set_rng_state(ckpt["rng"][ctx.rank])
     else:
-        main_print(ctx, f"trainer: checkpoint made by {len(ckpt['rng'])} process(es), resumed with "
-                        f"{ctx.world_size}: RNG states re-seeded (the weights' math is unchanged)")
-    return int(ckpt["epochs_done"]), ckpt["history"]
+        note += (f"; checkpoint made by {len(ckpt['rng'])} process(es), resumed with {ctx.world_size}: "
+                 "random states re-seeded (the weights' math is unchanged)")
+    return int(ckpt["epochs_done"]), ckpt["history"], note
 
 
 # ---------------------------------------------------------------------- command line
@@ -416,6 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = init_distributed(cfg.device, cfg.timeout_s)
         result = train(cfg, ctx=ctx)
+    except PeerReported as e:  # rank 0 says what went wrong; let its exit be the one torchrun sees first
+        time.sleep(min(3.0, cfg.timeout_s))
+        sys.stdout.flush()
+        os._exit(e.code)
     except Exception as e:  # noqa: BLE001 - every rank reports, then leaves without waiting
         code = 2 if isinstance(e, (TrainError, FaceDataError, BackboneUnavailable, DistributedSetupError,
                                    TrainingDiverged)) else 1
