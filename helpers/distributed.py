@@ -79,12 +79,17 @@ def torchrun_env() -> tuple[int, int, int]:
     return read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
 
 
-def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     backend: str = "auto") -> DistContext:
     """Join torchrun's process group if there is one; return this process's DistContext.
 
     `device`: None picks CUDA when present (cuda:LOCAL_RANK under torchrun), else CPU; 'cpu'
     forces CPU + gloo. `timeout_s` bounds every collective (and the start-up rendezvous).
+    `backend`: 'auto' (nccl on CUDA, gloo on CPU), 'nccl' or 'gloo'; gloo on CUDA lets several
+    processes share a GPU (cuda:LOCAL_RANK % GPUs; slower, for checks such as tools/gpu_check.py).
     """
+    if backend not in ("auto", "nccl", "gloo"):
+        raise DistributedSetupError(f"backend {backend!r}: choose auto, nccl or gloo")
     rank, world, local_rank = torchrun_env()
     if device is None:
         want_cuda = torch.cuda.is_available()
@@ -97,14 +102,17 @@ def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEO
             raise DistributedSetupError(f"device {device!r} asked for but CUDA is not available: "
                                         "use --device cpu (gloo) or run on a GPU machine")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        if local_world > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        if local_world > gpus and backend != "gloo":
             raise DistributedSetupError(
-                f"{local_world} processes on this machine but {torch.cuda.device_count()} visible "
-                f"GPU(s): use torchrun --nproc_per_node={torch.cuda.device_count()} (one per GPU)")
-        dev = torch.device("cuda", local_rank)
+                f"{local_world} processes on this machine but {gpus} visible GPU(s): use torchrun "
+                f"--nproc_per_node={gpus} (one per GPU), or --backend gloo to share GPUs (slower)")
+        dev = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        backend = "gloo" if backend == "gloo" else "nccl"
     else:
+        if backend == "nccl":
+            raise DistributedSetupError("backend nccl needs CUDA GPUs: use --backend gloo (or auto) on a CPU")
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
@@ -337,17 +345,20 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, torch_sync: bool | None = None) -> nn.Module:
     """Replace every trainable BatchNorm in `module` by a synchronised one (in place); returns it.
 
-    CUDA: torch's `nn.SyncBatchNorm`. Other devices: `SyncBatchNorm` above. Frozen BatchNorm
-    layers (no trainable parameter) are left alone: they use fixed running statistics anyway.
+    `torch_sync` (default: on CUDA): torch's `nn.SyncBatchNorm`, for NCCL; otherwise
+    `SyncBatchNorm` above (all-reduces only, which gloo does on CPU and CUDA tensors). Frozen
+    BatchNorm layers (no trainable parameter) are left alone: they use fixed running statistics.
     """
+    if torch_sync is None:
+        torch_sync = device.type == "cuda"
     for name, child in list(module.named_children()):
         frozen = not any(p.requires_grad for p in child.parameters(recurse=False))
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not frozen and \
                 not isinstance(child, (SyncBatchNorm, nn.SyncBatchNorm)):
-            if device.type == "cuda":
+            if torch_sync:
                 new = nn.SyncBatchNorm.convert_sync_batchnorm(child)
             else:
                 new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
@@ -358,6 +369,6 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                     p_new.requires_grad_(p_old.requires_grad)
             setattr(module, name, new.to(device))
         else:
-            convert_sync_batchnorm(child, device)
+            convert_sync_batchnorm(child, device, torch_sync)
     return module
 

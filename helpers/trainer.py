@@ -31,9 +31,6 @@ import contextlib
 import copy
 import dataclasses
 import importlib
-import io
-import json
-import math
 import os
 import sys
 import time
@@ -49,27 +46,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .backbones import Backbone, BackboneUnavailable, load_backbone
+from .checkpoints import CHECKPOINT_FORMAT, resume_run, save_checkpoint, save_durably
 from .data import FaceDataError
 from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, PeerReported, all_reduce_sum,
-                          broadcast_object, convert_sync_batchnorm, explain_failure, fail, gather_objects,
-                          init_distributed, main_print, mark_progress, rng_state, set_rng_state, shutdown)
+                          convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed,
+                          main_print, mark_progress, rng_state, shutdown)
+from .lr_schedule import check_settings, lr_factor, make_optimizer
 from .model import FaceModel, build_model, set_trainable_stages
+from .run_checks import (CHECKPOINT, TrainError, agree, check_local_view, from_main, injected_fault, plan_run,
+                         skip_unreadable)
 from .runtime import set_seed
-from .streaming import PhotoStream, scan_people, unreadable_photos
-from .training import TrainingDiverged, param_groups
+from .streaming import PhotoStream
+from .training import TrainingDiverged
 
-CHECKPOINT_FORMAT = "face-course-trainer/2"
-CHECKPOINT, LAST_GOOD = "checkpoint.pt", "checkpoint.last-good.pt"
 # settings that change the computed weights: a checkpoint resumes only with the same ones
 SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr",
                     "backbone_lr", "weight_decay", "optimizer", "momentum", "head", "margin", "scale", "val_per_person",
                     "augment", "seed", "clip", "warmup_epochs", "accumulate", "lr_scaling", "base_batch")
-# what --resume-with-new-lr may change (after a NaN, for instance)
-RATE_FIELDS = ("lr", "backbone_lr", "clip", "warmup_epochs", "lr_scaling", "base_batch")
 
-
-class TrainError(ValueError):
-    """A training setting that cannot work as given; the message says what to change."""
 
 
 @dataclass
@@ -107,6 +101,7 @@ class TrainConfig:
     base_batch: int = 64            # the global batch that lr was chosen for (with lr_scaling)
     max_bad_photos: int = 10        # unreadable photos skipped before training; more stops the run
     device: str | None = None       # None = CUDA if present, else CPU; 'cpu' forces gloo
+    backend: str = "auto"           # auto (nccl on CUDA, gloo on CPU) | nccl | gloo (gloo may share a GPU)
     threads: int | None = None      # torch threads per process (torchrun sets 1)
     timeout_s: float = DEFAULT_TIMEOUT_S
     min_photos: int = 2
@@ -202,71 +197,6 @@ def _set_modes(model: FaceModel, trainable: list[str]) -> None:
             model.backbone.eval()
 
 
-def _durable_write(data: bytes, path: Path) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
-    folder: after a crash (even of the machine) `path` is the old file or the new one, never empty."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    """torch.save (or JSON for a .json path), written atomically and durably: never half a file."""
-    if path.suffix == ".json":
-        _durable_write(json.dumps(obj, indent=1).encode(), path)
-    else:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        _durable_write(buf.getvalue(), path)
-
-
-def _save_checkpoint(obj: dict, path: Path) -> None:
-    """Write the checkpoint; the one it replaces stays as the last good copy (LAST_GOOD name)."""
-    if path.exists():
-        os.replace(path, path.with_name(LAST_GOOD))
-    _atomic_save(obj, path)
-
-
-def _fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
-    """FACE_COURSE_FAULT test hook (see the module docstring); returns `loss` (NaN for kind=nan)."""
-    spec = os.environ.get("FACE_COURSE_FAULT")
-    if not spec:
-        return loss
-    f = dict(kv.split("=", 1) for kv in spec.split(","))
-    if (int(f.get("rank", 0)), int(f.get("epoch", 0)), int(f.get("step", 0))) != (ctx.rank, epoch, step):
-        return loss
-    kind = f.get("kind", "raise")
-    if kind == "hang":
-        time.sleep(10 ** 6)
-    if kind == "nan":
-        return loss * float("nan")
-    raise RuntimeError(f"injected fault on rank {ctx.rank} at epoch {epoch} step {step} "
-                       f"(FACE_COURSE_FAULT={spec})")
-
-
 @torch.no_grad()
 def _accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: torch.dtype | None) -> float:
     """Closed-set top-1 accuracy: argmax of the head's cosines, model in eval mode."""
@@ -281,146 +211,7 @@ def _accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: t
     return correct / max(total, 1)
 
 
-def make_optimizer(cfg: "TrainConfig", model: FaceModel, lr: float, backbone_lr: float | None):
-    """AdamW (the course's default) or SGD with momentum, over `param_groups` (head at lr, stages lower)."""
-    groups = param_groups(model, lr, backbone_lr)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer != "adamw":
-        raise TrainError(f"--optimizer {cfg.optimizer}: choose adamw or sgd")
-    fused = {"fused": True} if next(model.parameters()).device.type in ("cpu", "cuda") else {}
-    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **fused)
-
-
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Per-step schedule: linear warm-up from 1/warmup to 1, then cosine from 1 down to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
-
-
-def scaled_lr(cfg: "TrainConfig") -> tuple[float, float | None, str]:
-    """(lr, backbone_lr, sentence for the log) after scaling with the global batch (`lr_scaling`)."""
-    k = cfg.batch_size / cfg.base_batch
-    if cfg.lr_scaling == "none":
-        return cfg.lr, cfg.backbone_lr, f"lr {cfg.lr:g} (not scaled with the global batch {cfg.batch_size})"
-    if cfg.lr_scaling not in ("linear", "sqrt"):
-        raise TrainError(f"--lr-scaling {cfg.lr_scaling}: choose none, linear or sqrt")
-    f = k if cfg.lr_scaling == "linear" else math.sqrt(k)
-    bb = None if cfg.backbone_lr is None else cfg.backbone_lr * f
-    rule = f"{k:g}" if cfg.lr_scaling == "linear" else f"sqrt({k:g})"
-    return cfg.lr * f, bb, (f"lr {cfg.lr:g} x {rule} = {cfg.lr * f:g} for the global batch {cfg.batch_size} "
-                            f"({cfg.lr_scaling} rule from --base-batch {cfg.base_batch})")
-
-
 # ---------------------------------------------------------------------- ranks that agree
-
-def _agree(ctx: DistContext, problem: str | None) -> None:
-    """Every rank says whether its view is fine; on any problem rank 0 raises one TrainError naming
-    the ranks, the others raise PeerReported (they leave without a message of their own)."""
-    problems = gather_objects(problem, ctx)
-    if any(problems):
-        if not ctx.is_main:
-            raise PeerReported(2)
-        said = "; ".join(f"rank {r}: {p}" for r, p in enumerate(problems) if p)
-        raise TrainError(f"the processes disagree ({said})")
-
-
-def _from_main(ctx: DistContext, fn):
-    """Run `fn()` on rank 0 only and hand its result to every rank; if it raises, rank 0 raises
-    the error and the other ranks PeerReported (one message, not one per rank)."""
-    result = error = None
-    if ctx.is_main:
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after the others know
-            error = e
-    ok, result = broadcast_object((error is None, result), ctx)
-    if error is not None:
-        raise error
-    if not ok:
-        raise PeerReported(2)
-    return result
-
-
-def _check_settings(cfg: "TrainConfig", W: int) -> tuple[float, float | None, str]:
-    """Settings that cannot work with W processes; returns `scaled_lr(cfg)`."""
-    if cfg.accumulate < 1 or cfg.batch_size % (W * cfg.accumulate):
-        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by {W} process(es) x --accumulate "
-                         f"{cfg.accumulate}; use a multiple of {W * max(cfg.accumulate, 1)}")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise TrainError(f"--optimizer {cfg.optimizer}: choose adamw or sgd")
-    if cfg.warmup_epochs < 0 or cfg.max_bad_photos < 0:
-        raise TrainError("--warmup-epochs and --max-bad-photos must be >= 0")
-    return scaled_lr(cfg)
-
-
-def _plan(cfg: "TrainConfig", ctx: DistContext) -> dict:
-    """Rank 0's view of the run: the photo index (with sizes) and whether to resume from where."""
-    index = scan_people(cfg.data, min_photos=cfg.min_photos).with_sizes()
-    plan = {"index": index, "digest": index.digest(), "resume_from": None, "epochs_done": 0, "notes": []}
-    if cfg.resume:
-        out = Path(cfg.out)
-        for name in (CHECKPOINT, LAST_GOOD):
-            path = out / name
-            if not path.exists():
-                continue
-            try:
-                ckpt = torch.load(path, map_location="cpu", weights_only=True)
-                done = int(ckpt["epochs_done"])
-            except Exception as e:  # noqa: BLE001 - an unreadable file: try the last good copy
-                damaged = path.with_name(path.stem + ".damaged.pt")
-                os.replace(path, damaged)  # else the next save would keep it as the "last good" copy
-                plan["notes"].append(f"{path} cannot be read ({type(e).__name__}; kept as {damaged.name})")
-                continue
-            plan["resume_from"], plan["epochs_done"] = name, done
-            break
-        else:
-            if plan["notes"]:
-                raise TrainError(" ".join(plan["notes"]) + f"; no readable checkpoint in {out}: "
-                                 "delete them to start again")
-    return plan
-
-
-def _check_local_view(plan: dict, ctx: DistContext) -> str | None:
-    """On ranks other than 0: does this machine see rank 0's photos (a sample of sizes) and digest?"""
-    index = plan["index"]
-    if index.digest() != plan["digest"]:
-        return "the photo index arrived damaged (its SHA-256 differs from rank 0's)"
-    if ctx.is_main or ctx.local_rank != 0:  # one rank per machine looks at its files
-        return None
-    n = len(index.paths)
-    for i in sorted(set(np.linspace(0, n - 1, min(n, 200)).astype(int).tolist())):
-        try:
-            size = os.stat(index.paths[i]).st_size
-        except OSError:
-            size = -1
-        if size != index.sizes[i]:
-            seen = "no file" if size < 0 else f"{size} bytes"
-            return (f"sees {seen} at {index.paths[i]} where rank 0 saw {index.sizes[i]} bytes: the machines "
-                    "see different photo folders; give every machine the same copy (or a shared folder)")
-    return None
-
-
-def _skip_unreadable(index, cfg: "TrainConfig", ctx: DistContext):
-    """Decode every photo once, shared over the ranks; skip the unreadable ones (listed on rank 0),
-    or stop when there are more than --max-bad-photos."""
-    mine = unreadable_photos(index.paths, range(ctx.rank, len(index.paths), ctx.world_size))
-    bad = sorted(b for part in gather_objects(mine, ctx) for b in part)
-    if not bad:
-        return index
-    lines = [f"  {index.paths[i]}: {reason}" for i, reason in bad]
-    if len(bad) > cfg.max_bad_photos:
-        if not ctx.is_main:
-            raise PeerReported(2)
-        raise TrainError(f"{len(bad)} unreadable photo(s), more than --max-bad-photos {cfg.max_bad_photos}; "
-                         "replace or remove them (or raise the cap):\n" + "\n".join(lines[:20]) +
-                         (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
-    main_print(ctx, f"trainer: skipping {len(bad)} unreadable photo(s) (at most --max-bad-photos "
-                    f"{cfg.max_bad_photos}):\n" + "\n".join(lines))
-    return index.without([i for i, _ in bad], min_photos=cfg.min_photos)
-
 
 # ---------------------------------------------------------------------- the run
 
@@ -431,7 +222,7 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
     history on every rank; rank 0's result also holds the trained model.
     """
     own_ctx = ctx is None
-    ctx = ctx or init_distributed(config.device, config.timeout_s)
+    ctx = ctx or init_distributed(config.device, config.timeout_s, config.backend)
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -446,19 +237,21 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
 
 def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> TrainResult:
     W, dev = ctx.world_size, ctx.device
-    lr, backbone_lr, lr_said = _from_main(ctx, lambda: _check_settings(cfg, W))
+    lr, backbone_lr, lr_said = from_main(ctx, lambda: check_settings(cfg, W))
     # rank 0 walks the folder and decides whether to resume; the others receive its view and check it
-    plan = _from_main(ctx, lambda: _plan(cfg, ctx))
-    _agree(ctx, _check_local_view(plan, ctx))
+    plan = from_main(ctx, lambda: plan_run(cfg, ctx))
+    agree(ctx, check_local_view(plan, ctx))
     for note in plan["notes"]:
         main_print(ctx, f"trainer: {note}")
-    index = _skip_unreadable(plan["index"], cfg, ctx)
+    index = skip_unreadable(plan["index"], cfg, ctx)
     train_idx, val_idx = index.split(cfg.val_per_person, cfg.seed)
     if len(train_idx) < cfg.batch_size:
         raise TrainError(f"{len(train_idx)} training photos, fewer than one batch of {cfg.batch_size}: "
                          "use a smaller --batch-size")
-    set_seed(cfg.seed)  # the same initial weights on every rank
     backbone = copy.deepcopy(backbone) if backbone is not None else make_backbone(cfg.backbone, cfg.pretrained)
+    # seeded after the backbone is made (building one by name may draw random numbers): the same
+    # initial embedding and head on every rank, whether the backbone was passed or named
+    set_seed(cfg.seed)
     size = cfg.size or backbone.input_size
     stages = parse_stages(cfg.stages, backbone)
     model = build_model(index.num_people, backbone=backbone, head=cfg.head, s=cfg.scale, m=cfg.margin)
@@ -467,7 +260,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     # to rounding, and Adam would scale that rounding noise up to steps of size lr. Keep it fixed.
     model.embedding.linear.bias.requires_grad_(False)
     if cfg.sync_bn:
-        convert_sync_batchnorm(model, dev)
+        convert_sync_batchnorm(model, dev, torch_sync=dev.type == "cuda" and ctx.backend == "nccl")
     model.to(dev)
     opt = make_optimizer(cfg, model, lr, backbone_lr)
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -480,7 +273,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     set_seed(cfg.seed + ctx.rank)  # dropout / drop-connect masks differ between ranks
     start, resumed_note = 0, ""
     if plan["resume_from"]:
-        start, history, resumed_note = _resume(out / plan["resume_from"], plan["epochs_done"], cfg, ctx,
+        start, history, resumed_note = resume_run(out / plan["resume_from"], plan["epochs_done"], cfg, ctx,
                                                model, opt, scaler, signature)
         for g, base in zip(opt.param_groups, base_lrs):  # the rates of now (--resume-with-new-lr)
             g["initial_lr"] = base
@@ -539,7 +332,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
                 with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
                     loss = net(x, y)
                     if k == 0:
-                        loss = _fault(ctx, epoch, step, loss)
+                        loss = injected_fault(ctx, epoch, step, loss)
                     if last:
                         mark_progress(ctx, epoch, step)  # names this rank if a collective times out
                     scaler.scale(loss / cfg.accumulate).backward()
@@ -581,68 +374,21 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
             history["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rng = gather_objects(rng_state(), ctx)
         if ctx.is_main:
-            _save_checkpoint({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
+            save_checkpoint({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
                               "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
                               "history": history, "signature": signature, "world_size": W}, out / CHECKPOINT)
-            _atomic_save(history, out / "history.json")
+            save_durably(history, out / "history.json")
             if cfg.verbose:
                 val = f", val acc {100 * history['val_acc'][-1]:.1f} %" if history["val_acc"] else ""
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {history['epoch_loss'][-1]:.4f}{val}, "
                       f"{history['images_per_s'][-1]:.1f} images/s", flush=True)
 
     if ctx.is_main:
-        _atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "names": index.names,
+        save_durably({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "names": index.names,
                       "backbone": backbone.name, "size": size, "stages": stages, "history": history,
                       "config": dataclasses.asdict(cfg)}, out / "final.pt")
-        _atomic_save(history, out / "history.json")
+        save_durably(history, out / "history.json")
     return TrainResult(history, index.names, W, out, model.eval() if ctx.is_main else None, start)
-
-
-def _resume(path: Path, epochs_done: int, cfg: TrainConfig, ctx: DistContext, model: FaceModel, opt, scaler,
-            signature: dict) -> tuple[int, dict, str]:
-    """Every rank loads the checkpoint rank 0 chose and checks it is the same one; returns
-    (epochs done, history, a note for the log)."""
-    problem, ckpt = None, None
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            problem = f"{path} is not a checkpoint of helpers.trainer ({CHECKPOINT_FORMAT}): use another --out"
-        elif int(ckpt["epochs_done"]) != epochs_done:
-            problem = (f"{path} holds epoch {ckpt['epochs_done']} where rank 0 resumes after epoch {epochs_done}: "
-                       "--out must be one folder that every machine sees")
-    except FileNotFoundError:
-        problem = (f"no {path} here while rank 0 resumes from it after epoch {epochs_done}: --out must be "
-                   "one folder that every machine sees")
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        problem = f"{path} cannot be read here ({type(e).__name__})"
-    if not ctx.distributed and problem:
-        raise TrainError(problem)
-    _agree(ctx, problem)
-    allowed = RATE_FIELDS if cfg.resume_with_new_lr else ()
-    diff = [f"{k}: checkpoint {ckpt['signature'].get(k)!r}, now {v!r}" for k, v in signature.items()
-            if ckpt["signature"].get(k) != v and k not in allowed]
-    if diff:  # the same on every rank: rank 0 says it
-        if not ctx.is_main:
-            raise PeerReported(2)
-        said = "; ".join(diff)
-        rates = [k for k in diff if k.split(":")[0] in RATE_FIELDS]
-        raise TrainError(f"{path} was made with other settings ({said}): use the same settings to resume"
-                         + (", or --resume-with-new-lr to change the rates" if rates else "")
-                         + ", or another --out to start a new run")
-    changed = [f"{k} {ckpt['signature'].get(k)!r} -> {signature[k]!r}" for k in allowed
-               if ckpt["signature"].get(k) != signature[k]]
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    note = f" with new rates ({', '.join(changed)}; --resume-with-new-lr)" if changed else ""
-    if path.name == LAST_GOOD:
-        note += f" from the last good copy {path.name}"
-    if len(ckpt["rng"]) == ctx.world_size:
-        set_rng_state(ckpt["rng"][ctx.rank])
-    else:
-        note += (f"; checkpoint made by {len(ckpt['rng'])} process(es), resumed with {ctx.world_size}: "
-                 "random states re-seeded (the weights' math is unchanged)")
-    return int(ckpt["epochs_done"]), ckpt["history"], note
 
 
 # ---------------------------------------------------------------------- command line
@@ -674,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = parse_args(argv)
     ctx = DistContext()
     try:
-        ctx = init_distributed(cfg.device, cfg.timeout_s)
+        ctx = init_distributed(cfg.device, cfg.timeout_s, cfg.backend)
         result = train(cfg, ctx=ctx)
     except PeerReported as e:  # rank 0 says what went wrong; let its exit be the one torchrun sees first
         time.sleep(min(3.0, cfg.timeout_s))

@@ -312,15 +312,42 @@ def test_a_failing_rank_fails_the_run_quickly(people, tmp_path, kind):
 # ---------------------------------------------------------------------- GPU check script
 
 
-def test_gpu_check_without_a_gpu_runs_nothing_and_succeeds(monkeypatch, capsys):
+def _gpu_check():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "tools" / "gpu_check.py")
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
+    return gpu_check
+
+
+def test_gpu_check_without_a_gpu_runs_nothing_and_succeeds(monkeypatch, capsys):
+    gpu_check = _gpu_check()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 0
     assert capsys.readouterr().out.startswith("no CUDA device: nothing run")
+
+
+def test_gpu_check_plans_at_least_two_processes_within_the_data():
+    plan = _gpu_check().plan_processes
+    assert plan(1, 360, 64) == (2, 64)          # one GPU: 2 processes share it
+    assert plan(0, 54, 8) == (2, 8)            # CPU smoke
+    assert plan(8, 360, 64) == (8, 45)         # 8 x 64 = 512 > 360 training photos: capped
+    for gpus in range(1, 17):
+        procs, batch = plan(gpus, 360, 64)
+        assert procs >= 2 and procs * batch <= 360
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_compares_one_and_two_processes(capsys):
+    """The CI run of tools/gpu_check.py: every section passes on the CPU, and the 2-process loss
+    curve matched the 1-process one (this check caught the trainer seeding its head before a
+    named backbone drew random numbers: a 0.28 loss gap)."""
+    assert _gpu_check().main(["--cpu-smoke"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("=== CPU smoke run"):]
+    assert "FAILED" not in table and "max_loss_gap_vs_1" in table and "amp_speedup" in table
+    print(table)
 
 
 # ---------------------------------------------------------------------- ranks that agree
@@ -339,16 +366,16 @@ def test_photo_index_digest_sees_sizes_labels_and_paths(people):
 def test_a_rank_that_sees_other_photos_says_so(people):
     """What rank 1 on another machine checks: a file whose size differs from rank 0's index."""
     from helpers.distributed import DistContext
-    from helpers.trainer import _check_local_view
+    from helpers.run_checks import check_local_view
 
     index = scan_people(people).with_sizes()
     plan = {"index": index, "digest": index.digest()}
     rank1 = DistContext(rank=1, world_size=2, local_rank=0)
-    assert _check_local_view(plan, rank1) is None
+    assert check_local_view(plan, rank1) is None
     other = dataclasses.replace(index, sizes=[index.sizes[0] + 5, *index.sizes[1:]])
-    said = _check_local_view({"index": other, "digest": other.digest()}, rank1)
+    said = check_local_view({"index": other, "digest": other.digest()}, rank1)
     assert said and index.paths[0] in said and "different photo folders" in said
-    assert _check_local_view({"index": other, "digest": index.digest()}, rank1).startswith("the photo index arrived")
+    assert check_local_view({"index": other, "digest": index.digest()}, rank1).startswith("the photo index arrived")
 
 
 def test_resume_refuses_a_changed_photo_folder(people, tmp_path):

@@ -37,10 +37,12 @@ def test_sampling_keeps_every_positive_and_the_asked_share():
     torch.manual_seed(0)
     head = PartialFC(8, 100, sample_rate=0.2)
     labels = torch.tensor([3, 3, 50, 99, 7])
+    torch.manual_seed(1)
     rows, target = head.sample(labels)
     assert len(rows) == math.ceil(0.2 * 100) and set(labels.tolist()) <= set(rows.tolist())
     assert torch.equal(rows[target], labels)          # each label's column points at its class
     emb = torch.randn(5, 8, requires_grad=True)
+    torch.manual_seed(1)                              # the same draw of negatives as above
     head(emb, labels).backward()
     unused = torch.ones(100, dtype=torch.bool)
     unused[rows] = False
@@ -64,3 +66,14 @@ def test_memory_arithmetic_for_two_million_identities():
     assert rep["weights_and_adam"] == pytest.approx(16.384) and rep["logits"] == pytest.approx(2.048)
     assert shard["weights_and_adam"] == pytest.approx(2.048) and shard["logits"] == pytest.approx(2.048)
     assert head_memory_gb(2_000_000, 512, 8, 128, sharded=True, sample_rate=0.1)["logits"] == pytest.approx(0.2048)
+
+
+def test_07_exercise_3_accepts_the_per_gpu_answer_and_explains_the_global_batch_one(capsys):
+    """40 GB / (4 x 512 x 4 + 2 x 128 x 4 bytes) = 4,340,277 identities; the old checker counted
+    the logits of the global batch (2 x 1024 x 4 bytes) and rejected this answer."""
+    from helpers.course.scaling_exercises import check_replicated_head_capacity as check
+
+    assert check(4_340_277) is True and check(4_300_000) is True
+    assert check(int(40e9 // (4 * 512 * 4 + 2 * 1024 * 4))) is False
+    assert "per-GPU batch (128), not the global batch (1024)" in capsys.readouterr().out
+    assert check(None) is False and check(1_000_000) is False
