@@ -136,3 +136,18 @@ def injected_fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) 
         return loss * float("nan")
     raise RuntimeError(f"injected fault on rank {ctx.rank} at epoch {epoch} step {step} "
                        f"(FACE_COURSE_FAULT={spec})")
+
+
+def hold_out_people(index, people: int, max_photos: int, seed: int):
+    """(index without `people` seeded-random people, their photo paths, their labels): the people
+    verification is measured on, never trained on; at most `max_photos` photos (seeded choice)."""
+    if people <= 0:
+        return index, [], np.zeros(0, dtype=int)
+    if people < 2 or index.num_people - people < 2:
+        raise TrainError(f"--verify-people {people}: give 0, or 2 to {index.num_people - 2} "
+                         f"({index.num_people} people; 2 or more must remain for training)")
+    rng = np.random.default_rng(seed + 1)
+    held = set(rng.choice(index.num_people, people, replace=False).tolist())
+    photos = [i for i in range(len(index)) if int(index.labels[i]) in held]
+    keep = sorted(rng.choice(photos, min(max_photos, len(photos)), replace=False).tolist())
+    return index.without(photos), [index.paths[i] for i in keep], index.labels[keep].copy()

@@ -53,16 +53,18 @@ from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError,
                           main_print, mark_progress, rng_state, shutdown)
 from .lr_schedule import check_settings, lr_factor, make_optimizer
 from .model import FaceModel, build_model, set_trainable_stages
-from .run_checks import (CHECKPOINT, TrainError, agree, check_local_view, from_main, injected_fault, plan_run,
-                         skip_unreadable)
+from .run_checks import (CHECKPOINT, TrainError, agree, check_local_view, from_main, hold_out_people,
+                         injected_fault, plan_run, skip_unreadable)
 from .runtime import set_seed
 from .streaming import PhotoStream
+from .trainer_eval import closed_set_accuracy, held_out_eer
 from .training import TrainingDiverged
 
 # settings that change the computed weights: a checkpoint resumes only with the same ones
-SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr",
-                    "backbone_lr", "weight_decay", "optimizer", "momentum", "head", "margin", "scale", "val_per_person",
-                    "augment", "seed", "clip", "warmup_epochs", "accumulate", "lr_scaling", "base_batch")
+SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr", "backbone_lr",
+                    "weight_decay", "optimizer", "momentum", "head", "margin", "scale", "val_per_person",
+                    "verify_people", "verify_max_photos", "augment", "seed", "clip", "warmup_epochs",
+                    "accumulate", "lr_scaling", "base_batch")
 
 
 
@@ -87,6 +89,8 @@ class TrainConfig:
     margin: float | None = None
     scale: float = 16.0
     val_per_person: int = 1         # photos per person held out for rank 0's accuracy (0 = none)
+    verify_people: int = 0          # people held out of training: verification EER on their pairs
+    verify_max_photos: int = 2000   # at most this many of their photos (bounds the evaluation's time)
     augment: bool = True
     workers: int = 2                # DataLoader worker processes per rank
     seed: int = 0
@@ -197,20 +201,6 @@ def _set_modes(model: FaceModel, trainable: list[str]) -> None:
             model.backbone.eval()
 
 
-@torch.no_grad()
-def _accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: torch.dtype | None) -> float:
-    """Closed-set top-1 accuracy: argmax of the head's cosines, model in eval mode."""
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            emb = model.embedding(model.features(x))
-        correct += int((model.head.cosine(emb.float()).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
-
 # ---------------------------------------------------------------------- ranks that agree
 
 # ---------------------------------------------------------------------- the run
@@ -244,6 +234,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     for note in plan["notes"]:
         main_print(ctx, f"trainer: {note}")
     index = skip_unreadable(plan["index"], cfg, ctx)
+    index, verify_paths, verify_labels = hold_out_people(index, cfg.verify_people, cfg.verify_max_photos, cfg.seed)
     train_idx, val_idx = index.split(cfg.val_per_person, cfg.seed)
     if len(train_idx) < cfg.batch_size:
         raise TrainError(f"{len(train_idx)} training photos, fewer than one batch of {cfg.batch_size}: "
@@ -269,7 +260,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     signature = {k: getattr(cfg, k) for k in SIGNATURE_FIELDS} | {
         "photos": f"{len(index)} photos of {index.num_people} people, index sha256 {index.digest()[:16]}"}
     out = Path(cfg.out)
-    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "epoch_seconds", "images_per_s", "lr")}
+    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "val_eer", "epoch_seconds",
+                                 "images_per_s", "lr")}
     set_seed(cfg.seed + ctx.rank)  # dropout / drop-connect masks differ between ranks
     start, resumed_note = 0, ""
     if plan["resume_from"]:
@@ -369,7 +361,12 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
         history["epoch_seconds"].append(seconds)
         history["images_per_s"].append(seen * W / seconds if seconds > 0 else float("nan"))
         if val_loader is not None:
-            history["val_acc"].append(_accuracy(model, val_loader, dev, amp))
+            history["val_acc"].append(closed_set_accuracy(model, val_loader, dev, amp))
+        if verify_paths:  # every rank embeds its share of the held-out people's photos
+            eer = held_out_eer(model, verify_paths, verify_labels, backbone.transform(train=False, size=size), ctx,
+                          micro, cfg.workers, amp)
+            if ctx.is_main:
+                history["val_eer"].append(eer)
         if dev.type == "cuda":
             history["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rng = gather_objects(rng_state(), ctx)
@@ -380,6 +377,8 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
             save_durably(history, out / "history.json")
             if cfg.verbose:
                 val = f", val acc {100 * history['val_acc'][-1]:.1f} %" if history["val_acc"] else ""
+                val += (f", EER {100 * history['val_eer'][-1]:.1f} % on {len(verify_paths)} photos of "
+                        f"{cfg.verify_people} held-out people" if history["val_eer"] else "")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {history['epoch_loss'][-1]:.4f}{val}, "
                       f"{history['images_per_s'][-1]:.1f} images/s", flush=True)
 

@@ -7,7 +7,9 @@ mostly imports. They use `ddp_backbone` below, a seeded 32-px network with no ra
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -387,6 +390,22 @@ def test_resume_refuses_a_changed_photo_folder(people, tmp_path):
         run(config(data, tmp_path / "run", epochs=1, resume=True))
 
 
+def test_verification_people_are_held_out_of_training(people, tmp_path, capsys):
+    """2 of the 6 people never train (the head has 4 classes); their pairs give an EER per epoch."""
+    from helpers.run_checks import hold_out_people
+
+    result = run(config(people, tmp_path, verify_people=2, verify_max_photos=10, batch_size=4, verbose=True))
+    assert len(result.names) == 4 and result.model.head.weight.shape[0] == 4
+    eer = result.history["val_eer"]
+    assert len(eer) == 3 and all(0 <= e <= 1 for e in eer)
+    assert re.search(r"epoch 3/3: .*, EER [\d.]+ % on 10 photos of 2 held-out people", capsys.readouterr().out)
+    index, paths, labels = hold_out_people(scan_people(people), 2, 10, seed=0)
+    assert len(paths) == 10 and len(set(labels.tolist())) == 2
+    assert not set(paths) & set(index.paths) and index.num_people == 4
+    with pytest.raises(TrainError, match="--verify-people 5"):
+        hold_out_people(scan_people(people), 5, 10, seed=0)
+
+
 @pytest.mark.slow
 def test_machines_with_different_photo_copies_stop_with_one_message(people, tmp_path):
     """2 'machines' (2 torchrun launchers, static rendezvous on this host), each with its own copy
@@ -420,13 +439,45 @@ def test_resume_under_torchrun_with_another_process_count(people, tmp_path, monk
     """1 process cut after epoch 1, resumed by 2 processes under torchrun: the same final weights
     as the uninterrupted 1-process run (ddp_backbone draws no random numbers, so re-seeded RNG
     states change nothing), and the log says the process count changed."""
-    run(config(people, tmp_path / "full"))
+    kw = dict(verify_people=2, batch_size=4)  # 2 people held out: verification sharded over the ranks
+    full = run(config(people, tmp_path / "full", **kw))
     monkeypatch.setenv("FACE_COURSE_FAULT", "rank=0,epoch=1,step=0,kind=raise")
     with pytest.raises(RuntimeError, match="injected fault"):
-        run(config(people, tmp_path / "cut"))
+        run(config(people, tmp_path / "cut", **kw))
     monkeypatch.delenv("FACE_COURSE_FAULT")
-    done, _ = torchrun(config(people, tmp_path / "cut", resume=True, verbose=True, workers=1))
+    done, _ = torchrun(config(people, tmp_path / "cut", resume=True, verbose=True, workers=1, **kw))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("resumed after epoch 1") == 1
     assert "checkpoint made by 1 process(es), resumed with 2" in done.stdout
     assert max_difference(weights(tmp_path / "full"), weights(tmp_path / "cut")) < 1e-5
+    # each rank embedded half of the held-out photos; rank 0's EER = the 1-process one
+    cut_eer = json.loads((tmp_path / "cut" / "history.json").read_text())["val_eer"]
+    assert len(cut_eer) == 3 and max(abs(a - b) for a, b in zip(full.history["val_eer"], cut_eer)) < 1e-6
+
+
+# ---------------------------------------------------------------------- large-batch recipe
+
+
+def test_per_step_warmup_then_cosine_and_lr_scaling_stated():
+    from helpers.lr_schedule import lr_factor, scaled_lr
+
+    f = [lr_factor(t, total_steps=10, warmup_steps=4) for t in range(10)]
+    assert f[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert all(a > b for a, b in zip(f[4:], f[5:])) and 0 < f[-1] < 0.1
+    lr, bb, said = scaled_lr(TrainConfig(data="x", lr=0.01, backbone_lr=0.001, batch_size=1024,
+                                         lr_scaling="sqrt", base_batch=64))
+    assert lr == pytest.approx(0.04) and bb == pytest.approx(0.004)
+    assert said == "lr 0.01 x sqrt(16) = 0.04 for the global batch 1024 (sqrt rule from --base-batch 64)"
+    lr, _, said = scaled_lr(TrainConfig(data="x", lr=0.1, batch_size=256, lr_scaling="linear", base_batch=1024))
+    assert lr == pytest.approx(0.025) and "x 0.25 = 0.025" in said
+
+
+def test_accumulated_steps_and_warmup_in_a_run(people, tmp_path, capsys):
+    """--accumulate 2: the same optimizer steps per epoch as without (3 of 8 photos), micro-batches
+    of 4, and the log says so; 1 epoch of warm-up: the rate reaches the base rate at its last step."""
+    result = run(config(people, tmp_path, accumulate=2, warmup_epochs=1, verbose=True))
+    log = capsys.readouterr().out
+    assert "batch 8 = 1 x 4 x 2 accumulated" in log and "warm-up 1 epoch(s), cosine per step" in log
+    assert len(result.history["step_loss"]) == 9 and all(np.isfinite(result.history["step_loss"]))
+    assert result.history["lr"][0] == pytest.approx(3e-3)    # end of the warm-up epoch: the base rate
+    assert result.history["lr"][2] < result.history["lr"][1] < 3e-3
