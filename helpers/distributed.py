@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +30,15 @@ DEFAULT_TIMEOUT_S = 600.0  # NCCL's own default; a collective waiting longer mea
 
 class DistributedSetupError(RuntimeError):
     """torchrun's environment cannot be used as asked (e.g. more processes than GPUs)."""
+
+
+class PeerReported(RuntimeError):
+    """Raised on ranks other than 0 when rank 0 reports the failure: such a rank leaves silently,
+    so that the user reads one message instead of one per process."""
+
+    def __init__(self, code: int = 2):
+        super().__init__("rank 0 reports this failure")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,17 @@ def torchrun_env() -> tuple[int, int, int]:
     return read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0)
 
 
-def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistContext:
+def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                     backend: str = "auto") -> DistContext:
     """Join torchrun's process group if there is one; return this process's DistContext.
 
     `device`: None picks CUDA when present (cuda:LOCAL_RANK under torchrun), else CPU; 'cpu'
     forces CPU + gloo. `timeout_s` bounds every collective (and the start-up rendezvous).
+    `backend`: 'auto' (nccl on CUDA, gloo on CPU), 'nccl' or 'gloo'; gloo on CUDA lets several
+    processes share a GPU (cuda:LOCAL_RANK % GPUs; slower, for checks such as tools/gpu_check.py).
     """
+    if backend not in ("auto", "nccl", "gloo"):
+        raise DistributedSetupError(f"backend {backend!r}: choose auto, nccl or gloo")
     rank, world, local_rank = torchrun_env()
     if device is None:
         want_cuda = torch.cuda.is_available()
@@ -87,14 +102,17 @@ def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEO
             raise DistributedSetupError(f"device {device!r} asked for but CUDA is not available: "
                                         "use --device cpu (gloo) or run on a GPU machine")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        if local_world > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        if local_world > gpus and backend != "gloo":
             raise DistributedSetupError(
-                f"{local_world} processes on this machine but {torch.cuda.device_count()} visible "
-                f"GPU(s): use torchrun --nproc_per_node={torch.cuda.device_count()} (one per GPU)")
-        dev = torch.device("cuda", local_rank)
+                f"{local_world} processes on this machine but {gpus} visible GPU(s): use torchrun "
+                f"--nproc_per_node={gpus} (one per GPU), or --backend gloo to share GPUs (slower)")
+        dev = torch.device("cuda", local_rank % gpus)
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        backend = "gloo" if backend == "gloo" else "nccl"
     else:
+        if backend == "nccl":
+            raise DistributedSetupError("backend nccl needs CUDA GPUs: use --backend gloo (or auto) on a CPU")
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
         kwargs = {"device_id": dev} if backend == "nccl" else {}
@@ -130,24 +148,93 @@ def gather_objects(obj, ctx: DistContext) -> list:
     return out
 
 
+def broadcast_object(obj, ctx: DistContext):
+    """Rank 0's `obj` on every rank (other ranks pass anything, e.g. None); `obj` in one process."""
+    if not ctx.distributed:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def rng_state() -> dict:
-    """This process's random states (torch CPU and CUDA, Python, NumPy), safe for weights_only loads."""
+    """This process's random states (torch CPU, this process's CUDA device, Python, NumPy).
+
+    Only the current CUDA device's state is kept (not `get_rng_state_all`), so a checkpoint of
+    1 machine x 8 GPUs resumes on 2 machines x 4: rank r's state goes to rank r's own device.
+    Safe for weights_only loads.
+    """
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    """Put back what `rng_state()` returned."""
+    """Put back what `rng_state()` returned (the CUDA state on this process's current device)."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np_state = state["numpy"]
     np.random.set_state((np_state[0], np.asarray(np_state[1], dtype=np.uint32), *np_state[2:]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints of format 1 held every visible GPU's
+            cuda = cuda[0]
+        torch.cuda.set_rng_state(cuda)
+
+
+# ---------------------------------------------------------------------- progress marks
+
+def _store():
+    """The process group's key-value store (torchrun's TCPStore), or None."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+        return _get_default_store()
+    except Exception:  # noqa: BLE001 - no group, or a torch without this helper
+        return None
+
+
+def mark_progress(ctx: DistContext, epoch: int, step: int) -> None:
+    """Record in the group's store that this rank reached `step` of `epoch` (counted from 0).
+
+    Called just before a step's collectives: when a collective times out, `progress_report`
+    names the ranks that never got there. One small store write per step.
+    """
+    if ctx.distributed:
+        store = _store()
+        if store is not None:
+            store.set(f"face_course/progress/{ctx.rank}", f"{epoch} {step}")
+
+
+def progress_report(ctx: DistContext) -> str:
+    """Which ranks are behind, from the marks of `mark_progress` ('' when unavailable or level).
+
+    E.g. 'rank 1 stopped before epoch 1 step 2 (last reached epoch 1 step 1), where rank 0 waits'.
+    """
+    store = _store()
+    if not ctx.distributed or store is None:
+        return ""
+    marks = {}
+    try:
+        store.set_timeout(timedelta(seconds=5))
+        for r in range(ctx.world_size):
+            key = f"face_course/progress/{r}"
+            marks[r] = tuple(int(v) for v in store.get(key).decode().split()) if store.check([key]) else (-1, -1)
+    except Exception:  # noqa: BLE001 - the store may be gone with the failed rank
+        return ""
+    front = max(marks.values())
+    behind = [r for r, m in marks.items() if m < front]
+    if not behind:
+        return ""
+
+    def said(m: tuple) -> str:
+        return "no step" if m[0] < 0 else f"epoch {m[0] + 1} step {m[1] + 1}"
+
+    ahead = [r for r, m in marks.items() if m == front]
+    return "; ".join(f"rank {r} stopped before {said(front)} (last reached {said(marks[r])})" for r in behind) + \
+        f", where rank(s) {', '.join(map(str, ahead))} waited"
 
 
 def main_print(ctx: DistContext, *args, **kwargs) -> None:
@@ -156,15 +243,31 @@ def main_print(ctx: DistContext, *args, **kwargs) -> None:
         print(*args, **kwargs, flush=True)
 
 
+def worker_message(exc: BaseException) -> str:
+    """The original message of an error raised in a DataLoader worker, else `str(exc)`.
+
+    torch re-raises a worker's error as "Caught FaceDataError in DataLoader worker process 0.
+    Original Traceback (most recent call last): ..." with the message on the last line.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        m = re.match(r"[\w.]*" + re.escape(type(exc).__name__) + ": ", last)  # 'helpers.data.FaceDataError: '
+        return last[m.end():] if m else last
+    return text
+
+
 def explain_failure(ctx: DistContext, exc: BaseException) -> str:
-    """One line saying which rank failed and why; hints at a dead peer when a collective broke."""
-    msg = " ".join(str(exc).split())[:400] or type(exc).__name__
+    """One line saying which rank failed and why; names the ranks behind when a collective broke."""
+    msg = " ".join(worker_message(exc).split())[:400] or type(exc).__name__
     line = f"[rank {ctx.rank}/{ctx.world_size}] failed: {type(exc).__name__}: {msg}"
     low = msg.lower()
     if ctx.distributed and any(k in low for k in ("timed out", "timeout", "connection closed",
                                                   "connection reset", "broken pipe")):
+        where = progress_report(ctx)
         line += (f" (a collective waited for another rank, which died or hangs; every collective "
-                 f"is bounded by --timeout-s {ctx.timeout_s:g}: read the other ranks' messages)")
+                 f"is bounded by --timeout-s {ctx.timeout_s:g}" + (f"; {where}" if where else "") +
+                 ": read the other ranks' messages)")
     return line
 
 
@@ -242,17 +345,20 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         return out
 
 
-def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+def convert_sync_batchnorm(module: nn.Module, device: torch.device, torch_sync: bool | None = None) -> nn.Module:
     """Replace every trainable BatchNorm in `module` by a synchronised one (in place); returns it.
 
-    CUDA: torch's `nn.SyncBatchNorm`. Other devices: `SyncBatchNorm` above. Frozen BatchNorm
-    layers (no trainable parameter) are left alone: they use fixed running statistics anyway.
+    `torch_sync` (default: on CUDA): torch's `nn.SyncBatchNorm`, for NCCL; otherwise
+    `SyncBatchNorm` above (all-reduces only, which gloo does on CPU and CUDA tensors). Frozen
+    BatchNorm layers (no trainable parameter) are left alone: they use fixed running statistics.
     """
+    if torch_sync is None:
+        torch_sync = device.type == "cuda"
     for name, child in list(module.named_children()):
         frozen = not any(p.requires_grad for p in child.parameters(recurse=False))
         if isinstance(child, nn.modules.batchnorm._BatchNorm) and not frozen and \
                 not isinstance(child, (SyncBatchNorm, nn.SyncBatchNorm)):
-            if device.type == "cuda":
+            if torch_sync:
                 new = nn.SyncBatchNorm.convert_sync_batchnorm(child)
             else:
                 new = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
@@ -263,6 +369,6 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
                     p_new.requires_grad_(p_old.requires_grad)
             setattr(module, name, new.to(device))
         else:
-            convert_sync_batchnorm(child, device)
+            convert_sync_batchnorm(child, device, torch_sync)
     return module
 

@@ -10,7 +10,11 @@ whatever the number of processes, workers or restarts. That is what makes a 2-pr
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import re
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -37,6 +41,7 @@ class PeopleIndex:
     names: list[str]
     root: str
     notes: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)   # bytes per file, when `with_sizes()` read them
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -44,6 +49,39 @@ class PeopleIndex:
     @property
     def num_people(self) -> int:
         return len(self.names)
+
+    def with_sizes(self) -> "PeopleIndex":
+        """This index with every file's size in bytes (one `stat` per file); a missing file gets -1."""
+        sizes = []
+        for p in self.paths:
+            try:
+                sizes.append(os.stat(p).st_size)
+            except OSError:
+                sizes.append(-1)
+        return dataclasses.replace(self, sizes=sizes)
+
+    def digest(self) -> str:
+        """SHA-256 of what training depends on: paths (relative to root), sizes, labels, names."""
+        root = Path(self.root)
+        rel = [os.path.relpath(p, root) for p in self.paths]
+        blob = json.dumps([rel, list(self.sizes), self.labels.tolist(), self.names]).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def without(self, drop: Iterable[int], min_photos: int = 1) -> "PeopleIndex":
+        """The index without photos `drop`; people left with fewer than `min_photos` go (relabelled)."""
+        drop = set(drop)
+        keep = [i for i in range(len(self.paths)) if i not in drop]
+        paths, labels, names, sizes, notes = [], [], [], [], list(self.notes)
+        for label, name in enumerate(self.names):
+            mine = [i for i in keep if self.labels[i] == label]
+            if len(mine) < min_photos:
+                notes.append(f"{name}: {len(mine)} readable photo(s), fewer than {min_photos}: left out")
+                continue
+            paths += [self.paths[i] for i in mine]
+            sizes += [self.sizes[i] for i in mine] if self.sizes else []
+            labels += [len(names)] * len(mine)
+            names.append(name)
+        return PeopleIndex(paths, np.array(labels, dtype=int), names, self.root, notes, sizes)
 
     def split(self, val_per_person: int = 1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """(train indices, validation indices): `val_per_person` photos of each person held out.
@@ -91,6 +129,17 @@ def scan_people(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
         raise FaceDataError(f"{root}: {len(names)} person folder(s) with at least {min_photos} photos; "
                             "training needs 2 or more people, one sub-folder each")
     return PeopleIndex(paths, np.array(labels, dtype=int), names, str(root), notes)
+
+
+def unreadable_photos(paths: list[str], indices: Iterable[int]) -> list[tuple[int, str]]:
+    """(index, reason) for each photo of `indices` that cannot be decoded (`read_image`'s reason)."""
+    bad = []
+    for i in indices:
+        try:
+            read_image(paths[i])
+        except ImageSkip as e:
+            bad.append((int(i), str(e)))
+    return bad
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -9,9 +9,17 @@ Backbone (frozen, some stages or all), embedding and ArcFace head train together
 wrapped in DistributedDataParallel when there are several processes, so the head's gradients are
 averaged too. `--batch-size` is the global batch: each of W processes takes batch/W photos of the
 same seeded order (DistributedSampler), so W processes compute the same steps as one. Photos are
-streamed from disk by DataLoader workers. Rank 0 alone logs, evaluates and writes files:
-OUT/checkpoint.pt after every epoch (model with head, optimizer, scheduler, grad scaler, epoch,
-every rank's RNG states; written atomically), OUT/history.json and OUT/final.pt.
+streamed from disk by DataLoader workers.
+
+Ranks agree before training: rank 0 alone walks the folder and decides whether (and from which
+checkpoint) to resume; the others receive its photo index (paths, sizes, labels, SHA-256) and
+check it against their own machine's files and checkpoint, and any mismatch stops every rank with
+one message. Every photo is decoded once before training (shared over the ranks): unreadable ones
+are listed and skipped, up to --max-bad-photos. The learning rate follows a per-step warm-up and
+cosine schedule, optionally scaled with the global batch (--lr-scaling); --accumulate splits each
+step into micro-batches. Rank 0 alone logs, evaluates and writes files: OUT/checkpoint.pt after
+every epoch (model with head, optimizer, grad scaler, epoch, every rank's RNG states; fsync'ed
+then renamed, the previous one kept as checkpoint.last-good.pt), OUT/history.json, OUT/final.pt.
 
 Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank raise (kind
 'hang' sleeps forever, 'nan' turns its loss into NaN) at that step.
@@ -19,10 +27,10 @@ Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib
-import json
 import os
 import sys
 import time
@@ -38,26 +46,27 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .backbones import Backbone, BackboneUnavailable, load_backbone
+from .checkpoints import CHECKPOINT_FORMAT, resume_run, save_checkpoint, save_durably
 from .data import FaceDataError
-from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, all_reduce_sum,
-                          convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed, main_print,
-                          rng_state, set_rng_state, shutdown)
+from .distributed import (DEFAULT_TIMEOUT_S, DistContext, DistributedSetupError, PeerReported, all_reduce_sum,
+                          convert_sync_batchnorm, explain_failure, fail, gather_objects, init_distributed,
+                          main_print, mark_progress, rng_state, shutdown)
 from .freezing import apply_freezing_rule, is_frozen
-from .io import atomic_save, atomic_write_bytes
+from .lr_schedule import check_settings, lr_factor, make_optimizer
 from .model import FaceModel, build_model, set_trainable_stages
+from .run_checks import (CHECKPOINT, TrainError, agree, check_local_view, from_main, hold_out_people,
+                         injected_fault, plan_run, skip_unreadable)
 from .runtime import set_seed
-from .streaming import PhotoStream, scan_people
-from .training import TrainingDiverged, param_groups
+from .streaming import PhotoStream
+from .trainer_eval import closed_set_accuracy, held_out_eer
+from .training import TrainingDiverged
 
-CHECKPOINT_FORMAT = "face-course-trainer/1"
 # settings that change the computed weights: a checkpoint resumes only with the same ones
-SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr",
-                    "backbone_lr", "weight_decay", "head", "margin", "scale", "val_per_person",
-                    "augment", "seed", "clip")
+SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr", "backbone_lr",
+                    "weight_decay", "optimizer", "momentum", "head", "margin", "scale", "val_per_person",
+                    "verify_people", "verify_max_photos", "augment", "seed", "clip", "warmup_epochs",
+                    "accumulate", "lr_scaling", "base_batch")
 
-
-class TrainError(ValueError):
-    """A training setting that cannot work as given; the message says what to change."""
 
 
 @dataclass
@@ -75,18 +84,29 @@ class TrainConfig:
     lr: float = 1e-2                # embedding + head; backbone stages get backbone_lr
     backbone_lr: float | None = None  # None = lr / 10
     weight_decay: float = 5e-4
+    optimizer: str = "adamw"        # adamw | sgd (arcface_torch's choice for large runs; see momentum)
+    momentum: float = 0.9           # SGD only; 0 = plain SGD
     head: str = "arcface"
     margin: float | None = None
     scale: float = 16.0
     val_per_person: int = 1         # photos per person held out for rank 0's accuracy (0 = none)
+    verify_people: int = 0          # people held out of training: verification EER on their pairs
+    verify_max_photos: int = 2000   # at most this many of their photos (bounds the evaluation's time)
     augment: bool = True
     workers: int = 2                # DataLoader worker processes per rank
     seed: int = 0
     amp: str = "auto"               # auto | bf16 | fp16 | off; only on CUDA
     clip: float = 5.0               # max gradient norm (0 = no clipping)
     sync_bn: bool = False           # synchronise trainable BatchNorm layers over ranks
-    resume: bool = False            # continue from OUT/checkpoint.pt if it exists
+    resume: bool = False            # continue from OUT/checkpoint.pt (or its last good copy) if any
+    resume_with_new_lr: bool = False  # allow resuming with another lr, backbone_lr, clip or warm-up
+    warmup_epochs: float = 0.0      # linear warm-up of the rates, stepped per optimizer step
+    accumulate: int = 1             # micro-batches per optimizer step (gradient accumulation)
+    lr_scaling: str = "none"        # none | linear | sqrt: lr (and backbone_lr) x f(batch / base_batch)
+    base_batch: int = 64            # the global batch that lr was chosen for (with lr_scaling)
+    max_bad_photos: int = 10        # unreadable photos skipped before training; more stops the run
     device: str | None = None       # None = CUDA if present, else CPU; 'cpu' forces gloo
+    backend: str = "auto"           # auto (nccl on CUDA, gloo on CPU) | nccl | gloo (gloo may share a GPU)
     threads: int | None = None      # torch threads per process (torchrun sets 1)
     timeout_s: float = DEFAULT_TIMEOUT_S
     min_photos: int = 2
@@ -184,44 +204,7 @@ def _set_modes(model: FaceModel, trainable: list[str]) -> None:
     apply_freezing_rule(model.train())
 
 
-def _atomic_save(obj, path: Path) -> None:
-    """torch.save (or JSON for a .json path), written atomically: never half a file."""
-    if path.suffix == ".json":
-        atomic_write_bytes(json.dumps(obj, indent=1).encode(), path)
-    else:
-        atomic_save(obj, path)
-
-
-def _fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
-    """FACE_COURSE_FAULT test hook (see the module docstring); returns `loss` (NaN for kind=nan)."""
-    spec = os.environ.get("FACE_COURSE_FAULT")
-    if not spec:
-        return loss
-    f = dict(kv.split("=", 1) for kv in spec.split(","))
-    if (int(f.get("rank", 0)), int(f.get("epoch", 0)), int(f.get("step", 0))) != (ctx.rank, epoch, step):
-        return loss
-    kind = f.get("kind", "raise")
-    if kind == "hang":
-        time.sleep(10 ** 6)
-    if kind == "nan":
-        return loss * float("nan")
-    raise RuntimeError(f"injected fault on rank {ctx.rank} at epoch {epoch} step {step} "
-                       f"(FACE_COURSE_FAULT={spec})")
-
-
-@torch.no_grad()
-def _accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: torch.dtype | None) -> float:
-    """Closed-set top-1 accuracy: argmax of the head's cosines, model in eval mode."""
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            emb = model.embedding(model.features(x))
-        correct += int((model.head.cosine(emb.float()).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
-
+# ---------------------------------------------------------------------- ranks that agree
 
 # ---------------------------------------------------------------------- the run
 
@@ -232,7 +215,7 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
     history on every rank; rank 0's result also holds the trained model.
     """
     own_ctx = ctx is None
-    ctx = ctx or init_distributed(config.device, config.timeout_s)
+    ctx = ctx or init_distributed(config.device, config.timeout_s, config.backend)
     old_threads = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -247,16 +230,22 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
 
 def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> TrainResult:
     W, dev = ctx.world_size, ctx.device
-    if cfg.batch_size % W:
-        raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by {W} processes; "
-                         f"use a multiple of {W}")
-    index = scan_people(cfg.data, min_photos=cfg.min_photos)
+    lr, backbone_lr, lr_said = from_main(ctx, lambda: check_settings(cfg, W))
+    # rank 0 walks the folder and decides whether to resume; the others receive its view and check it
+    plan = from_main(ctx, lambda: plan_run(cfg, ctx))
+    agree(ctx, check_local_view(plan, ctx))
+    for note in plan["notes"]:
+        main_print(ctx, f"trainer: {note}")
+    index = skip_unreadable(plan["index"], cfg, ctx)
+    index, verify_paths, verify_labels = hold_out_people(index, cfg.verify_people, cfg.verify_max_photos, cfg.seed)
     train_idx, val_idx = index.split(cfg.val_per_person, cfg.seed)
     if len(train_idx) < cfg.batch_size:
         raise TrainError(f"{len(train_idx)} training photos, fewer than one batch of {cfg.batch_size}: "
                          "use a smaller --batch-size")
-    set_seed(cfg.seed)  # the same initial weights on every rank
     backbone = copy.deepcopy(backbone) if backbone is not None else make_backbone(cfg.backbone, cfg.pretrained)
+    # seeded after the backbone is made (building one by name may draw random numbers): the same
+    # initial embedding and head on every rank, whether the backbone was passed or named
+    set_seed(cfg.seed)
     size = cfg.size or backbone.input_size
     stages = parse_stages(cfg.stages, backbone)
     model = build_model(index.num_people, backbone=backbone, head=cfg.head, s=cfg.scale, m=cfg.margin)
@@ -265,28 +254,35 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
     # to rounding, and Adam would scale that rounding noise up to steps of size lr. Keep it fixed.
     model.embedding.linear.bias.requires_grad_(False)
     if cfg.sync_bn:
-        convert_sync_batchnorm(model, dev)
+        convert_sync_batchnorm(model, dev, torch_sync=dev.type == "cuda" and ctx.backend == "nccl")
     model.to(dev)
-    fused = {"fused": True} if dev.type in ("cpu", "cuda") else {}
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.backbone_lr), weight_decay=cfg.weight_decay, **fused)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs))
+    opt = make_optimizer(cfg, model, lr, backbone_lr)
+    base_lrs = [g["lr"] for g in opt.param_groups]
     amp = resolve_amp(cfg.amp, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
-    signature = {k: getattr(cfg, k) for k in SIGNATURE_FIELDS} | {"people": index.names}
+    signature = {k: getattr(cfg, k) for k in SIGNATURE_FIELDS} | {
+        "photos": f"{len(index)} photos of {index.num_people} people, index sha256 {index.digest()[:16]}"}
     out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "epoch_seconds", "images_per_s")}
-    start = 0
+    history = {k: [] for k in ("step_loss", "epoch_loss", "val_acc", "val_eer", "epoch_seconds",
+                                 "images_per_s", "lr")}
     set_seed(cfg.seed + ctx.rank)  # dropout / drop-connect masks differ between ranks
-    if cfg.resume and ckpt_path.exists():
-        start, history = _resume(ckpt_path, ctx, model, opt, sched, scaler, signature)
+    start, resumed_note = 0, ""
+    if plan["resume_from"]:
+        start, history, resumed_note = resume_run(out / plan["resume_from"], plan["epochs_done"], cfg, ctx,
+                                               model, opt, scaler, signature)
+        for g, base in zip(opt.param_groups, base_lrs):  # the rates of now (--resume-with-new-lr)
+            g["initial_lr"] = base
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.verbose:
+            micro = cfg.batch_size // (W * cfg.accumulate)
+            accum = f" x {cfg.accumulate} accumulated" if cfg.accumulate > 1 else ""
             print(f"trainer: {len(index)} photos of {index.num_people} people ({len(train_idx)} train, "
-                  f"{len(val_idx)} val); {backbone.name} at {size} px, stages {stages or 'none (frozen)'}; "
-                  f"{ctx.describe()}; batch {cfg.batch_size} = {W} x {cfg.batch_size // W}; "
-                  f"amp {amp or 'off'}" + (f"; resumed after epoch {start}" if start else ""), flush=True)
+                  f"{len(val_idx)} val; index sha256 {plan['digest'][:12]}); {backbone.name} at {size} px, "
+                  f"stages {stages or 'none (frozen)'}; {ctx.describe()}; batch {cfg.batch_size} = "
+                  f"{W} x {micro}{accum}; {lr_said}; warm-up {cfg.warmup_epochs:g} epoch(s), cosine per step; "
+                  f"amp {amp or 'off'}" + (f"; resumed after epoch {start}{resumed_note}" if start else ""),
+                  flush=True)
 
     net = Objective(model, amp)
     if ctx.distributed:
@@ -295,13 +291,17 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
                             backbone.transform(train=cfg.augment, size=size), cfg.seed)
     sampler = DistributedSampler(train_set, num_replicas=W, rank=ctx.rank, shuffle=True, seed=cfg.seed,
                                  drop_last=True)
-    loader = DataLoader(train_set, batch_size=cfg.batch_size // W, sampler=sampler, drop_last=True,
+    micro = cfg.batch_size // (W * cfg.accumulate)
+    loader = DataLoader(train_set, batch_size=micro, sampler=sampler, drop_last=True,
                         num_workers=cfg.workers, pin_memory=dev.type == "cuda")
+    steps_per_epoch = len(loader) // cfg.accumulate
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     val_loader = None
     if ctx.is_main and len(val_idx):
         val_set = PhotoStream([index.paths[i] for i in val_idx], index.labels[val_idx],
                               backbone.transform(train=False, size=size), cfg.seed)
-        val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size // W, 2), num_workers=cfg.workers)
+        val_loader = DataLoader(val_set, batch_size=max(micro, 2), num_workers=cfg.workers)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -311,81 +311,86 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
         train_set.set_epoch(epoch)
         _set_modes(model, stages)
         t0, seen, losses = time.perf_counter(), 0, []
-        for step, (x, y) in enumerate(loader):
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            loss = _fault(ctx, epoch, step, net(x, y))
+        batches = iter(loader)
+        for step in range(steps_per_epoch):
+            factor = lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * factor
+            opt.zero_grad(set_to_none=True)
+            loss_sum = torch.zeros((), device=dev)
+            bad = torch.zeros((), device=dev)
+            count = 0
+            for k in range(cfg.accumulate):
+                x, y = next(batches)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                last = k == cfg.accumulate - 1
+                with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
+                    loss = net(x, y)
+                    if k == 0:
+                        loss = injected_fault(ctx, epoch, step, loss)
+                    if last:
+                        mark_progress(ctx, epoch, step)  # names this rank if a collective times out
+                    scaler.scale(loss / cfg.accumulate).backward()
+                loss_sum += loss.detach().float() * len(y)
+                bad += (~torch.isfinite(loss.detach())).float()
+                count += len(y)
             # one small all-reduce per step: the global mean loss, and whether any rank's is NaN
-            stats = all_reduce_sum(torch.stack([loss.detach().float() * len(y),
-                                                torch.tensor(float(len(y)), device=dev),
-                                                (~torch.isfinite(loss.detach())).float()]), ctx)
+            stats = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=dev), bad]), ctx)
+            stats = stats.tolist()
             if stats[2] > 0:
+                if not ctx.is_main:
+                    raise PeerReported(2)
+                other = (f"a smaller --clip (now {cfg.clip:g}) or more --warmup-epochs (now {cfg.warmup_epochs:g})"
+                         + (", or --amp bf16 instead of fp16" if amp == torch.float16 else ""))
                 raise TrainingDiverged(
                     f"the loss became NaN/inf at epoch {epoch + 1} step {step + 1} (on {int(stats[2])} "
-                    f"of {W} process(es)); lower --lr (now {cfg.lr:g}) or --clip, or use --amp bf16 "
-                    f"instead of fp16. Resume from the last good epoch with --resume")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                    f"of {W * cfg.accumulate} micro-batch(es)); this step was not applied. " +
+                    (f"Resume from the checkpoint of epoch {epoch} with a lower rate: --resume "
+                     f"--resume-with-new-lr --lr {cfg.lr / 10:g} (now {cfg.lr:g}), and/or {other}"
+                     if epoch else
+                     f"No epoch finished, so nothing to resume: start again with a lower --lr "
+                     f"(now {cfg.lr:g}; try {cfg.lr / 10:g}), and/or {other}"))
             if cfg.clip > 0:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
             scaler.step(opt)
             scaler.update()
-            losses.append(float(stats[0] / stats[1]))
-            seen += len(y)
-        sched.step()
+            losses.append(stats[0] / stats[1])
+            seen += count
         seconds = time.perf_counter() - t0
         history["step_loss"] += losses
+        history["lr"].append(opt.param_groups[0]["lr"])
         history["epoch_loss"].append(float(np.mean(losses)) if losses else float("nan"))
         history["epoch_seconds"].append(seconds)
         history["images_per_s"].append(seen * W / seconds if seconds > 0 else float("nan"))
         if val_loader is not None:
-            history["val_acc"].append(_accuracy(model, val_loader, dev, amp))
+            history["val_acc"].append(closed_set_accuracy(model, val_loader, dev, amp))
+        if verify_paths:  # every rank embeds its share of the held-out people's photos
+            eer = held_out_eer(model, verify_paths, verify_labels, backbone.transform(train=False, size=size), ctx,
+                          micro, cfg.workers, amp)
+            if ctx.is_main:
+                history["val_eer"].append(eer)
         if dev.type == "cuda":
             history["peak_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         rng = gather_objects(rng_state(), ctx)
         if ctx.is_main:
-            _atomic_save({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
-                          "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                          "scaler": scaler.state_dict(), "rng": rng, "history": history,
-                          "signature": signature, "world_size": W}, ckpt_path)
-            _atomic_save(history, out / "history.json")
+            save_checkpoint({"format": CHECKPOINT_FORMAT, "epochs_done": epoch + 1, "model": model.state_dict(),
+                              "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": rng,
+                              "history": history, "signature": signature, "world_size": W}, out / CHECKPOINT)
+            save_durably(history, out / "history.json")
             if cfg.verbose:
                 val = f", val acc {100 * history['val_acc'][-1]:.1f} %" if history["val_acc"] else ""
+                val += (f", EER {100 * history['val_eer'][-1]:.1f} % on {len(verify_paths)} photos of "
+                        f"{cfg.verify_people} held-out people" if history["val_eer"] else "")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {history['epoch_loss'][-1]:.4f}{val}, "
                       f"{history['images_per_s'][-1]:.1f} images/s", flush=True)
 
     if ctx.is_main:
-        _atomic_save({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "names": index.names,
+        save_durably({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "names": index.names,
                       "backbone": backbone.name, "size": size, "stages": stages, "history": history,
                       "config": dataclasses.asdict(cfg)}, out / "final.pt")
-        _atomic_save(history, out / "history.json")
+        save_durably(history, out / "history.json")
     return TrainResult(history, index.names, W, out, model.eval() if ctx.is_main else None, start)
-
-
-def _resume(path: Path, ctx: DistContext, model: FaceModel, opt, sched, scaler, signature: dict):
-    """Load a checkpoint into the run's objects; returns (epochs done, history)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise TrainError(f"{path} cannot be read ({type(e).__name__}); delete it to start again") from None
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path} is not a checkpoint of helpers.trainer ({CHECKPOINT_FORMAT})")
-    diff = [f"{k}: checkpoint {ckpt['signature'].get(k)!r}, now {v!r}" for k, v in signature.items()
-            if ckpt["signature"].get(k) != v]
-    if diff:
-        said = "; ".join(diff)
-        raise TrainError(f"{path} was made with other settings ({said}): use the same settings "
-                         "to resume, or another --out to start a new run")
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["optimizer"])
-    sched.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    if len(ckpt["rng"]) == ctx.world_size:
-        set_rng_state(ckpt["rng"][ctx.rank])
-    else:
-        main_print(ctx, f"trainer: checkpoint made by {len(ckpt['rng'])} process(es), resumed with "
-                        f"{ctx.world_size}: RNG states re-seeded (the weights' math is unchanged)")
-    return int(ckpt["epochs_done"]), ckpt["history"]
 
 
 # ---------------------------------------------------------------------- command line
@@ -417,8 +422,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m helpers.train
     cfg = parse_args(argv, prog)
     ctx = DistContext()
     try:
-        ctx = init_distributed(cfg.device, cfg.timeout_s)
+        ctx = init_distributed(cfg.device, cfg.timeout_s, cfg.backend)
         result = train(cfg, ctx=ctx)
+    except PeerReported as e:  # rank 0 says what went wrong; let its exit be the one torchrun sees first
+        time.sleep(min(3.0, cfg.timeout_s))
+        sys.stdout.flush()
+        os._exit(e.code)
     except Exception as e:  # noqa: BLE001 - every rank reports, then leaves without waiting
         code = 2 if isinstance(e, (TrainError, FaceDataError, BackboneUnavailable, DistributedSetupError,
                                    TrainingDiverged)) else 1

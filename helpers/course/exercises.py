@@ -436,3 +436,4 @@ def check_onnx_batch(path, rec, images, tol: float = 1e-4) -> bool:
     if out.shape != ref.shape or diff > tol:
         return _verdict(False, "", f"shape {out.shape} vs {ref.shape}, max difference {diff:.2e}")
     return _verdict(True, f"{len(images)} photos, max difference {diff:.1e} (below {tol:g})", "")
+
