@@ -23,12 +23,18 @@ def make_optimizer(cfg: "TrainConfig", model: FaceModel, lr: float, backbone_lr:
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, **fused)
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
-    """Per-step schedule: linear warm-up from 1/warmup to 1, then cosine from 1 down to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup_steps, span) / span))
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """Multiplier of a learning rate at `step` (0-based) of `total_steps`: the course's one schedule.
+
+    A cosine from 1 down to 0 over all the steps, times a linear warm-up (step + 1) / warmup_steps
+    over the first `warmup_steps` (1/warmup at the first step, the full rate at the last warm-up step).
+    The cosine does not depend on the warm-up, so groups with and without one (notebook 05: only
+    the newly unfrozen stage warms up) follow the same decay; timm's cosine scheduler with a warm-up
+    does the same by default (`warmup_prefix=False`).
+    """
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+    return cosine * warm
 
 
 def scaled_lr(cfg: "TrainConfig") -> tuple[float, float | None, str]:

@@ -15,16 +15,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .backbone_tail import BackboneTail, FineTuneModel, as_finetune, last_stage, stage_inputs
 from .backbones import Backbone
 from .data import FaceSet, Split, split_known_strangers, split_per_person
-from .evaluation import embed, one_shot_identification, verification
+from .evaluation import embed, verification
 from .model import FaceModel, build_model, count_parameters, set_trainable_stages
 from .memory import PeakMemory
 from .runtime import default_threads, pick_device, run_batched, set_seed, threads
-from .training import History, ImageDataset, fit, param_groups
+from .training import History, ImageDataset, fit
+# what a run achieves, measured in helpers.unfreezing_metrics (re-exported: notebook 05 calls U.evaluate_run)
+from .unfreezing_metrics import Metrics, evaluate_run, model_features, raw_feature_metrics  # noqa: F401
 
 
 # ---------------------------------------------------------------------- data for the comparison
@@ -182,31 +183,6 @@ def full_schedule(backbone: Backbone, epochs: int = 8, lr: float = 1e-2, backbon
 
 
 # ---------------------------------------------------------------------- runs
-
-
-@dataclass
-class Metrics:
-    """What one trained model achieves on the shared split (fractions, not percent)."""
-
-    train_acc: float      # known people, training photos, eval mode, no augmentation
-    val_acc: float        # known people, validation photos
-    test_acc: float       # known people, test photos (closed set, the head's answer)
-    new_people_1shot: float  # strangers enrolled from 1 photo each, the others identified (1-NN)
-    strangers_eer: float  # same/different person over all stranger pairs
-    train_cos: float = float("nan")  # mean cosine between a photo's embedding and its own person's weight
-    val_cos: float = float("nan")
-    strangers_tar: float = float("nan")  # same-person stranger pairs accepted at FAR 1 %
-
-    @property
-    def gap(self) -> float:
-        """Train minus validation accuracy: how much the model overfits."""
-        return self.train_acc - self.val_acc
-
-    @property
-    def cos_gap(self) -> float:
-        """Train minus validation cosine to the own person: how much more tightly the training photos
-        sit on their person than new photos do. Still measures overfitting at 100 % accuracy."""
-        return self.train_cos - self.val_cos
 
 
 @dataclass
@@ -382,162 +358,6 @@ def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[st
         if r.diverged:
             break
     return out
-
-
-# ---------------------------------------------------------------------- the stages that cost seconds, step by step
-
-
-def lr_factor(step: int, steps: int, warmup: int = 0) -> float:
-    """Multiplier of a group's learning rate at `step` (0-based) of a stage of `steps` steps.
-
-    Cosine decay from 1 to 0 over the stage (as `fit`'s per-epoch schedule), times a linear warm-up
-    (step + 1) / (warmup + 1) for the first `warmup` steps: the first step runs at 1 / (warmup + 1)
-    of the rate, step `warmup` at the full (cosine) rate.
-    """
-    cosine = 0.5 * (1.0 + float(np.cos(np.pi * step / max(1, steps))))
-    warm = (step + 1) / (warmup + 1) if step < warmup else 1.0
-    return cosine * warm
-
-
-def train_cached_steps(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "", seed: int = 0,
-                       batch_size: int = 64, trace: bool = False) -> RunResult:
-    """Stage 1 (head only) and stage 2 (+ the last stage) on ONE model, step by step on the cached
-    activations entering the last stage: what the guide's first two stages do, in seconds on a CPU.
-
-    For each plan: set `requires_grad` on its stages (the rest frozen, BatchNorm in eval mode), build
-    one parameter group per trainable part (head at `plan.lr`, the last stage at `plan.backbone_lr`),
-    rebuild AdamW (fresh moments), then `plan.epochs` passes over the training photos in batches of
-    `batch_size` (60 photos: one step per pass). The groups a stage newly unfreezes get a linear
-    warm-up over `plan.warmup` steps (`lr_factor`). `trace`: validation accuracy and strangers' EER
-    after every step, in `History.val_acc` / `extra["strangers_eer"]` (one entry per step).
-    The result is evaluated (`evaluate_run`) and its histories hold one entry per step.
-    """
-    cut = data.cut_stage
-    for plan in plans:
-        if set(plan.stages) - {cut}:
-            raise ValueError(f"{plan.name}: on cached activations only the last stage ({cut}) can train; "
-                             f"got {plan.stages}")
-    set_seed(seed)  # the same embedding and head weights as `run_schedule` on this seed
-    model = as_finetune(build_model(data.num_classes, backbone=copy.deepcopy(data.backbone),
-                                    freeze_backbone=True), bn_train=False)
-    tail = FineTuneModel(model.embedding, model.head, BackboneTail(model.backbone, cut))
-    head_only = FineTuneModel(model.embedding, model.head, None)   # on the cached features: faster, same numbers
-    y, yv, s_lab = data.labels("train"), data.labels("val"), data.labels("strangers").numpy()
-    gen = torch.Generator().manual_seed(seed)
-    trained: list[str] = []
-    histories, seconds = [], []
-    with threads(data.threads):
-        for plan in plans:
-            set_trainable_stages(model.backbone, plan.stages)
-            new = {s for s in plan.stages if s not in trained}
-            target, cached = (tail, data.inputs) if plan.stages or trained else (head_only, data.features)
-            x, xv = cached("train"), cached("val")
-            s_x = cached("strangers") if trace and data.strangers is not None else None
-            groups = param_groups(target, plan.lr, plan.backbone_lr)
-            opt = torch.optim.AdamW(groups, weight_decay=5e-4)   # a new optimizer: fresh Adam moments
-            base = [g["lr"] for g in opt.param_groups]
-            steps_per_pass = max(1, -(-len(x) // batch_size))
-            steps = plan.epochs * steps_per_pass
-            hist, t0 = History(), time.perf_counter()
-            for step in range(steps):
-                for g, lr0 in zip(opt.param_groups, base):
-                    g["lr"] = lr0 * lr_factor(step, steps, plan.warmup if g["name"] in new else 0)
-                idx = torch.randperm(len(x), generator=gen)[:batch_size]
-                target.train()
-                emb = target.embedding(target.features(x[idx]))
-                loss = F.cross_entropy(target.head(emb, y[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                hist.loss.append(loss.item())
-                with torch.no_grad():
-                    hist.train_acc.append(float((target.head.cosine(emb).argmax(1) == y[idx]).float().mean()))
-                if trace:
-                    target.eval()
-                    with torch.inference_mode():
-                        hist.val_acc.append(float((target.head.cosine(target.embedding(target.features(xv)))
-                                                   .argmax(1) == yv).float().mean()))
-                        if s_x is not None:
-                            emb_s = F.normalize(target.embedding(target.features(s_x)), dim=1).numpy()
-                            hist.extra.setdefault("strangers_eer", []).append(verification(emb_s, s_lab).eer)
-                hist.seconds.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-            histories.append(hist)
-            seconds.append(sum(hist.seconds))
-            trained += sorted(new)
-    trainable = count_parameters(model).trainable  # in the last stage
-    set_trainable_stages(model.backbone, [])
-    model.eval()
-    result = RunResult(method or " + ".join(p.name for p in plans), model, list(plans), histories, trainable,
-                       count_parameters(model).total, seconds, None, "", trained_stages=tuple(trained))
-    evaluate_run(result, data, seed)
-    return result
-
-
-# ---------------------------------------------------------------------- evaluation
-
-
-@torch.inference_mode()
-def model_features(result: RunResult, data: UnfreezeData, part: str) -> torch.Tensor | None:
-    """Backbone features of `part` through the run's (possibly fine-tuned) backbone, cheapest way.
-
-    Untouched backbone: the cached features. Only the last stage trained: the cached inputs
-    through the trained last stage. Otherwise: the photos through the whole backbone.
-    """
-    if not data.images(part):
-        return None
-    trained = result.trained_stages
-    bb = result.model.backbone
-    with threads(data.threads):
-        if not trained and not result.bn_stats_changed:
-            return data.features(part)
-        if trained == (data.cut_stage,) and not result.bn_stats_changed:
-            tail = BackboneTail(bb, data.cut_stage).eval().to(data.device)
-            return run_batched(tail, data.inputs(part), 64, data.device)
-        bb.eval().to(data.device)
-        tf = data.transform()
-        return run_batched(bb, data.images(part), data.batch_size, data.device,
-                           prepare=lambda chunk: torch.stack([tf(im) for im in chunk]))
-
-
-@torch.inference_mode()
-def _embed_and_logits(model: FaceModel, feats: torch.Tensor, device) -> tuple[np.ndarray, torch.Tensor]:
-    model.eval()
-    emb_raw = model.embedding.to(device)(feats.to(device))
-    logits = model.head.to(device)(emb_raw)
-    return F.normalize(emb_raw, dim=1).cpu().numpy(), logits.cpu()
-
-
-def evaluate_run(result: RunResult, data: UnfreezeData, seed: int = 0, strangers: bool = True) -> Metrics:
-    """Accuracy on known people (train/val/test), 1-shot new people and strangers' EER; stored on `result`.
-
-    `strangers=False` skips the stranger measures (NaN), which saves a pass over 310 photos.
-    """
-    acc, cos = {}, {}
-    for part in ("train", "val", "test"):
-        _, logits = _embed_and_logits(result.model, model_features(result, data, part), data.device)
-        y = data.labels(part)
-        acc[part] = float((logits.argmax(1) == y).float().mean())
-        cos[part] = float((logits[torch.arange(len(y)), y] / result.model.head.s).mean())  # eval: s * cos
-    s_feats = model_features(result, data, "strangers") if strangers else None
-    if s_feats is not None:
-        s_emb, _ = _embed_and_logits(result.model, s_feats, data.device)
-        s_lab = data.labels("strangers").numpy()
-        ver = verification(s_emb, s_lab)
-        one_shot, eer, tar = one_shot_identification(s_emb, s_lab, seed), ver.eer, ver.tar_at_far
-    else:
-        one_shot = eer = tar = float("nan")
-    result.metrics = Metrics(acc["train"], acc["val"], acc["test"], one_shot, eer, cos["train"], cos["val"], tar)
-    result.model.cpu()
-    return result.metrics
-
-
-def raw_feature_metrics(data: UnfreezeData, seed: int = 0) -> dict[str, float]:
-    """The same stranger measures on the frozen backbone's raw features (no training at all)."""
-    s = data.features("strangers").numpy()
-    s = s / np.linalg.norm(s, axis=1, keepdims=True)
-    lab = data.labels("strangers").numpy()
-    return {"new_people_1shot": one_shot_identification(s, lab, seed), "strangers_eer": verification(s, lab).eer}
 
 
 def train_stages(data: UnfreezeData, stages: Sequence[str], epochs: int = 3, lr: float = 1e-2,

@@ -7,6 +7,7 @@ mostly imports. They use `ddp_backbone` below, a seeded 32-px network with no ra
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import os
 import re
@@ -461,8 +462,9 @@ def test_per_step_warmup_then_cosine_and_lr_scaling_stated():
     from helpers.lr_schedule import lr_factor, scaled_lr
 
     f = [lr_factor(t, total_steps=10, warmup_steps=4) for t in range(10)]
-    assert f[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
-    assert all(a > b for a, b in zip(f[4:], f[5:])) and 0 < f[-1] < 0.1
+    cosine = [0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(10)]
+    assert f[:4] == pytest.approx([0.25 * cosine[0], 0.5 * cosine[1], 0.75 * cosine[2], cosine[3]])
+    assert f[3:] == pytest.approx(cosine[3:]) and all(a > b for a, b in zip(f[3:], f[4:])) and 0 < f[-1] < 0.1
     lr, bb, said = scaled_lr(TrainConfig(data="x", lr=0.01, backbone_lr=0.001, batch_size=1024,
                                          lr_scaling="sqrt", base_batch=64))
     assert lr == pytest.approx(0.04) and bb == pytest.approx(0.004)
@@ -473,10 +475,11 @@ def test_per_step_warmup_then_cosine_and_lr_scaling_stated():
 
 def test_accumulated_steps_and_warmup_in_a_run(people, tmp_path, capsys):
     """--accumulate 2: the same optimizer steps per epoch as without (3 of 8 photos), micro-batches
-    of 4, and the log says so; 1 epoch of warm-up: the rate reaches the base rate at its last step."""
+    of 4, and the log says so; 1 epoch of warm-up: at its last step the rate is the cosine's (2 of 9 steps
+    done), then it decays."""
     result = run(config(people, tmp_path, accumulate=2, warmup_epochs=1, verbose=True))
     log = capsys.readouterr().out
     assert "batch 8 = 1 x 4 x 2 accumulated" in log and "warm-up 1 epoch(s), cosine per step" in log
     assert len(result.history["step_loss"]) == 9 and all(np.isfinite(result.history["step_loss"]))
-    assert result.history["lr"][0] == pytest.approx(3e-3)    # end of the warm-up epoch: the base rate
+    assert result.history["lr"][0] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 9)))  # warm-up done
     assert result.history["lr"][2] < result.history["lr"][1] < 3e-3

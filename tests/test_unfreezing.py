@@ -17,7 +17,9 @@ from helpers import load_backbone
 from helpers import backbone_tail as T
 from helpers import unfreezing as U
 from helpers.course import unfreezing_lessons as L
+from helpers.cached_unfreezing import train_cached_steps
 from helpers.evaluation import one_shot_identification
+from helpers.lr_schedule import lr_factor
 from helpers.memory import PeakMemory
 from helpers.model import build_model, count_parameters, set_trainable_stages
 from tiny_backbone import tiny_backbone
@@ -283,10 +285,10 @@ def test_frozen_report_names_exactly_the_changed_stage(effnet):
 def test_lr_factor_is_a_linear_warm_up_times_a_cosine():
     steps = 8
     cosine = [0.5 * (1 + np.cos(np.pi * t / steps)) for t in range(steps)]
-    assert [U.lr_factor(t, steps) for t in range(steps)] == pytest.approx(cosine)
-    warm = [U.lr_factor(t, steps, warmup=3) for t in range(steps)]
-    assert warm[:3] == pytest.approx([cosine[0] / 4, cosine[1] * 2 / 4, cosine[2] * 3 / 4])
-    assert warm[3:] == pytest.approx(cosine[3:])          # full rate from step `warmup` on
+    assert [lr_factor(t, steps) for t in range(steps)] == pytest.approx(cosine)
+    warm = [lr_factor(t, steps, 3) for t in range(steps)]
+    assert warm[:3] == pytest.approx([cosine[0] / 3, cosine[1] * 2 / 3, cosine[2]])
+    assert warm[2:] == pytest.approx(cosine[2:])          # full rate from the last warm-up step on
 
 
 def _cached_plans(cut, warmup=0, s2=1):
@@ -298,8 +300,8 @@ def test_cached_steps_train_the_last_stage_only_and_warm_up_its_first_steps(tiny
     data = _fresh(tiny_data)
     cut = data.cut_stage
     pre = {k: v for k, v in _state(data.backbone).items()}
-    cold = U.train_cached_steps(data, _cached_plans(cut, warmup=0), seed=0)
-    warm = U.train_cached_steps(data, _cached_plans(cut, warmup=3), seed=0)
+    cold = train_cached_steps(data, _cached_plans(cut, warmup=0), seed=0)
+    warm = train_cached_steps(data, _cached_plans(cut, warmup=3), seed=0)
     assert all(torch.equal(v, pre[k]) for k, v in _state(data.backbone).items())  # runs train a copy
     for res in (cold, warm):
         moved = {k.split(".")[1] for k, v in _state(res.model.backbone).items() if not torch.equal(v, pre[k])}
@@ -307,12 +309,12 @@ def test_cached_steps_train_the_last_stage_only_and_warm_up_its_first_steps(tiny
         assert res.trained_stages == (cut,) and [h.epochs for h in res.histories] == [3, 1]
         assert res.metrics is not None
     # Adam's first step moves every weight by about its learning rate, whatever the gradient's size: so
-    # the largest move of the last stage's weights is ~lr without warm-up and ~lr / 4 with 3 warm-up steps
+    # the largest move of the last stage's weights is ~lr without warm-up and ~lr / 3 with 3 warm-up steps
     def largest_move(res):
         after = dict(res.model.backbone.named_parameters())
         return max(float((after[k] - pre[k]).abs().max()) for k in after if f".{cut}." in f".{k}")
     assert largest_move(cold) == pytest.approx(1e-2, rel=0.05)
-    assert largest_move(warm) == pytest.approx(1e-2 / 4, rel=0.05)
+    assert largest_move(warm) == pytest.approx(1e-2 / 3, rel=0.05)
     # the head was trainable before: no warm-up for it (its first stage-2 step is the same in both runs)
     assert torch.equal(_first(cold.model), _first(warm.model))
 
@@ -320,9 +322,9 @@ def test_cached_steps_train_the_last_stage_only_and_warm_up_its_first_steps(tiny
 def test_cached_steps_refuse_an_earlier_stage_and_are_reproducible(tiny_data):
     data = _fresh(tiny_data)
     with pytest.raises(ValueError, match="only the last stage"):
-        U.train_cached_steps(data, [U.StagePlan("x", ("stem",), 1, 1e-2, cache=True)])
-    a = U.train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1, trace=True)
-    b = U.train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1)
+        train_cached_steps(data, [U.StagePlan("x", ("stem",), 1, 1e-2, cache=True)])
+    a = train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1, trace=True)
+    b = train_cached_steps(data, _cached_plans(data.cut_stage, 2, s2=3), seed=1)
     assert a.combined_history().loss == b.combined_history().loss and a.metrics == b.metrics
     assert len(a.histories[1].val_acc) == 3 and len(a.histories[1].extra["strangers_eer"]) == 3
 

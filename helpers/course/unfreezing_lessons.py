@@ -14,8 +14,9 @@ from ..backbone_tail import last_stage
 from ..backbones import Backbone
 from ..model import FaceModel, build_model
 from ..runtime import set_seed
+from ..cached_unfreezing import train_cached_steps
 from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, full_schedule, gradual_schedule,
-                          model_features, prepare_data, run_chain, run_schedule, train_cached_steps)
+                          model_features, prepare_data, run_chain, run_schedule)
 from .experiments import SeedComparison, t_interval
 
 
