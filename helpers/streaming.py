@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .data import FaceDataError, orl_root
+from .data import FaceDataError, natural_key, orl_root
 from .images import IMAGE_EXTENSIONS, ImageSkip, read_image
-
-
-def _natural(name: str) -> list:
-    """Sort key: 's2' before 's10'."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 @dataclass
@@ -113,7 +107,7 @@ def scan_people(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
         raise FaceDataError(f"{root} is not a folder: give a folder with one sub-folder per person")
     exts = {e.lower() for e in extensions}
     people = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                    key=lambda d: _natural(d.name))
+                    key=lambda d: natural_key(d.name))
     paths, labels, names, notes = [], [], [], []
     for person in people:
         files = sorted(str(f) for f in person.rglob("*")

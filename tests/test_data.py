@@ -176,3 +176,19 @@ def test_load_folder_fewer_than_two_people(learner_folder):
     msg = str(err.value)
     assert "at least 2 people" in msg and "alice" in msg   # what is missing, who was found
     assert str(learner_folder) in msg                      # and where
+
+
+def test_every_folder_reader_numbers_people_in_the_same_order(tmp_path):
+    """load_folder (notebooks, recogniser) and scan_people (the distributed trainer) used to sort
+    people as text and naturally: s10 came before s2 in one and after it in the other."""
+    from PIL import Image
+
+    from helpers.streaming import scan_people
+
+    for p, name in enumerate(("s10", "s2", "Bob", "alice")):
+        (tmp_path / name).mkdir()
+        for k in range(2):   # every photo different (the loader leaves out photos filed twice)
+            Image.new("RGB", (40, 48), (10 * k + 30, 40 * p + 20, 120)).save(tmp_path / name / f"{k}.png")
+    loaded = load_folder(tmp_path).names
+    assert loaded == ["alice", "Bob", "s2", "s10"]
+    assert scan_people(tmp_path).names == loaded
