@@ -6,7 +6,9 @@ notebook runs as a learner would run it: a cell injected after its `parameters` 
 sets `SOURCE` to the folder and `N_KNOWN` below its number of people; only to keep the test cheap it
 lowers `SEEDS` and `EPOCHS` where a notebook has them. Nothing else of a notebook is assumed.
 
-Slow (minutes): `python -m pytest tests/test_own_photos_notebooks.py -m slow`.
+Slow (about 15 minutes on 2 idle cores, over 30 on busy ones), so it runs only when asked:
+`FACE_COURSE_OWN_PHOTOS=1 python -m pytest tests/test_own_photos_notebooks.py` (CI's 35 minutes hold the
+unit tests and every notebook twice; run this before changing a notebook's parameters or checks).
 """
 from __future__ import annotations
 
@@ -105,6 +107,8 @@ def _run(name: str, folder: Path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("FACE_COURSE_OWN_PHOTOS") != "1",
+                    reason="the notebooks on a generated folder of photos take ~15 min: set FACE_COURSE_OWN_PHOTOS=1")
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_a_learners_folder(name, own_folder):
