@@ -108,7 +108,8 @@ def _run(name: str, folder: Path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("FACE_COURSE_OWN_PHOTOS") != "1",
-                    reason="the notebooks on a generated folder of photos take ~15 min: set FACE_COURSE_OWN_PHOTOS=1")
+                    reason="notebooks 00-06 on a generated folder of photos take ~15 min: "
+                           "FACE_COURSE_OWN_PHOTOS=1 .venv/bin/python -m pytest tests/test_own_photos_notebooks.py")
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_runs_on_a_learners_folder(name, own_folder):
