@@ -167,13 +167,18 @@ def test_unfrozen_training_fine_tunes_a_copy_of_the_backbone():
     assert all(torch.equal(a, b) for a, b in zip(before, bb.parameters()))           # the original did not
 
 
-def test_clicks_report_strangers_and_compare_with_the_last_click(clusters):
-    """Issue 14: each click reports the strangers' EER / TAR and how val and EER moved since the last."""
+def _panel_with_strangers(clusters):
+    """A training panel on the clusters with 3 strangers of 6 photos each (16-D, well separated)."""
     x, y, split = clusters
     gen = torch.Generator().manual_seed(5)
     s_labels = np.repeat(np.arange(3), 6)
     s_x = (torch.randn(3, 16, generator=gen) * 4)[s_labels] + 0.3 * torch.randn(18, 16, generator=gen)
-    panel = training_panel(x, y, split, epochs=10, strangers=(s_x, s_labels))
+    return training_panel(x, y, split, epochs=10, strangers=(s_x, s_labels))
+
+
+def test_clicks_report_strangers_and_compare_with_the_last_click(clusters):
+    """Issue 14: each click reports the strangers' EER / TAR and how val and EER moved since the last."""
+    panel = _panel_with_strangers(clusters)
     panel.controls.train.click()
     first = panel.results[-1]
     assert np.isfinite(first.stranger_eer) and 0 <= first.stranger_tar <= 1
@@ -248,11 +253,7 @@ def test_curves_keep_fixed_axes_integer_ticks_and_earlier_runs(clusters):
 
     from helpers.course.training_runs import _Curves
 
-    x, y, split = clusters
-    gen = torch.Generator().manual_seed(5)
-    s_labels = np.repeat(np.arange(3), 6)
-    s_x = (torch.randn(3, 16, generator=gen) * 4)[s_labels] + 0.3 * torch.randn(18, 16, generator=gen)
-    panel = training_panel(x, y, split, epochs=10, strangers=(s_x, s_labels))
+    panel = _panel_with_strangers(clusters)
     panel.controls.train.click()
     panel.controls.lr.value = 1.0
     panel.controls.train.click()

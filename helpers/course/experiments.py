@@ -26,7 +26,7 @@ from ..evaluation import predict
 from ..features import extract_features
 from ..model import build_model, count_parameters
 from ..training import train_head_on_features
-from .training_runs import (HEAD_NAMES, TUNE_BATCH, LiveFigure, TrainReport, as_float_tensor,  # noqa: F401 (re-exported)
+from .training_runs import (HEAD_NAMES, TUNE_BATCH, LiveFigure, TrainReport, as_float_tensor, step_seconds,  # noqa: F401 (re-exported)
                             _Curves, figure_bundle, stranger_metric, train_and_report)
 
 
@@ -133,27 +133,6 @@ class FreezeRow:
     seconds_per_epoch: float
 
 
-def _step_seconds(model, images: Sequence, labels: torch.Tensor, transform, lr: float = 1e-3,
-                  repeats: int = 1) -> float:
-    """Seconds of one training step (forward, backward, AdamW update) on this batch, after one warm-up."""
-    from ..training import param_groups
-    import torch.nn.functional as F
-
-    opt = torch.optim.AdamW(param_groups(model, lr, None))
-    x = torch.stack([transform(im) for im in images])
-    model.train()
-    times = []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x, labels), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    model.eval()
-    return float(np.median(times[1:]))
-
-
 def freeze_switch(backbone: Backbone, images: Sequence, labels, split: Split, features=None,
                   batch_size: int = 16, seed: int = 0) -> list[FreezeRow]:
     """Parameter counts and time per epoch over the training photos, for the guide's switch.
@@ -182,7 +161,8 @@ def freeze_switch(backbone: Backbone, images: Sequence, labels, split: Split, fe
         bb = copy.deepcopy(backbone)
         model = build_model(num, backbone=bb, freeze_backbone=freeze)
         pc = count_parameters(model)
-        step = _step_seconds(model, [images[i] for i in idx], y[idx], bb.transform(train=True))
+        tf = bb.transform(train=True)
+        step = step_seconds(model, torch.stack([tf(images[i]) for i in idx]), y[idx])
         rows.append(FreezeRow(f"freeze_backbone={freeze}, photos through the backbone", pc.trainable,
                               pc.total, step * steps))
     return rows

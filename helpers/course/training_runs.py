@@ -194,28 +194,39 @@ def photo_tensor(backbone: Backbone, images: Sequence, size: int) -> torch.Tenso
     return torch.stack([tf(im) for im in images])
 
 
-def seconds_per_step(backbone: Backbone, images: Sequence, size: int, num_classes: int,
-                     batch_size: int = TUNE_BATCH) -> float:
-    """Measured now: seconds of one fine-tuning step (forward, backward, AdamW) on `batch_size` photos
-    at `size` px, on a copy of `backbone` (the second of two steps: the first warms up)."""
+def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3,
+                 repeats: int = 1) -> float:
+    """Measured now: seconds of one training step (forward, backward, AdamW over the trainable
+    parameters) of `model` on the batch `x` (N, 3, H, W), `y` (N,): the median of `repeats` steps
+    after one warm-up step. The model is left in eval mode."""
     import time
 
     import torch.nn.functional as F
 
-    model = build_model(num_classes, backbone=copy.deepcopy(backbone), freeze_backbone=False).train()
-    x = photo_tensor(backbone, list(images)[:batch_size], size)
-    y = torch.arange(len(x)) % num_classes
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    from ..training import param_groups
+
+    opt = torch.optim.AdamW(param_groups(model, lr, None))
+    model.train()
     times = []
-    with threads(1):  # as train_and_report fine-tunes
-        for _ in range(2):
-            t0 = time.perf_counter()
-            loss = F.cross_entropy(model(x, y), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t0)
-    return times[-1]
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x, y), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    return float(np.median(times[1:]))
+
+
+def seconds_per_step(backbone: Backbone, images: Sequence, size: int, num_classes: int,
+                     batch_size: int = TUNE_BATCH) -> float:
+    """Measured now: seconds of one fine-tuning step on `batch_size` photos at `size` px, on a copy
+    of `backbone` (`step_seconds`), with one thread as `train_and_report` fine-tunes."""
+    model = build_model(num_classes, backbone=copy.deepcopy(backbone), freeze_backbone=False)
+    x = photo_tensor(backbone, list(images)[:batch_size], size)
+    with threads(1):
+        return step_seconds(model, x, torch.arange(len(x)) % num_classes, lr=1e-6)
 
 
 def _join(first: History, second: History) -> History:
