@@ -255,6 +255,16 @@ def test_an_old_cell_is_updated_in_place_and_duplicates_dropped():
     assert "".join(setup[0]["source"]) == C.CELL_SOURCE.rstrip("\n")
 
 
+def test_an_untagged_copy_from_an_old_branch_is_dropped():
+    """A merge brought back an untagged copy of the cell (same first line): one cell stays, tagged."""
+    untagged = _code(C.CELL_SOURCE.splitlines()[0] + "\nprint('older version')")
+    nb = _nb([_md("# T"), A.make_cell(), untagged, _code("X = 1", ["parameters"])])
+    assert A.apply(nb) is True
+    setup = [c for c in nb["cells"] if "".join(c["source"]).startswith(C.CELL_SOURCE.splitlines()[0])]
+    assert len(setup) == 1 and setup[0]["metadata"]["tags"] == [C.CELL_TAG]
+    assert A.apply(nb) is False
+
+
 def test_notebook_without_title_or_with_old_format():
     nb = _nb([_code("x = 1")], minor=4)
     A.apply(nb)

@@ -42,7 +42,12 @@ def make_cell() -> dict:
 
 
 def _is_setup_cell(cell: dict) -> bool:
-    return cell.get("cell_type") == "code" and C.CELL_TAG in cell.get("metadata", {}).get("tags", [])
+    """Tagged, or an untagged copy of the cell (its first line), e.g. from a branch made before tags."""
+    if cell.get("cell_type") != "code":
+        return False
+    first = C.CELL_SOURCE.splitlines()[0]
+    return (C.CELL_TAG in cell.get("metadata", {}).get("tags", [])
+            or "".join(cell.get("source", [])).startswith(first))
 
 
 def apply(nb: dict) -> bool:
@@ -50,6 +55,7 @@ def apply(nb: dict) -> bool:
     cells = nb.setdefault("cells", [])
     fresh = make_cell()
     found = [i for i, c in enumerate(cells) if _is_setup_cell(c)]
+    found.sort(key=lambda i: C.CELL_TAG not in cells[i].get("metadata", {}).get("tags", []))  # tagged first
     if found:
         cell = cells[found[0]]
         changed = False
@@ -60,7 +66,10 @@ def apply(nb: dict) -> bool:
         if cell.get("outputs") and cell.get("execution_count") is None:  # nbval: "unrun cell has outputs"
             cell["execution_count"] = fresh["execution_count"]
             changed = True
-        for extra in reversed(found[1:]):   # a duplicate from a copy-paste
+        if C.CELL_TAG not in cell.get("metadata", {}).get("tags", []):
+            cell.setdefault("metadata", {})["tags"] = [*cell.get("metadata", {}).get("tags", []), C.CELL_TAG]
+            changed = True
+        for extra in sorted(found[1:], reverse=True):   # a duplicate from a copy-paste or an old branch
             del cells[extra]
             changed = True
         return changed
