@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..backbones import Backbone
 from ..data import Split
 from ..evaluation import predict
 from ..model import build_model
 from ..runtime import threads
-from ..training import History, fit, train_head_on_features, val_scores
+from ..training import History, fit, param_groups, train_head_on_features, val_scores
 
 # ------------------------------------------------------------------------------ live figures
 
@@ -166,8 +169,6 @@ class TrainReport:
 
     def html(self) -> str:
         """The line as HTML: fields never break inside (one nowrap span each), lines break between them."""
-        import html
-
         spans = ", ".join(f'<span style="white-space: nowrap">{html.escape(p)}</span>' for p in self.fields())
         return f'<div class="course-result" style="font-family: monospace; font-size: 12px">{spans}</div>'
 
@@ -196,15 +197,8 @@ def photo_tensor(backbone: Backbone, images: Sequence, size: int) -> torch.Tenso
 
 def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-3,
                  repeats: int = 1) -> float:
-    """Measured now: seconds of one training step (forward, backward, AdamW over the trainable
-    parameters) of `model` on the batch `x` (N, 3, H, W), `y` (N,): the median of `repeats` steps
-    after one warm-up step. The model is left in eval mode."""
-    import time
-
-    import torch.nn.functional as F
-
-    from ..training import param_groups
-
+    """Seconds of one step (forward, backward, AdamW on the trainable parameters) on `x` (N, 3, H, W),
+    `y` (N,), measured now: the median of `repeats` steps after a warm-up one; leaves eval mode."""
     opt = torch.optim.AdamW(param_groups(model, lr, None))
     model.train()
     times = []
