@@ -103,15 +103,10 @@ def show_feature_maps(backbone, image, stage: str = "layer1", n: int = 8) -> plt
     """The photo, then the `n` most active channels of the backbone's output after `stage`."""
     import torch
 
-    captured = {}
-    module = backbone.stage_modules(stage)[-1]
-    hook = module.register_forward_hook(lambda m, i, o: captured.__setitem__("x", o.detach()))
-    try:
-        with torch.inference_mode():
-            backbone.eval()(backbone.transform()(image).unsqueeze(0))
-    finally:
-        hook.remove()
-    maps = captured["x"][0].cpu().numpy()
+    with torch.inference_mode():   # the stage API: the output of `stage`, nothing after it computed
+        x = backbone.eval().transform()(image).unsqueeze(0).to(next(backbone.parameters()).device)
+        out = backbone.forward_intermediates(x, [stage], final=False)[stage]
+    maps = out[0].cpu().numpy()
     order = np.argsort(-maps.mean((1, 2)))[:n]
     fig, axes = plt.subplots(1, n + 1, figsize=(1.3 * (n + 1), 1.7))
     axes[0].imshow(image)
