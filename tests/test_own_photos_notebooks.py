@@ -116,3 +116,18 @@ def test_notebook_runs_on_a_learners_folder(name, own_folder):
     nb = _run(name, own_folder)
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "400 photos" not in printed                        # it really ran on the folder, not on ORL
+
+
+@pytest.mark.parametrize("name", [*NOTEBOOKS, "07_scaling_up"])
+def test_every_notebook_has_one_parameters_cell_with_source(name):
+    """The cell papermill and this test inject after (merges have dropped its tag before); its folder
+    hint is relative to notebooks/, where the notebooks run."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code", f"{name}: {len(tagged)} cells tagged 'parameters'"
+    source = tagged[0].source
+    assert "'data/" not in source and '"data/' not in source, "from notebooks/ a folder is '../data/...'"
+    if name != "07_scaling_up":
+        assert "SOURCE" in source
