@@ -31,7 +31,9 @@ class LazyImages(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self.pool[j % len(self.pool)] for j in range(*i.indices(self.n))]
-        return self.pool[i % len(self.pool)]
+        if not -self.n <= i < self.n:
+            raise IndexError(i)   # the Sequence protocol: iteration (list(), for) stops here
+        return self.pool[(i % self.n) % len(self.pool)]
 
 
 def synthetic_features(n: int, dim: int = 1280, people: int = 9, seed: int = 0):

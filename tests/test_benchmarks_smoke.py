@@ -180,3 +180,15 @@ def test_interval_is_a_t_interval_over_seeds():
     s = summary([90.0, 92.0, 94.0, 96.0, 98.0])
     assert s["mean"] == 94.0 and s["seeds"] == 5
     assert s["ci95"] == pytest.approx(2.776 * 3.162 / 5 ** 0.5, abs=0.01)  # t(0.975, 4) * sd / sqrt(n)
+
+
+def test_lazy_images_stop_where_their_length_says():
+    """The scaling benchmark's lazily served images iterate like a list: `list()` of 5 gives 5 (without
+    IndexError past the end, `Sequence.__iter__` never stopped and the smoke run filled the memory)."""
+    from benchmarks.scaling import LazyImages
+
+    pool = ["a", "b", "c"]
+    assert list(LazyImages(pool, 5)) == ["a", "b", "c", "a", "b"]
+    assert LazyImages(pool, 5)[-1] == "b" and LazyImages(pool, 5)[1:3] == ["b", "c"]
+    with pytest.raises(IndexError):
+        LazyImages(pool, 5)[5]
