@@ -306,8 +306,11 @@ def test_ctrl_c_during_pip_in_a_real_process(tmp_path):
     venv = tmp_path / "venv"
     _fake_venv(venv, install_sleep=30)
     env = {**os.environ, "FACE_COURSE_VENV": str(venv), "FACE_COURSE_TORCH": ""}
+    # Ctrl-C as in a terminal: SIGINT at its default even when this test runs in a background job,
+    # whose processes inherit it ignored (then neither course.py nor pip would ever see it)
     proc = subprocess.Popen([sys.executable, str(ROOT / "course.py"), "lab"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 30
     while time.time() < deadline:        # wait for the install step (the note is printed just before it)
         time.sleep(0.3)
