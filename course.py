@@ -9,6 +9,7 @@
     python course.py notebooks      only the notebooks under nbval (CI runs it a second time as on
                                     another CPU: ATEN_CPU_CAPABILITY=default OMP_NUM_THREADS=4)
     python course.py bench          run the benchmarks and refresh the README's performance table
+                                    (adds the baselines dlib and OpenVINO, requirements-baselines.txt, once)
 
 Anything after the command goes to JupyterLab, pytest or the benchmarks unchanged. `bash course.sh
 ...` runs this file with the same arguments. Needs Python 3.10+ with pip and nothing else: no

@@ -160,6 +160,23 @@ def test_lab_installs_no_test_tools_and_test_adds_them_once(tmp_path, capsys):
     assert len(run.calls) == 2
 
 
+@posix_only
+def test_bench_adds_the_baselines_once_and_lab_and_test_never(tmp_path):
+    """dlib and OpenVINO are the benchmarks' competitors: `bench` installs them once, nothing else does."""
+    _files(tmp_path)
+    run = Recorder(effects=_creates_venv)
+    python = course.setup(environ={}, run=run, root=tmp_path, test=True)        # lab / test
+    assert not any("requirements-baselines.txt" in c for c in run.calls)
+    run.calls.clear()
+    course.setup(environ={}, run=run, root=tmp_path, baselines=True)          # bench: the baselines once
+    assert run.calls[2:] == course.baselines_install_commands(python)
+    assert course.baselines_install_commands(python)[0][-2:] == ["-r", "requirements-baselines.txt"]
+    run.calls.clear()
+    course.setup(environ={}, run=run, root=tmp_path, baselines=True)          # and not again
+    assert len(run.calls) == 2
+    assert (ROOT / "requirements-baselines.txt").is_file()
+
+
 def test_requirement_files_split_course_from_test():
     def entries(name):
         return [ln.strip() for ln in (ROOT / name).read_text().splitlines()
@@ -438,9 +455,9 @@ def test_is_root_false_where_there_is_no_geteuid(monkeypatch):
     (["notebooks"], ["-m", "pytest", "notebooks", *course.NBVAL, "-p", "no:cacheprovider"]),
 ])
 def test_main_runs_the_venv_python_with_the_built_arguments(monkeypatch, tmp_path, argv, tail):
-    ran, browser = [], []
+    ran, browser, extras = [], [], []
     py = tmp_path / "bin" / "python"
-    monkeypatch.setattr(course, "setup", lambda test: py)
+    monkeypatch.setattr(course, "setup", lambda test, baselines: extras.append((test, baselines)) or py)
     monkeypatch.setattr(course, "is_root", lambda: True)
     monkeypatch.setattr(course, "browser_ready", lambda: browser.append(1))
     monkeypatch.setattr(course, "run_last", lambda cmd, env: ran.append((cmd, env)) or 0)
@@ -449,6 +466,7 @@ def test_main_runs_the_venv_python_with_the_built_arguments(monkeypatch, tmp_pat
     assert cmd == [str(py), *tail]
     assert "NUMBA_CACHE_DIR" in env
     assert browser == ([1] if argv == ["test", "-x"] else [])    # only the full run needs Chromium
+    assert extras == [(argv[0] in ("test", "quick", "notebooks"), argv[0] == "bench")]   # test tools; bench's baselines
 
 
 def test_main_usage_errors_exit_2(capsys):

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "pyproject.toml")
 STAMP_NAME = ".course-stamp.json"             # the `course` extra: what `lab` needs
 TEST_STAMP_NAME = ".course-test-stamp.json"   # the `test` extra on top: what `test` needs
+BASELINES_STAMP_NAME = ".course-baselines-stamp.json"   # dlib and OpenVINO: what `bench` adds
 USAGE = "usage: python course.py lab | test [--quick] | quick | notebooks | bench   (or: bash course.sh ...)"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_VARIANTS = ("default", "cpu")
@@ -166,6 +167,11 @@ def test_install_commands(python: Path) -> list[list[str]]:
     return [[str(python), "-m", "pip", "install", "-r", "requirements-test.txt"]]
 
 
+def baselines_install_commands(python: Path) -> list[list[str]]:
+    """The pip call that adds the benchmarks' competitors (dlib's face embedder, OpenVINO): `bench` only."""
+    return [[str(python), "-m", "pip", "install", "-r", "requirements-baselines.txt"]]
+
+
 def _run_steps(commands: list[list[str]], run: Callable, root: Path) -> None:
     for cmd in commands:
         if run(cmd, cwd=root).returncode != 0:
@@ -174,11 +180,12 @@ def _run_steps(commands: list[list[str]], run: Callable, root: Path) -> None:
 
 
 def setup(environ: dict | None = None, run: Callable = subprocess.run, root: Path = ROOT,
-          test: bool = False, version: str | None = None) -> Path:
+          test: bool = False, version: str | None = None, baselines: bool = False) -> Path:
     """Make the environment usable and up to date; its Python.
 
     Rebuilds a broken or foreign one (diagnose), creates a missing one, installs the `course` extra
-    when its stamp differs, and with `test` the `test` extra when that stamp differs.
+    when its stamp differs, with `test` the `test` extra when that stamp differs, and with `baselines`
+    the benchmarks' competitors (requirements-baselines.txt) likewise.
     """
     environ = os.environ if environ is None else environ
     version = version or python_version()
@@ -201,11 +208,16 @@ def setup(environ: dict | None = None, run: Callable = subprocess.run, root: Pat
         say("installing the course's packages (first time: about 1 GB to download, see README)")
         _run_steps(install_commands(python, torch), run, root)
         (venv / TEST_STAMP_NAME).unlink(missing_ok=True)
+        (venv / BASELINES_STAMP_NAME).unlink(missing_ok=True)
         (venv / STAMP_NAME).write_text(json.dumps(want) + "\n", encoding="utf-8")
     if test and read_stamp(venv / TEST_STAMP_NAME) != want:
         say("installing the test tools (pytest, nbval, playwright, ...): once")
         _run_steps(test_install_commands(python), run, root)
         (venv / TEST_STAMP_NAME).write_text(json.dumps(want) + "\n", encoding="utf-8")
+    if baselines and read_stamp(venv / BASELINES_STAMP_NAME) != want:
+        say("installing the benchmarks' baselines (dlib's face embedder, OpenVINO): once")
+        _run_steps(baselines_install_commands(python), run, root)
+        (venv / BASELINES_STAMP_NAME).write_text(json.dumps(want) + "\n", encoding="utf-8")
     return python
 
 
@@ -325,7 +337,7 @@ def _main(argv: list[str]) -> int:
         print(USAGE if not argv else f"{USAGE}\nunknown command: {argv[0]}", file=sys.stderr)
         return 2
     command, quick, extra = parsed
-    python = setup(test=command in ("test", "notebooks"))
+    python = setup(test=command in ("test", "notebooks"), baselines=command == "bench")
     env = child_env()
     if command == "lab":
         return run_last([str(python), "-m", "jupyter", *lab_args(extra, is_root())], env)
