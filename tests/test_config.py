@@ -94,3 +94,57 @@ def test_missing_file_and_missing_argument(tmp_path, capsys):
 def test_config_equals_form_and_other_arguments_kept():
     assert C.split_config_arg(["--config=c.yaml", "--epochs", "2"]) == ("c.yaml", ["--epochs", "2"])
     assert C.split_config_arg(["--epochs", "2"]) == (None, ["--epochs", "2"])
+
+
+# What each notebook's parameters cell takes from the file: {notebook: {variable: dotted key}}.
+NOTEBOOK_KEYS = {
+    "02_frozen_training": {"BACKBONE": "model.backbone", "LR": "training.lr", "HEAD": "model.head.type"},
+    "03_arcface_margins": {"BACKBONE": "model.backbone", "LR": "training.lr"},
+    "04_embedding_visualization": {"BACKBONE": "model.backbone", "LR": "training.lr", "S": "model.head.s"},
+    "05_gradual_unfreezing": {"BACKBONE": "model.backbone"},
+    "06_recognize_and_deploy": {"BACKBONE": "model.backbone"},
+    "07_scaling_up": {"BACKBONE": "model.backbone"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_KEYS))
+def test_notebook_parameters_follow_the_file(name, tmp_path, monkeypatch):
+    """A learner who edits configs/config.yaml changes these notebooks' knobs: each parameters cell, run
+    from notebooks/ beside an edited copy of the file, takes the edited values (and the shipped file's
+    values are the ones the committed outputs were made with)."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    source = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    edited = SHIPPED.read_text().replace("backbone: auto", "backbone: resnet18").replace("lr: 0.01", "lr: 0.005") \
+        .replace("type: arcface", "type: cosface").replace("s: 16.0", "s: 32.0").replace("m: null", "m: 0.4")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "config.yaml").write_text(edited)
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    knobs: dict = {}
+    exec(compile(source, f"{name} parameters", "exec"), knobs)
+    expected = C.load_config(tmp_path / "configs" / "config.yaml")
+    assert expected["model.backbone"] == "resnet18" and expected["model.head.m"] == 0.4   # the edits took
+    for variable, key in NOTEBOOK_KEYS[name].items():
+        assert knobs[variable] == expected[key], f"{name}: {variable} does not follow {key}"
+    if name == "03_arcface_margins":      # the reference pair (s, m) of section 3 is the file's head
+        assert knobs["PAIRS"][0] == (32.0, 0.4) and len(set(knobs["PAIRS"])) == len(knobs["PAIRS"])
+    if name == "04_embedding_visualization":
+        assert knobs["M"] == 0.5           # 04's margin is its own, chosen on draws 0-4
+
+
+def test_the_shipped_file_gives_the_notebooks_committed_knobs(monkeypatch):
+    """The committed outputs were made with BACKBONE 'auto', LR 1e-2, ArcFace s 16 and m 0.3."""
+    import nbformat
+
+    monkeypatch.chdir(ROOT / "notebooks")
+    for name in NOTEBOOK_KEYS:
+        nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+        knobs: dict = {}
+        exec(next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])), knobs)
+        assert knobs["BACKBONE"] == "auto", name
+        assert knobs.get("LR", 1e-2) == 1e-2, name
+        assert knobs.get("HEAD", "arcface") == "arcface" and knobs.get("S", 16.0) == 16.0, name
+        if "PAIRS" in knobs:
+            assert knobs["PAIRS"][0] == (16.0, 0.3), name
