@@ -115,6 +115,40 @@ def accuracy_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+LOWER_IS_BETTER = ("eer", "eer_deg", "prod_eer_deg")
+
+
+def baseline_gap(results: dict, ours: str = "product", baseline: str = "dlib") -> str:
+    """One line per column: ours minus the baseline, paired by seed (mean ± 95 % t-interval), and who is
+    ahead beyond the interval; "" when either row is missing."""
+    from scipy import stats
+
+    sec = results.get("sections", {}).get("accuracy")
+    table = sec["details"]["table"] if sec else {}
+    if ours not in table or baseline not in table:
+        return ""
+    d = sec["details"]
+    label = {m["key"]: m["label"] for m in d["methods"]}
+    parts = []
+    for c in d["columns"]:
+        a, b = table[ours].get(c["key"]), table[baseline].get(c["key"])
+        if not a or not b or len(a["runs"]) != len(b["runs"]) or len(a["runs"]) < 2:
+            continue
+        diff = [x - y for x, y in zip(a["runs"], b["runs"])]
+        n = len(diff)
+        mean = sum(diff) / n
+        sd = (sum((x - mean) ** 2 for x in diff) / (n - 1)) ** 0.5
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / n ** 0.5
+        better = -mean if c["key"] in LOWER_IS_BETTER else mean
+        verdict = ("no clear difference" if abs(mean) <= half else f"{ours} better" if better > 0
+                   else f"{baseline} better")
+        parts.append(f"{c['label']} {mean:+.1f} ± {half:.1f} ({verdict})")
+    if not parts:
+        return ""
+    return (f"**{ours} minus {baseline}**, paired by seed (%-points, mean ± 95 % t-interval over {d['seeds']} seeds; "
+            f"{baseline}: {label.get(baseline, baseline)}): " + "; ".join(parts) + ".")
+
+
 def dev_table(d: dict) -> list[str]:
     cols = d["dev_columns"]
     out = ["| Candidate (cheapest first) | " + " | ".join(cols) + " | score | threshold |",
@@ -145,6 +179,9 @@ def readme_section(results: dict) -> str:
                   f"development people (s1–s10) (%, mean ± 95 % t-interval over {d['seeds']} seeds; "
                   "identification: 1-NN by cosine over the enrolled photos, 5 test photos per person; "
                   "EER: lower is better; protocol in benchmarks/RESULTS.md):", "", acc]
+        gap = baseline_gap(results)
+        if gap:
+            parts += ["", gap]
     return "\n".join(parts)
 
 

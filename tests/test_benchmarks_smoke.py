@@ -192,3 +192,22 @@ def test_lazy_images_stop_where_their_length_says():
     assert LazyImages(pool, 5)[-1] == "b" and LazyImages(pool, 5)[1:3] == ["b", "c"]
     with pytest.raises(IndexError):
         LazyImages(pool, 5)[5]
+
+
+def test_baseline_gap_is_paired_by_seed_and_says_who_is_ahead():
+    """The README's line under the accuracy table: product minus dlib per column, paired by seed."""
+    def row(*runs):
+        return {"runs": list(runs), "mean": sum(runs) / len(runs)}
+    results = {"sections": {"accuracy": {"details": {
+        "seeds": 3,
+        "columns": [{"key": "id_k1", "label": "k=1"}, {"key": "eer", "label": "strangers' EER"},
+                    {"key": "tar", "label": "TAR"}],
+        "methods": [{"key": "product", "label": "the product"}, {"key": "dlib", "label": "dlib 128-D"}],
+        "table": {"product": {"id_k1": row(90, 92, 94), "eer": row(5, 6, 7), "tar": row(80, 90, 85)},
+                  "dlib": {"id_k1": row(99, 100, 99), "eer": row(1, 1, 1), "tar": row(85, 80, 86)}}}}}}
+    line = report.baseline_gap(results)
+    assert "k=1 -7.3 ± 5.2 (dlib better)" in line     # paired: -9, -8, -5; t(2) = 4.30 x sd 2.08 / sqrt 3
+    assert "strangers' EER +5.0 ± 2.5 (dlib better)" in line                             # lower EER is better
+    assert "TAR +1.3 ±" in line and "(no clear difference)" in line
+    del results["sections"]["accuracy"]["details"]["table"]["dlib"]
+    assert report.baseline_gap(results) == ""                                            # no row, no line
