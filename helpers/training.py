@@ -141,10 +141,11 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
     (`helpers.trainer`, notebook 07) takes too, and the accuracies are its `closed_set_accuracy`.
     What still differs from the trainer, kept so that the notebooks' numbers stay the same: `fit`
     trains the embedding Linear's bias (the trainer fixes it: the BatchNorm after it cancels it, so
-    its gradient is rounding noise; fixing it here changed a 30-epoch 1-shot run's final losses
-    by about 1e-4 relative and its accuracies not at all); a cosine schedule per epoch, no warm-up, no gradient
-    clipping, no AMP; and, after each epoch, a check that the weights and BatchNorm statistics are
-    still finite (the trainer checks the loss only).
+    its gradient is rounding noise that Adam scales up; measured on 30-epoch runs on the 9 known ORL
+    people, 1 and 3 shots, fixing it here changed the training losses by up to 3e-6 relative, the
+    validation losses by up to 4e-3 (through BatchNorm's running mean) and no accuracy); a cosine
+    schedule per epoch, no warm-up, no gradient clipping, no AMP; and, after each epoch, a check that
+    the weights and BatchNorm statistics are still finite (the trainer checks the loss only).
     """
     set_seed(seed)
     device = pick_device(device)
