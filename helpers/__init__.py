@@ -2,7 +2,8 @@
 
 The library: each module holds one concern (no plotting, widgets or notebook code):
 runtime (seeds, device, caches), images/data/facecrop (faces in), backbones, heads, model,
-features (cached frozen features), training, evaluation, recognizer, export, cli.
+features (cached frozen features), train_step (the one training step), training, evaluation,
+recognizer, export, cli.
 What the notebooks show (experiments, plots, widgets, exercises) lives in `helpers.course`.
 
 The names below are imported on first use (PEP 562 module `__getattr__`): `import helpers` itself

@@ -7,6 +7,7 @@ import copy
 import time
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +16,7 @@ from .evaluation import verification
 from .lr_schedule import lr_factor
 from .model import build_model, count_parameters, set_trainable_stages
 from .runtime import set_seed, threads
+from .train_step import MarginObjective, accuracy_of_embeddings, train_step
 from .training import History, param_groups
 from .unfreezing import RunResult, StagePlan, UnfreezeData
 from .unfreezing_metrics import evaluate_run
@@ -54,6 +56,7 @@ def train_cached_steps(data: UnfreezeData, plans: Sequence[StagePlan], method: s
             target, cached = (tail, data.inputs) if plan.stages or trained else (head_only, data.features)
             x, xv = cached("train"), cached("val")
             s_x = cached("strangers") if trace and data.strangers is not None else None
+            objective = MarginObjective(target)
             groups = param_groups(target, plan.lr, plan.backbone_lr)
             opt = torch.optim.AdamW(groups, weight_decay=5e-4)   # a new optimizer: fresh Adam moments
             base = [g["lr"] for g in opt.param_groups]
@@ -65,14 +68,9 @@ def train_cached_steps(data: UnfreezeData, plans: Sequence[StagePlan], method: s
                     g["lr"] = lr0 * lr_factor(step, steps, plan.warmup if g["name"] in new else 0)
                 idx = torch.randperm(len(x), generator=gen)[:batch_size]
                 target.train()   # FineTuneModel.train keeps the frozen stages in eval mode
-                emb = target.embedding(target.features(x[idx]))
-                loss = F.cross_entropy(target.head(emb, y[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                hist.loss.append(loss.item())
-                with torch.no_grad():
-                    hist.train_acc.append(float((target.head.cosine(emb).argmax(1) == y[idx]).float().mean()))
+                step_ = train_step(objective, opt, [(x[idx], y[idx])])   # fit's step
+                hist.loss.append(step_.loss)
+                hist.train_acc.append(float(np.float32(step_.correct / step_.count)))  # a float32 mean, as before
                 if trace:
                     _trace_step(target, hist, (xv, yv), (s_x, s_lab))
                 hist.seconds.append(time.perf_counter() - t0)
@@ -94,8 +92,7 @@ def _trace_step(target: FineTuneModel, hist: History, val, strangers) -> None:
     """Validation accuracy and, with stranger inputs, the strangers' EER now, appended to `hist`."""
     (xv, yv), (s_x, s_lab) = val, strangers
     target.eval()
-    hist.val_acc.append(float((target.head.cosine(target.embedding(target.features(xv))).argmax(1) == yv)
-                              .float().mean()))
+    hist.val_acc.append(accuracy_of_embeddings(target, target.embedding(target.features(xv)), yv))
     if s_x is not None:
         emb_s = F.normalize(target.embedding(target.features(s_x)), dim=1).numpy()
         hist.extra.setdefault("strangers_eer", []).append(verification(emb_s, s_lab).eer)

@@ -1,6 +1,7 @@
 """The course's recogniser from a shell: train, recognize, evaluate.
 
     python -m helpers train --data DIR --out model.pt
+    python -m helpers train --data DIR --out model.pt --from-checkpoint runs/finetune/final.pt
     python -m helpers recognize --model model.pt PHOTO...
     python -m helpers evaluate --data DIR|orl --known N --shots K --seed S --json
     python -m helpers finetune --config configs/config.yaml [--epochs 5 ...]
@@ -58,19 +59,38 @@ def _say(msg: str) -> None:
 # ---------------------------------------------------------------------- commands
 
 
+def _fine_tuned(args):
+    """`train --from-checkpoint`: the trainer's fine-tuned model, checked against --backbone / --size."""
+    from .recognizer import Recognizer
+
+    rec = Recognizer.from_checkpoint(args.from_checkpoint)
+    if args.backbone != "auto" and args.backbone != rec.backbone.name:
+        raise CliError(f"--backbone {args.backbone}: {args.from_checkpoint} was trained on {rec.backbone.name}; "
+                       "leave --backbone out")
+    if args.size is not None and args.size != rec.size:
+        raise CliError(f"--size {args.size}: {args.from_checkpoint} was trained at {rec.size} px; leave --size out")
+    return rec
+
+
 def cmd_train(args) -> int:
     from .backbones import load_backbone
-    from .recognizer_pipeline import train_recognizer
+    from .recognizer_pipeline import enrol_recognizer, train_recognizer
 
+    rec = _fine_tuned(args) if args.from_checkpoint else None   # before reading the photos
     faces = _load_data(args.data, args.crop_faces)
     if faces.report.skipped or faces.report.notes:
         _say(f"data: {faces.report}".replace("\n", "\n  "))
-    backbone = load_backbone(args.backbone, verbose=False)
+    backbone = rec.backbone if rec is not None else load_backbone(args.backbone, verbose=False)
     _say(f"backbone: {backbone.describe()}")
     strangers = None if args.strangers == "none" else (
         "orl" if args.strangers == "orl" else _load_data(args.strangers, args.crop_faces))
-    rec, info = train_recognizer(faces, backbone, size=args.size, method=args.method, epochs=args.epochs,
-                                 seed=args.seed, n_threads=_threads(args.threads), strangers=strangers)
+    if rec is not None:
+        rec, info = enrol_recognizer(rec, faces, seed=args.seed, n_threads=_threads(args.threads),
+                                     strangers=strangers)
+    else:
+        rec, info = train_recognizer(faces, backbone, size=args.size, method=args.method or DEFAULT_METHOD,
+                                     epochs=args.epochs, seed=args.seed, n_threads=_threads(args.threads),
+                                     strangers=strangers)
     out = Path(args.out)
     rec.save(out)
     mb = out.stat().st_size / 2**20
@@ -152,7 +172,7 @@ def cmd_evaluate(args) -> int:
         def degrade(img, index, seed=args.seed):
             return _degrade(img, seed, index)
     res = evaluate_protocol(faces, backbone, n_known=args.known, shots=args.shots, seed=args.seed,
-                            size=args.size, method=args.method, epochs=args.epochs,
+                            size=args.size, method=args.method or DEFAULT_METHOD, epochs=args.epochs,
                             n_threads=_threads(args.threads), degrade=degrade)
     res = {"data": args.data, **res, "degraded_queries": bool(args.degrade)}
     if args.json:
@@ -235,6 +255,20 @@ def check_out(out: str) -> None:
         raise CliError(f"--out {out}: {ancestor} is a file, not a folder")
 
 
+def check_checkpoint(args) -> None:
+    """`train --from-checkpoint FILE`: an existing file (or a run folder holding final.pt), no --method."""
+    p = Path(args.from_checkpoint)
+    if p.is_dir() and not (p / "final.pt").is_file():
+        raise CliError(f"--from-checkpoint {p}: a folder without final.pt; give the final.pt of a finished "
+                       f"run ({PROG} finetune --out FOLDER writes FOLDER/final.pt)")
+    if not p.exists():
+        raise CliError(f"--from-checkpoint {p}: no such file; give the final.pt of a finished run "
+                       f"({PROG} finetune --out FOLDER writes FOLDER/final.pt)")
+    if args.method is not None:
+        raise CliError(f"--method {args.method} does not apply with --from-checkpoint: the run's fine-tuned "
+                       "backbone + embedding is the method; leave --method out")
+
+
 def check_args(args) -> None:
     """Every path of the command line, checked before anything is loaded or trained."""
     if getattr(args, "data", None) is not None:
@@ -243,6 +277,8 @@ def check_args(args) -> None:
         check_out(args.out)
         if args.strangers not in ("orl", "none"):
             _check_folder("--strangers", args.strangers)
+        if args.from_checkpoint is not None:
+            check_checkpoint(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--backbone", default="auto", choices=BACKBONE_CHOICES)
             sp.add_argument("--size", type=whole_number(32), default=None,
                             help="input size in pixels, 32 or more (default: the backbone's)")
-            sp.add_argument("--method", default=DEFAULT_METHOD, choices=METHOD_CHOICES,
+            sp.add_argument("--method", default=None, choices=METHOD_CHOICES,
                             help=f"{DEFAULT_METHOD} (default; won on the benchmark's development people): "
                                  "frozen features of several layers + mirror test-time augmentation + "
                                  "within-class whitening fitted on the photos, augmented and blurred/JPEG "
@@ -280,6 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--strangers", default="orl",
                    help="photos of people NOT to recognise, for choosing the threshold: 'orl' (the packaged "
                         "faces, minus anyone in --data; default), a folder of people, or 'none'")
+    t.add_argument("--from-checkpoint", default=None, metavar="FINAL_PT",
+                   help=f"enrol the people of --data with the fine-tuned model of a '{PROG} finetune' run "
+                        "(its OUT/final.pt, or OUT) instead of training on frozen features: no training here, "
+                        "the threshold is chosen as without it (--method, --epochs do not apply)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("recognize", help="name the person in each photo, or say unknown")

@@ -7,6 +7,7 @@ written atomically, and loads without any download. It exports to TorchScript an
 """
 from __future__ import annotations
 
+import copy
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +197,33 @@ class Recognizer(nn.Module):
         """Read a file written by `save`; a wrong, corrupted or mismatched file gets a clear error."""
         return load_recognizer(path, expect_backbone, expect_names)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, backbone: Backbone | None = None,
+                        threshold: float = 0.5) -> "Recognizer":
+        """The fine-tuned backbone + embedding of a `helpers.trainer` run (OUT/final.pt, or the folder
+        OUT; notebook 07) as a recogniser with an empty gallery: `enrol` people, then `recognize`,
+        `save`/`load` and export it as any other. Loads without any download.
+
+        `backbone`: an instance of the run's backbone (its weights are replaced), needed only when
+        the run used one that is not among the course's (`--backbone package.module:factory`).
+        A missing or damaged file, the per-epoch checkpoint.pt or a recogniser file gets a
+        `RecognizerFileError` that says what to use instead.
+        """
+        return recognizer_from_checkpoint(path, backbone, threshold)
+
+
+def _torch_load(path: Path, what: str, again: str):
+    """torch.load(weights_only) of a course file; a damaged or foreign file is a RecognizerFileError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
+        first = str(e).strip().split(". ")[0].splitlines()[0][:100] if str(e).strip() else type(e).__name__
+        raise RecognizerFileError(
+            f"{path.name} is not a readable {what}: it looks truncated or corrupted ({first}). {again}") from None
+    except Exception as e:  # pickle errors (weights_only refuses code): not a course file
+        raise RecognizerFileError(f"{path.name} is not a {what}: not a PyTorch file, a damaged one, "
+                                  f"or one holding code ({type(e).__name__}). {again}") from None
+
 
 def _read_payload(path: Path) -> dict:
     if not path.exists():
@@ -203,16 +231,7 @@ def _read_payload(path: Path) -> dict:
                                   f"--out {path.name}")
     if path.is_dir():
         raise RecognizerFileError(f"{path} is a folder, not a recogniser file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, ValueError) as e:
-        first = str(e).strip().split(". ")[0].splitlines()[0][:100] if str(e).strip() else type(e).__name__
-        raise RecognizerFileError(
-            f"{path.name} is not a readable recogniser file: it looks truncated or corrupted ({first}). "
-            "Save or train it again.") from None
-    except Exception as e:  # pickle errors (weights_only refuses code): not a course file
-        raise RecognizerFileError(f"{path.name} is not a recogniser file: not a PyTorch file, a damaged one, "
-                                  f"or one holding code ({type(e).__name__}). Save or train it again.") from None
+    obj = _torch_load(path, "recogniser file", "Save or train it again.")
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         what = type(obj).__name__ if not isinstance(obj, dict) else f"a dict with keys {sorted(obj)[:5]}"
         raise RecognizerFileError(f"{path.name} is a PyTorch file but not a recogniser saved by this course "
@@ -287,6 +306,73 @@ def load_recognizer(path: str | Path, expect_backbone: str | None = None,
         raise RecognizerFileError(f"{path.name}: gallery shape {tuple(gallery.shape)} does not match "
                                   f"{len(names)} people x {dim}-D embeddings; save it again")
     return rec.eval()
+
+
+def _read_final(path: Path) -> dict:
+    """The trainer's final.pt as a dict, after checking that it is one."""
+    if path.is_dir() and (path / "final.pt").is_file():
+        path = path / "final.pt"
+    if not path.exists():
+        raise RecognizerFileError(f"{path}: no such file. A helpers.trainer run writes OUT/final.pt when it "
+                                  "finishes: python -m helpers finetune --data DIR --out OUT")
+    if path.is_dir():
+        raise RecognizerFileError(f"{path} is a folder without final.pt: give the final.pt of a finished "
+                                  "helpers.trainer run")
+    obj = _torch_load(path, "trainer checkpoint", "Train again, or give the final.pt of another run.")
+    from .checkpoints import CHECKPOINT_FORMAT
+
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        raise RecognizerFileError(f"{path.name} is a recogniser file, not a trainer checkpoint: load it with "
+                                  "Recognizer.load (python -m helpers recognize --model FILE)")
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        what = type(obj).__name__ if not isinstance(obj, dict) else f"format {obj.get('format')!r}"
+        raise RecognizerFileError(f"{path.name} is not a checkpoint of helpers.trainer ({what}, expected "
+                                  f"{CHECKPOINT_FORMAT!r}): give the final.pt of a helpers.trainer run")
+    if "names" not in obj and "epochs_done" in obj:
+        raise RecognizerFileError(f"{path.name} is the trainer's resume checkpoint (after epoch {obj['epochs_done']}), "
+                                  "not its final weights: give OUT/final.pt, written when the run finishes "
+                                  "(--resume finishes an interrupted run)")
+    missing = [k for k in ("model", "backbone", "size") if k not in obj]
+    if missing:
+        raise RecognizerFileError(f"{path.name}: a trainer checkpoint without {missing}; train it again")
+    return obj
+
+
+def recognizer_from_checkpoint(path: str | Path, backbone: Backbone | None = None,
+                               threshold: float = 0.5) -> Recognizer:
+    """`Recognizer.from_checkpoint`: backbone and embedding weights of final.pt, an empty gallery."""
+    path = Path(path)
+    obj = _read_final(path)
+    name, state = obj["backbone"], obj["model"]
+    if backbone is None:
+        if name not in BACKBONES or name == "auto":
+            spec = (obj.get("config") or {}).get("backbone", name)
+            raise RecognizerFileError(
+                f"{path.name} was trained on backbone {name!r} ({spec}), not one of the course's "
+                f"{[b for b in BACKBONES if b != 'auto']}: pass one, Recognizer.from_checkpoint(path, backbone=...)")
+        backbone = load_backbone(name, pretrained=False, verbose=False)  # architecture only: no download
+    else:
+        if backbone.name != name:
+            raise RecognizerFileError(f"{path.name} was trained on backbone {name!r}, not {backbone.name!r}")
+        backbone = copy.deepcopy(backbone)  # the caller's backbone keeps its weights
+    parts = {"backbone": {}, "embedding": {}}
+    for key, value in state.items():
+        prefix, _, rest = key.partition(".")
+        if prefix in parts:
+            parts[prefix][rest] = value
+    try:
+        w = parts["embedding"]["linear.weight"]
+        embedding = EmbeddingHead(int(w.shape[1]), int(w.shape[0]))
+        backbone.load_state_dict(parts["backbone"], strict=True)
+        embedding.load_state_dict(parts["embedding"], strict=True)
+    except (KeyError, RuntimeError, AttributeError, IndexError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RecognizerFileError(f"{path.name}: its weights do not fit a {name} backbone + embedding ({first}); "
+                                  "train it again") from None
+    stages, start = obj.get("stages"), obj.get("backbone_weights", "its starting weights")
+    backbone.weights = (f"fine-tuned by helpers.trainer (stages {', '.join(stages)}) from {start}" if stages
+                        else f"{start}, frozen in a helpers.trainer run")
+    return Recognizer(backbone, embedding, int(obj["size"]), threshold=threshold).eval()
 
 
 def open_set_report(rec: Recognizer, known_emb, known_labels, stranger_emb=None) -> OpenSetReport:

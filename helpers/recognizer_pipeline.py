@@ -165,21 +165,50 @@ def train_recognizer(faces, backbone: Backbone, size: int | None = None, method:
                          train_images=[faces.images[i] for i in split.train], n_threads=n_threads,
                          background=background_for(faces.images, s_images) if use_bg else None)
     held_emb = embed_features(rec, feats[held])
+    s_emb = None
     if strangers is not None and len(strangers):
         s_emb = embed_features(rec, method_features(backbone, strangers.images, size, method, n_threads))
-        rec.threshold = threshold_from_strangers(rec.gallery_np, held_emb, labels[held], s_emb)
-        source = (f"equal error between {len(held)} held-out photos of these people and {len(strangers)} photos "
-                  f"of {strangers.num_people} strangers ({'ORL' if 'ORL' in strangers.source else 'given'})")
-    else:
-        rec.threshold = threshold_without_strangers(rec.gallery_np, held_emb, labels[held])
-        source = (f"equal error on {len(held)} held-out photos, each also scored against the other people only "
-                  "(no strangers available: optimistic)")
+    source = _choose_threshold(rec, held_emb, labels[held], strangers, s_emb)
     # final gallery: every photo (a head or whitening stays as fitted on the training part, so the
     # threshold found on held-out photos it never saw still applies)
     rec.enrol([], labels, faces.names, embeddings=embed_features(rec, feats))
     info = {"people": faces.num_people, "photos": len(faces), "method": _method_name(method),
             "threshold_from": source}
     return rec, info
+
+
+def _choose_threshold(rec: Recognizer, held_emb: np.ndarray, held_labels: np.ndarray, strangers,
+                      s_emb: np.ndarray | None) -> str:
+    """Set `rec.threshold` from held-out embeddings (N, D) scored against its gallery and the
+    strangers' embeddings (M, D) (None: none); returns where it came from, for the report."""
+    if s_emb is not None:
+        rec.threshold = threshold_from_strangers(rec.gallery_np, held_emb, held_labels, s_emb)
+        return (f"equal error between {len(held_emb)} held-out photos of these people and {len(strangers)} photos "
+                f"of {strangers.num_people} strangers ({'ORL' if 'ORL' in strangers.source else 'given'})")
+    rec.threshold = threshold_without_strangers(rec.gallery_np, held_emb, held_labels)
+    return (f"equal error on {len(held_emb)} held-out photos, each also scored against the other people only "
+            "(no strangers available: optimistic)")
+
+
+def enrol_recognizer(rec: Recognizer, faces, seed: int = 0, n_threads: int | None = None,
+                     strangers="orl") -> tuple[Recognizer, dict]:
+    """`python -m helpers train --from-checkpoint`: a recogniser that needs no training (such as
+    `Recognizer.from_checkpoint`, a fine-tuned model of notebook 07) enrols every photo of `faces`;
+    its threshold is chosen as `train_recognizer` chooses it (same split and strangers)."""
+    labels = np.asarray(faces.labels)
+    split = split_per_person(labels, val=0.2, test=0.15, seed=seed)
+    held = np.sort(np.r_[split.val, split.test])
+    if isinstance(strangers, str) and strangers == "orl":
+        strangers = stand_in_strangers(faces)
+    with threads(n_threads):
+        emb = rec.embed(faces.images)
+        s_emb = rec.embed(strangers.images) if strangers is not None and len(strangers) else None
+    rec.enrol([], labels[split.train], faces.names, embeddings=emb[split.train])
+    source = _choose_threshold(rec, emb[held], labels[held], strangers, s_emb)
+    rec.enrol([], labels, faces.names, embeddings=emb)
+    info = {"people": faces.num_people, "photos": len(faces), "threshold_from": source,
+            "method": f"fine-tuned {rec.backbone.name} + embedding of a helpers.trainer run, no training here"}
+    return rec.eval(), info
 
 
 def _method_name(method: str) -> str:

@@ -7,9 +7,10 @@
 
 Backbone (frozen, some stages or all), embedding and ArcFace head train together as one module,
 wrapped in DistributedDataParallel when there are several processes, so the head's gradients are
-averaged too. `--batch-size` is the global batch: each of W processes takes batch/W photos of the
-same seeded order (DistributedSampler), so W processes compute the same steps as one. Photos are
-streamed from disk by DataLoader workers.
+averaged too. Each step is `helpers.train_step.train_step` and `val_acc` its `closed_set_accuracy`:
+the step and the accuracy of `helpers.training.fit`. `--batch-size` is the global batch: each of W
+processes takes batch/W photos of the same seeded order (DistributedSampler), so W processes compute
+the same steps as one. Photos are streamed from disk by DataLoader workers. Notebook 07 introduces it.
 
 Ranks agree before training: rank 0 alone walks the folder and decides whether (and from which
 checkpoint) to resume; the others receive its photo index (paths, sizes, labels, SHA-256) and
@@ -20,6 +21,8 @@ cosine schedule, optionally scaled with the global batch (--lr-scaling); --accum
 step into micro-batches. Rank 0 alone logs, evaluates and writes files: OUT/checkpoint.pt after
 every epoch (model with head, optimizer, grad scaler, epoch, every rank's RNG states; fsync'ed
 then renamed, the previous one kept as checkpoint.last-good.pt), OUT/history.json, OUT/final.pt.
+final.pt (weights, names, backbone, input size) loads as a recogniser: `Recognizer.from_checkpoint("OUT/final.pt")` or
+`python -m helpers train --data PEOPLE --out model.pt --from-checkpoint OUT/final.pt`.
 
 Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank raise (kind
 'hang' sleeps forever, 'nan' turns its loss into NaN) at that step.
@@ -27,7 +30,6 @@ Test hook: FACE_COURSE_FAULT="rank=1,epoch=0,step=1,kind=raise" makes that rank 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import importlib
@@ -40,8 +42,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -58,8 +58,8 @@ from .run_checks import (CHECKPOINT, TrainError, agree, check_local_view, from_m
                          injected_fault, plan_run, skip_unreadable)
 from .runtime import set_seed
 from .streaming import PhotoStream
-from .trainer_eval import closed_set_accuracy, held_out_eer
-from .training import TrainingDiverged
+from .train_step import MarginObjective, TrainingDiverged, closed_set_accuracy, train_step
+from .trainer_eval import held_out_eer
 
 # settings that change the computed weights: a checkpoint resumes only with the same ones
 SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch_size", "lr", "backbone_lr",
@@ -172,24 +172,6 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-class Objective(nn.Module):
-    """(images (B,3,H,W), labels (B,)) -> mean ArcFace cross-entropy: the module DDP wraps.
-
-    Backbone and embedding run under autocast when `amp_dtype` is set; the head's cosines and
-    margins run in float32 (cos(theta + m) near 1 needs the precision).
-    """
-
-    def __init__(self, model: FaceModel, amp_dtype: torch.dtype | None = None):
-        super().__init__()
-        self.model, self.amp_dtype = model, amp_dtype
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            emb = self.model.embedding(self.model.features(x))
-        return F.cross_entropy(self.model.head(emb.float(), labels), labels)
-
-
 def _set_modes(model: FaceModel, trainable: list[str]) -> None:
     """Train mode for what trains; frozen stages in eval mode (fixed BatchNorm, no drop-connect).
 
@@ -284,7 +266,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
                   f"amp {amp or 'off'}" + (f"; resumed after epoch {start}{resumed_note}" if start else ""),
                   flush=True)
 
-    net = Objective(model, amp)
+    net = MarginObjective(model, amp)
     if ctx.distributed:
         net = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
     train_set = PhotoStream([index.paths[i] for i in train_idx], index.labels[train_idx],
@@ -302,7 +284,6 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
         val_set = PhotoStream([index.paths[i] for i in val_idx], index.labels[val_idx],
                               backbone.transform(train=False, size=size), cfg.seed)
         val_loader = DataLoader(val_set, batch_size=max(micro, 2), num_workers=cfg.workers)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -316,47 +297,31 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
             factor = lr_factor(epoch * steps_per_epoch + step, total_steps, warmup_steps)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
-            opt.zero_grad(set_to_none=True)
-            loss_sum = torch.zeros((), device=dev)
-            bad = torch.zeros((), device=dev)
-            count = 0
-            for k in range(cfg.accumulate):
-                x, y = next(batches)
-                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-                last = k == cfg.accumulate - 1
-                with contextlib.nullcontext() if last or not ctx.distributed else net.no_sync():
-                    loss = net(x, y)
-                    if k == 0:
-                        loss = injected_fault(ctx, epoch, step, loss)
-                    if last:
-                        mark_progress(ctx, epoch, step)  # names this rank if a collective times out
-                    scaler.scale(loss / cfg.accumulate).backward()
-                loss_sum += loss.detach().float() * len(y)
-                bad += (~torch.isfinite(loss.detach())).float()
-                count += len(y)
-            # one small all-reduce per step: the global mean loss, and whether any rank's is NaN
-            stats = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(count), device=dev), bad]), ctx)
-            stats = stats.tolist()
-            if stats[2] > 0:
+            micro_batches = [next(batches) for _ in range(cfg.accumulate)]
+
+            def hook(k: int, loss: torch.Tensor, epoch=epoch, step=step) -> torch.Tensor:
+                if k == 0:
+                    loss = injected_fault(ctx, epoch, step, loss)
+                if k == cfg.accumulate - 1:
+                    mark_progress(ctx, epoch, step)  # names this rank if a collective times out
+                return loss
+            try:  # the one step of helpers.train_step (fit's too); one small all-reduce of the loss
+                result = train_step(net, opt, micro_batches, scaler, cfg.clip, lambda t: all_reduce_sum(t, ctx), hook)
+            except TrainingDiverged as e:
                 if not ctx.is_main:
-                    raise PeerReported(2)
+                    raise PeerReported(2) from None
                 other = (f"a smaller --clip (now {cfg.clip:g}) or more --warmup-epochs (now {cfg.warmup_epochs:g})"
                          + (", or --amp bf16 instead of fp16" if amp == torch.float16 else ""))
                 raise TrainingDiverged(
-                    f"the loss became NaN/inf at epoch {epoch + 1} step {step + 1} (on {int(stats[2])} "
+                    f"the loss became NaN/inf at epoch {epoch + 1} step {step + 1} (on {e.bad} "
                     f"of {W * cfg.accumulate} micro-batch(es)); this step was not applied. " +
                     (f"Resume from the checkpoint of epoch {epoch} with a lower rate: --resume "
                      f"--resume-with-new-lr --lr {cfg.lr / 10:g} (now {cfg.lr:g}), and/or {other}"
                      if epoch else
                      f"No epoch finished, so nothing to resume: start again with a lower --lr "
-                     f"(now {cfg.lr:g}; try {cfg.lr / 10:g}), and/or {other}"))
-            if cfg.clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip)
-            scaler.step(opt)
-            scaler.update()
-            losses.append(stats[0] / stats[1])
-            seen += count
+                     f"(now {cfg.lr:g}; try {cfg.lr / 10:g}), and/or {other}"), e.loss, e.bad, e.batches) from None
+            losses.append(result.loss)
+            seen += result.count
         seconds = time.perf_counter() - t0
         history["step_loss"] += losses
         history["lr"].append(opt.param_groups[0]["lr"])
@@ -364,7 +329,7 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
         history["epoch_seconds"].append(seconds)
         history["images_per_s"].append(seen * W / seconds if seconds > 0 else float("nan"))
         if val_loader is not None:
-            history["val_acc"].append(closed_set_accuracy(model, val_loader, dev, amp))
+            history["val_acc"].append(closed_set_accuracy(model, val_loader, amp))
         if verify_paths:  # every rank embeds its share of the held-out people's photos
             eer = held_out_eer(model, verify_paths, verify_labels, backbone.transform(train=False, size=size), ctx,
                           micro, cfg.workers, amp)
@@ -387,8 +352,9 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
 
     if ctx.is_main:
         save_durably({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "names": index.names,
-                      "backbone": backbone.name, "size": size, "stages": stages, "history": history,
-                      "config": dataclasses.asdict(cfg)}, out / "final.pt")
+                      "backbone": backbone.name, "backbone_weights": backbone.weights,
+                      "feature_dim": int(backbone.feature_dim), "size": size, "stages": stages,
+                      "history": history, "config": dataclasses.asdict(cfg)}, out / "final.pt")
         save_durably(history, out / "history.json")
     return TrainResult(history, index.names, W, out, model.eval() if ctx.is_main else None, start)
 

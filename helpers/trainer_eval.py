@@ -1,5 +1,5 @@
-"""Evaluation during helpers.trainer runs: closed-set accuracy (rank 0) and verification on people
-held out from training (every rank embeds a share; rank 0 scores the pairs)."""
+"""Evaluation during helpers.trainer runs: verification on people held out from training (every rank
+embeds a share; rank 0 scores the pairs). The closed-set accuracy is `helpers.train_step`'s, fit's too."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,20 +10,7 @@ from .distributed import DistContext, gather_objects
 from .evaluation import verification
 from .model import FaceModel
 from .streaming import PhotoStream
-
-
-@torch.no_grad()
-def closed_set_accuracy(model: FaceModel, loader: DataLoader, device: torch.device, amp: torch.dtype | None) -> float:
-    """Closed-set top-1 accuracy: argmax of the head's cosines, model in eval mode."""
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            emb = model.embedding(model.features(x))
-        correct += int((model.head.cosine(emb.float()).argmax(1) == y).sum())
-        total += len(y)
-    return correct / max(total, 1)
+from .train_step import embeddings
 
 
 @torch.no_grad()
@@ -37,8 +24,7 @@ def held_out_eer(model: FaceModel, paths: list[str], labels: np.ndarray, transfo
     dev = ctx.device
     parts = []
     for x, _ in DataLoader(stream, batch_size=max(batch, 2), num_workers=workers):
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            parts.append(model.embedding(model.features(x.to(dev))).float().cpu())
+        parts.append(embeddings(model, x.to(dev), amp).cpu())
     emb = torch.cat(parts) if parts else torch.zeros(0, model.embedding.linear.out_features)
     gathered = gather_objects((mine, emb), ctx)
     if not ctx.is_main:

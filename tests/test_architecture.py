@@ -217,3 +217,20 @@ def test_stages_are_reached_by_the_stage_api_only():
     for name in ("helpers.backbone_tail", "helpers.taps", "helpers.features", "helpers.onnx_backbone"):
         text = MODULES[name].read_text()
         assert not [g for g in guesses if g in text], name
+
+
+# ---------------------------------------------------------------------- one training step
+
+# modules that call backward() for something other than a training step, and why
+NOT_TRAINING = {"helpers.partial_fc": "its check against the replicated head's gradients",
+                "helpers.course.margins": "the gradient of a margin formula at one point, for a plot"}
+
+
+def test_one_training_step():
+    """`helpers.train_step` is the only module that calls `backward()` to train: `fit`, the trainer,
+    the cached unfreezing steps and the course's step timing all call its `train_step`."""
+    callers = {n for n, p in MODULES.items() if "backward" in _calls(ast.parse(p.read_text()))}
+    assert callers - set(NOT_TRAINING) == {"helpers.train_step"}, sorted(callers)
+    users = {n for n, p in MODULES.items() if "train_step" in _calls(ast.parse(p.read_text()))}
+    assert {"helpers.training", "helpers.trainer", "helpers.cached_unfreezing",
+            "helpers.course.training_runs"} <= users, sorted(users)

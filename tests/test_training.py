@@ -6,14 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from helpers import load_backbone
 from helpers.data import split_per_person
 from helpers.evaluation import accuracy, predict
 from helpers.model import build_model, set_trainable_stages
-from helpers.training import (History, ImageDataset, TrainingDiverged, fit, param_groups,
-                              train_head_on_features)
+from helpers.training import (History, ImageDataset, TrainingDiverged, accuracy_of, fit, param_groups,
+                              train_head_on_features, val_scores)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,3 +159,72 @@ def test_fit_records_val_loss_and_epoch_metrics():
                                          epoch_metrics={"n": lambda m: calls.append(1) or len(calls)})
     assert hist.extra["n"] == [1, 2, 3, 4] and len(hist.val_loss) == 4
     assert all(np.isfinite(hist.val_loss)) and hist.val_loss[-1] < hist.val_loss[0]
+
+
+# ------------------------------------------------------------------ the one step and the one accuracy
+
+def test_fit_and_the_trainer_report_the_same_accuracy(orl):
+    """fit's validation accuracy, accuracy_of and the trainer's val_acc (a DataLoader, as the trainer
+    passes it) are one function: the same number on the same model and photos, = argmax of the logits."""
+    import helpers.trainer
+    from torch.utils.data import DataLoader
+
+    from helpers import train_step as S
+    from tiny_backbone import tiny_backbone
+
+    assert helpers.trainer.closed_set_accuracy is S.closed_set_accuracy
+    idx = np.flatnonzero(orl.labels < 4)[::2]                       # 4 people x 5 photos
+    torch.manual_seed(0)
+    model = build_model(4, backbone=tiny_backbone())
+    data = ImageDataset([orl.images[i] for i in idx], orl.labels[idx], model.backbone.transform(size=32))
+    fit(model, data, epochs=2, batch_size=8, device="cpu", progress=False)
+    model.eval()
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    with torch.no_grad():
+        by_hand = (model(x).argmax(1) == data.labels).float().mean().item()
+    assert 0 < by_hand < 1
+    trainer_acc = S.closed_set_accuracy(model, DataLoader(data, batch_size=3))
+    assert val_scores(model, data)[0] == accuracy_of(model, data) == trainer_acc == by_hand
+
+
+def test_train_step_is_forward_margin_loss_backward_step_and_refuses_nan():
+    """One step = the hand-written step (bit for bit), micro-batches add their mean gradients, and a NaN
+    loss raises before the optimiser step (weights and optimiser state untouched)."""
+    import copy
+
+    from helpers.train_step import MarginObjective, train_step
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 6, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(0)
+    a = build_model(3, feature_dim=6).train()
+    b = copy.deepcopy(a)
+    opt_a, opt_b = (torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (a, b))
+    res = train_step(MarginObjective(a), opt_a, [(x, y)])
+    emb = b.embedding(x)
+    loss = F.cross_entropy(b.head(emb, y), y)
+    loss.backward()
+    opt_b.step()
+    assert res.loss == loss.item() and res.count == 8
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    with torch.no_grad():   # counted after the step: the new head on this step's embeddings
+        assert res.correct == int((b.head.logits(emb).argmax(1) == y).sum())
+    # two micro-batches of 4: each loss / 2, one step
+    res = train_step(MarginObjective(a), opt_a, [(x[:4], y[:4]), (x[4:], y[4:])])
+    b.train()
+    opt_b.zero_grad()
+    losses = [F.cross_entropy(b.head(b.embedding(xs), ys), ys) for xs, ys in ((x[:4], y[:4]), (x[4:], y[4:]))]
+    for part in losses:
+        (part / 2).backward()
+    opt_b.step()
+    assert res.loss == pytest.approx(sum(p.item() * 4 for p in losses) / 8, rel=1e-12) and res.count == 8
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    before = copy.deepcopy(a.state_dict())
+    steps = opt_a.state_dict()["state"][0]["step"].clone()
+    bad = x.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="the step was not applied") as e:
+        train_step(MarginObjective(a), opt_a, [(bad, y)])
+    assert math.isnan(e.value.loss) and e.value.bad == 1
+    assert all(torch.equal(v, before[k]) for k, v in a.state_dict().items() if "running" not in k and "tracked" not in k)
+    assert torch.equal(opt_a.state_dict()["state"][0]["step"], steps)
