@@ -337,7 +337,7 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
 
     tuned = Frozen("tuned", f"stage 1's best whitening, no background ({'+'.join(['final', *w.layers])} + mirror "
                             f"TTA, λ={w.lam:g}, {w.n_views} views)", w.layers, True, True, w.lam, w.n_views)
-    previous = Frozen("previous", "previous default (before grid taps): final+layer3+layer2 + mirror TTA + whitening "
+    previous_default = Frozen("previous", "previous default (before grid taps): final+layer3+layer2 + mirror TTA + whitening "
                                   "with background (λ=0.0001, 8 views, 4 phone views ≤ 2 px / JPEG ≥ 30)",
                       ("layer3", "layer2"), True, True, 0.0001, 8, background=True, n_phone=4, strength=2.0)
     phone = f", {bw.n_phone} phone views ≤ {bw.strength:g} px / JPEG ≥ {90 - 30 * bw.strength:g}" if bw.n_phone else ""
@@ -350,7 +350,7 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
                       ap.layers, ap.n_views, True, ap.epochs)
     arcface = ArcFace("arcface", "ArcFace head on frozen features (course default) = --method head", epochs=epochs)
     frozen = Frozen("frozen", "frozen features 1-NN = --method raw")
-    table_methods: list[Method] = [RawPixels(), frozen, Probe(), arcface, tuned, previous, product, arcplus]
+    table_methods: list[Method] = [RawPixels(), frozen, Probe(), arcface, tuned, previous_default, product, arcplus]
     notes = ["Fine-tuning rows (gradual unfreezing, full fine-tuning) are not in this protocol: on a shared 2-core "
              "CPU they cost minutes per fit, and they are not candidates for the product's default (enrolling a "
              "person would need a training run)."]

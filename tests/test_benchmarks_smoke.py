@@ -211,3 +211,20 @@ def test_baseline_gap_is_paired_by_seed_and_says_who_is_ahead():
     assert "TAR +1.3 ±" in line and "(no clear difference)" in line
     del results["sections"]["accuracy"]["details"]["table"]["dlib"]
     assert report.baseline_gap(results) == ""                                            # no row, no line
+
+
+@pytest.mark.slow
+def test_rerunning_some_accuracy_methods_keeps_the_other_rows(smoke):
+    """`--methods raw` reruns one row and keeps the others from the results file (it crashed: the
+    previous run's results were shadowed by the 'previous default' method's variable)."""
+    tmp, _, _ = smoke
+    before = json.loads((tmp / "results.json").read_text())["sections"]["accuracy"]["details"]["table"]
+    env = {**os.environ, "FACE_COURSE_CACHE": str(tmp / "cache"), "FACE_COURSE_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", "--smoke", "--only", "accuracy", "--methods", "raw",
+                           "--out", str(tmp / "results.json"), "--readme", str(tmp / "README.md")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sec = json.loads((tmp / "results.json").read_text())["sections"]["accuracy"]
+    assert set(sec["details"]["table"]) == set(before)
+    assert any("rows kept from an earlier run" in n and "rerun here: raw" in n for n in sec["notes"]), sec["notes"]
+    assert sec["details"]["table"]["frozen"] == before["frozen"]
