@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -133,6 +135,20 @@ def read_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
         msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
         raise ImageSkip(f"damaged or truncated image (Pillow: {msg}): copy it again from the "
                         "original, or re-save it with a photo app") from None
+
+
+def read_image_bytes(data: bytes, name: str = "photo", max_side: int = MAX_SIDE) -> Image.Image:
+    """`read_image` for bytes held in memory (an upload, a camera photo): same checks, same reasons.
+
+    The bytes go to a private temporary file (named after `name`'s suffix) that is deleted at once.
+    """
+    fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:10] or ".img", prefix="photo-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return read_image(tmp, max_side)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def image_digest(img: Image.Image) -> str:

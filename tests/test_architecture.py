@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "helpers"
-PRESENTATION = ("matplotlib", "seaborn", "ipywidgets", "IPython")
+PRESENTATION = ("matplotlib", "seaborn", "ipywidgets", "IPython", "anywidget")
 MAX_LINES = 450
 
 

@@ -143,3 +143,74 @@ def test_upload_buttons_have_room_for_their_count(rec):
     panel = EnrolPanel(rec)
     for w in (panel.photos, panel.query):
         assert w.layout.width == "auto" and int(w.layout.min_width.rstrip("px")) >= 180
+
+
+# ---------------------------------------------------------------- the camera (enrol_panel(rec, camera=True))
+
+def _jpeg(img) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=92)   # what the browser sends
+    return buf.getvalue()
+
+
+def test_camera_photos_take_the_uploads_path(rec, orl):
+    pytest.importorskip("anywidget")
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    panel = EnrolPanel(rec, examples={"s1": orl.images[0]}, camera=True)
+    assert panel.camera is not None and "No camera buttons here?" in panel.camera_note.value
+    panel.camera.rendered = True                                   # what the page says once it shows it
+    assert panel.camera_note.value == ""
+    photos = [orl.images[i] for i in np.flatnonzero(orl.labels == 30)]   # s31, not in the gallery
+    for p in photos[:2]:
+        panel.camera.receive(_jpeg(p))
+    assert panel.camera.note.startswith("camera photo 2 kept for Enrol (2 waiting)")
+    panel.camera.receive(b"\xff\xd8\xff broken")
+    assert panel.camera.note.startswith("camera photo 3: skipped: ")   # the loader's reason, one line
+    panel.photos.value = (_upload("me.png", _png(photos[2])),)         # an upload beside them
+    panel.name.value = "  "
+    assert "camera photo(s) still wait" in panel.on_enrol()            # no name: camera photos wait
+    panel.photos.value = (_upload("me.png", _png(photos[2])),)
+    panel.name.value = "Ada"
+    text = panel.on_enrol()
+    assert "Enrolled 'Ada' from 3 photo(s)." in text and rec.names[-1] == "Ada"
+    captions = [box.children[1].value for box in panel.faces.children]
+    assert captions[0].startswith("<small>me.png: whole photo") and "camera photo 1: whole photo" in captions[1]
+    assert panel._camera_photos == [] and "2 camera photo(s) used for 'Ada'" in panel.camera.note
+
+    panel.camera_for.value = "ask"
+    panel.camera.receive(_jpeg(photos[5]))
+    assert panel.camera.note == "camera photo 4 is ready: press Who is it?"
+    answer = panel.on_ask()
+    assert answer.startswith("Answer: Ada") and "closest: Ada" in panel.compare.children[1].children[1].value
+    assert panel.compare.children[0].children[1].value.startswith("<small>camera photo 4: whole photo")
+    assert panel._camera_query is None
+    assert panel.on_ask() == "Upload a photo first, or take one with the camera set to 'for Who is it?'."
+    panel.camera_for.value = "enrol"
+    panel.camera.receive(_jpeg(photos[6]))
+    panel.on_clear()                                                   # Clear drops waiting photos too
+    assert panel._camera_photos == [] and panel._camera_query is None
+    assert _remove_buffers(panel.camera.get_state())[2] == []          # no photo bytes in the camera's state
+    assert panel.camera in panel.widget().children[3].children          # shown beside its for-Enrol switch
+
+
+def test_without_anywidget_the_panel_says_so_and_uploads_work(rec, orl, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "anywidget", None)                # `import anywidget` raises ImportError
+    monkeypatch.delitem(sys.modules, "helpers.course.webcam", raising=False)
+    box = enrol_panel(rec, camera=True)
+    panel = box.panel
+    assert panel.camera is None
+    note = panel.camera_note.value
+    assert note.startswith("Camera unavailable here (anywidget is not installed: pip install anywidget")
+    assert "\n" not in note and "Traceback" not in note and panel.camera_note in box.children
+    panel.photos.value = (_upload("a.png", _png(orl.images[300])),)
+    panel.name.value = "Ada"
+    assert "Enrolled 'Ada' from 1 photo(s)." in panel.on_enrol()
+    assert panel.on_ask() == "Upload a photo first, or take one with the camera set to 'for Who is it?'."
+
+
+def test_no_camera_unless_asked(rec):
+    panel = EnrolPanel(rec)
+    assert panel.camera is None and panel.camera_note not in panel.widget().children

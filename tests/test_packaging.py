@@ -112,7 +112,8 @@ def _third_party_imports(files) -> set[str]:
 
 # What an import is called on PyPI, where the two differ; `None`: comes with another requirement.
 DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
-                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml", "IPython": None}  # IPython: ipywidgets needs it
+                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml",
+                "IPython": None, "traitlets": None}   # both come with ipywidgets (it needs them)
 
 
 def _dists(mods) -> set[str]:

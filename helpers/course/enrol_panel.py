@@ -11,25 +11,28 @@ already (as ORL's 92 x 112 photos are); a larger one is searched with OpenCV's H
 (`helpers.facecrop`, a box with a margin: no landmark alignment) and its largest face is used; a
 large photo with no face found is skipped.
 
-Privacy: the uploaded bytes are read once through `helpers.images.read_image` (which gives one-line
-reasons for bad files: empty, truncated, not an image, too small ...), then the upload widget is
-cleared. Nothing is written to disk; the thumbnails live in this panel's widgets only (JupyterLab
-does not save widget state in the notebook unless you turn that on) and **Clear** drops them.
+`enrol_panel(rec, camera=True)` adds the browser's camera (`helpers.course.webcam.Camera`, an
+anywidget): each photo taken waits for **Enrol** or **Who is it?** (a switch beside the camera says
+which) and then takes exactly the uploads' path. Without anywidget, or where the front end cannot show
+it, the panel says so in one line and the uploads still work.
+
+Privacy: uploaded and camera bytes are read once through `helpers.images.read_image_bytes` (one-line
+reasons for bad files: empty, truncated, not an image, too small ...; a private temporary file, deleted
+at once), then the upload widget is cleared; camera bytes come in a message, never in a synced trait.
+The thumbnails live in this panel's widgets only (JupyterLab does not save widget state in the notebook
+unless you turn that on) and **Clear** drops them and any camera photo still waiting.
 """
 from __future__ import annotations
 
 import html
 import io
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import ipywidgets as widgets
 from PIL import Image, ImageOps
 
-from helpers.images import ImageSkip, read_image
+from helpers.images import ImageSkip, read_image_bytes
 from helpers.recognizer import Match, Recognizer
 
 SMALL_FACTOR = 3      # photos up to 3 x the input size are taken as face crops already
@@ -71,15 +74,11 @@ def read_named_uploads(upload: widgets.FileUpload) -> tuple[list[tuple[str, Imag
         for item in items:
             name = str(item.get("name", "photo"))
             data = bytes(item.get("content", b""))
-            fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:10] or ".img", prefix="enrol-")
             try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                images.append((name, read_image(tmp)))
+                images.append((name, read_image_bytes(data, name)))
             except ImageSkip as e:
                 messages.append(f"{name}: skipped: {e}")
             finally:
-                Path(tmp).unlink(missing_ok=True)
                 del data
     finally:
         _clear_upload(upload)  # the bytes leave the widget (and its saved state) right away
@@ -133,6 +132,19 @@ def _thumb(img: Image.Image, caption: str) -> widgets.Widget:
                                       layout=widgets.Layout(width=f"{THUMB + 30}px"))])
 
 
+def make_camera() -> tuple[object | None, str]:
+    """(a `helpers.course.webcam.Camera`, "") or (None, a one-line reason why there is no camera)."""
+    try:
+        from helpers.course.webcam import Camera
+    except ImportError as e:
+        return None, (f"Camera unavailable here ({e.name or 'anywidget'} is not installed: pip install anywidget, "
+                      "then restart the kernel); the upload buttons work without it.")
+    try:
+        return Camera(), ""
+    except Exception as e:  # noqa: BLE001 - e.g. an anywidget too old for this ipywidgets: uploads still work
+        return None, f"Camera unavailable here ({type(e).__name__}: {e}); the upload buttons work without it."
+
+
 def _cropper():
     try:
         from helpers.facecrop import FaceCropper
@@ -145,9 +157,14 @@ def _cropper():
 class EnrolPanel:
     """Widgets + callbacks around a `Recognizer` (enrolments change that recogniser's gallery).
 
-    `examples`: one photo per already enrolled person (name -> image), shown beside an answer."""
+    `examples`: one photo per already enrolled person (name -> image), shown beside an answer.
+    `camera=True` adds the browser's camera (`helpers.course.webcam.Camera`): each photo taken waits,
+    in this object only, for **Enrol** or **Who is it?** (as the switch beside the camera says), then
+    goes through exactly the path of an uploaded photo. Without anywidget the panel says so in one line
+    and works with uploads."""
 
-    def __init__(self, rec: Recognizer, examples: Mapping[str, Image.Image] | None = None):
+    def __init__(self, rec: Recognizer, examples: Mapping[str, Image.Image] | None = None,
+                 camera: bool = False):
         self.rec = rec
         self.examples = {k: seen_by_model(v, rec.size) for k, v in (examples or {}).items()}
         self._mine: set[str] = set()   # people enrolled here: their thumbnail came from an upload
@@ -169,9 +186,50 @@ class EnrolPanel:
         self.faces = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
         self.answer = widgets.HTML(value="")
         self.compare = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap", align_items="center"))
+        self.camera, self.camera_note = None, widgets.HTML(value="")
+        self.camera_for = widgets.ToggleButtons(options=[("for Enrol", "enrol"), ("for Who is it?", "ask")],
+                                                value="enrol", description="Camera photos",
+                                                style={"description_width": "initial", "button_width": "auto"})
+        self._camera_photos: list[tuple[str, Image.Image]] = []   # waiting for Enrol (never in a widget)
+        self._camera_query: tuple[str, Image.Image] | None = None  # waiting for Who is it?
+        self.use_camera = camera
+        if camera:
+            self.camera, why = make_camera()
+            if self.camera is None:
+                self.camera_note.value = html.escape(why, quote=False)
+            else:
+                self.camera.on_photo(self.on_photo)
+                self.camera_note.value = ("<small>No camera buttons here? This notebook front end cannot show the "
+                                          "camera widget: use the upload buttons.</small>")
+                self.camera.observe(self._camera_rendered, "rendered")
         self.enrol_button.on_click(lambda _: self.on_enrol())
         self.ask_button.on_click(lambda _: self.on_ask())
         self.clear_button.on_click(lambda _: self.on_clear())
+
+    def _say_camera(self, text: str) -> None:
+        """Show `text` under the camera's preview (or on the panel's camera line when there is no camera)."""
+        if self.camera is not None:
+            self.camera.note = text      # the browser shows it as text (textContent), not HTML
+        else:
+            self.camera_note.value = html.escape(text, quote=False)
+
+    def _camera_rendered(self, change) -> None:
+        if change["new"]:            # the front end shows the camera: the fallback hint goes
+            self.camera_note.value = ""
+
+    def on_photo(self, photo) -> str:
+        """A photo from the camera (a `webcam.Photo`): keep it for Enrol or for Who is it?; returns what happened."""
+        if photo.image is None:
+            text = photo.problem
+        elif self.camera_for.value == "ask":
+            self._camera_query = (photo.name, photo.image)
+            text = f"{photo.name} is ready: press Who is it?"
+        else:
+            self._camera_photos.append((photo.name, photo.image))
+            text = (f"{photo.name} kept for Enrol ({len(self._camera_photos)} waiting): "
+                    "take a few (turn your head a little), type a name and press Enrol.")
+        self._say_camera(text)
+        return text
 
     def _people(self) -> str:
         return f"Enrolled: {len(self.rec.names)} people; threshold {self.rec.threshold:.2f}."
@@ -180,21 +238,27 @@ class EnrolPanel:
         """Enrol the faces found in the uploaded photos under the typed name; returns what happened."""
         name = self.name.value.strip()
         named, messages = read_named_uploads(self.photos)
+        waiting = len(self._camera_photos)
+        named += self._camera_photos      # camera photos take the uploads' path from here on
         faces = [find_face(img, self.rec.size, src, self.cropper) for src, img in named]
         used = [f for f in faces if f.image is not None]
         messages += [f"{f.source}: {f.note}" for f in faces if f.image is None]
+        keep = f" ({waiting} camera photo(s) still wait for Enrol.)" if waiting else ""
         if not name:
-            msg, used = "Type a name first (the photos were not kept: upload them again).", []
+            msg, used = f"Type a name first (the photos were not kept: upload them again).{keep}", []
         elif name in self.rec.names:
-            msg, used = f"{name!r} is already enrolled: choose another name.", []
+            msg, used = f"{name!r} is already enrolled: choose another name.{keep}", []
         elif not used:
-            msg = "No usable photo to enrol: upload one or more photos of the person."
+            msg, self._camera_photos = "No usable photo to enrol: upload one or more photos of the person.", []
         else:
+            self._camera_photos = []
             self.rec.add_person(name, [f.image for f in used])
             self.examples[name] = seen_by_model(used[0].image, self.rec.size)
             self._mine.add(name)
             msg = f"Enrolled {name!r} from {len(used)} photo(s)."
             self.name.value = ""
+            if waiting:
+                self._say_camera(f"{waiting} camera photo(s) used for {name!r}.")
         self.faces.children = [_thumb(seen_by_model(f.image, self.rec.size), f"{f.source}: {f.note}")
                                for f in used]
         text = " ".join([msg, *messages, self._people()])
@@ -204,11 +268,14 @@ class EnrolPanel:
     def on_ask(self) -> str:
         """Name the person in the uploaded photo (or say unknown); show it beside the closest person."""
         named, messages = read_named_uploads(self.query)
+        if not named and not messages and self._camera_query is not None:
+            named, self._camera_query = [self._camera_query], None
         faces = [find_face(img, self.rec.size, src, self.cropper) for src, img in named[:1]]
         messages += [f"{f.source}: {f.note}" for f in faces if f.image is None]
         self.compare.children = []
         if not faces or faces[0].image is None:
-            text = " ".join(messages) or "Upload a photo first."
+            text = " ".join(messages) or ("Upload a photo first." if not self.use_camera else
+                                          "Upload a photo first, or take one with the camera set to 'for Who is it?'.")
             self.answer.value = html.escape(text, quote=False)
             return text
         face = faces[0]
@@ -226,20 +293,31 @@ class EnrolPanel:
         self.faces.children, self.compare.children = [], []
         self.examples = {k: v for k, v in self.examples.items() if k not in self._mine}
         self._mine.clear()
+        self._camera_photos, self._camera_query = [], None
 
     def widget(self) -> widgets.Widget:
         row = widgets.Layout(flex_flow="row wrap", align_items="center")
+        camera = []
+        if self.use_camera:
+            camera = [widgets.HTML("<b>or</b> take photos with your camera (a secure page only: https or localhost; "
+                                   "photos are read once and never saved):")]
+            if self.camera is not None:
+                camera.append(widgets.HBox([self.camera, self.camera_for],
+                                           layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")))
+            camera.append(self.camera_note)
         return widgets.VBox([
             widgets.HTML("<b>1.</b> Photos of one person (a few, different days or light), a name, Enrol."),
-            widgets.HBox([self.photos, self.name, self.enrol_button], layout=row), self.status, self.faces,
+            widgets.HBox([self.photos, self.name, self.enrol_button], layout=row), *camera, self.status, self.faces,
             widgets.HTML("<b>2.</b> Another photo: who is it?"),
             widgets.HBox([self.query, self.ask_button, self.clear_button], layout=row), self.answer,
             self.compare])
 
 
-def enrol_panel(rec: Recognizer, examples: Mapping[str, Image.Image] | None = None) -> widgets.Widget:
-    """The panel as one widget (keep `EnrolPanel` to reach its parts, e.g. in tests)."""
-    panel = EnrolPanel(rec, examples)
+def enrol_panel(rec: Recognizer, examples: Mapping[str, Image.Image] | None = None,
+                camera: bool = False) -> widgets.Widget:
+    """The panel as one widget (keep `EnrolPanel` to reach its parts, e.g. in tests); `camera=True` adds
+    the browser's camera beside the uploads."""
+    panel = EnrolPanel(rec, examples, camera=camera)
     box = panel.widget()
     box.panel = panel  # reachable from the displayed widget
     return box

@@ -255,10 +255,10 @@ class LabServer:
         self.proc = None
 
 
-def launch_browser(playwright, chromium: str, profile_dir: Path):
-    """A headless Chromium context at 1280x900 with a throw-away profile."""
+def launch_browser(playwright, chromium: str, profile_dir: Path, extra_args: list[str] | None = None):
+    """A headless Chromium context at 1280x900 with a throw-away profile (`extra_args`: e.g. a fake camera)."""
     return playwright.chromium.launch_persistent_context(
-        str(profile_dir), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
+        str(profile_dir), executable_path=chromium, headless=True, args=CHROMIUM_ARGS + list(extra_args or ()),
         ignore_default_args=["--hide-scrollbars"],   # screenshots show scroll bars, as a learner sees
         viewport=VIEWPORT, device_scale_factor=1)
 

@@ -11,6 +11,9 @@ and a new figure plus a "Result:" line must appear in its output. "Error display
 console error, or a panel that does not fit at 1280x900 fail the test. Screenshots (1280x900)
 and a timing summary (widget_check.txt) go to `screenshots/` (not in git).
 
+Chromium runs with a fake camera (tests/browser/fakecam.py: a .y4m video of an ORL face written at
+test time): a generated notebook's `enrol_panel(rec, camera=True)` enrols from it and names it.
+
 The self-test first runs the same check on a generated notebook: one correct panel, and two broken
 callbacks that must be caught (exception before the Output: the button "does nothing"; traceback
 in the Output).
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+import fakecam
 import labdriver
 from labdriver import WidgetCheckFailed
 
@@ -74,13 +78,18 @@ def lab(repo_hashes, tmp_path_factory):
     work = tmp_path_factory.mktemp("lab")
     root = labdriver.mirror_repo(REPO, work / "course")
     labdriver.write_selftest_notebook(root / "selftest")
+    fakecam.write_camera_notebook(root / "camera")
+    from helpers.data import load_orl
+
+    face = fakecam.write_y4m(work / "face.y4m", load_orl().images[0])   # ORL s1 as the camera's picture
     SCREENSHOTS.mkdir(exist_ok=True)
     t = time.monotonic()
     server = labdriver.LabServer(root, work / "server").start()
     pw = None
     try:
         pw = sync_playwright().start()     # the browser starts while the server boots
-        context = labdriver.launch_browser(pw, labdriver.find_chromium(), work / "profile")
+        context = labdriver.launch_browser(pw, labdriver.find_chromium(), work / "profile",
+                                           extra_args=fakecam.camera_args(face))
         server.wait_ready()
     except BaseException:
         if pw is not None:
@@ -300,6 +309,87 @@ def orl_photo_files(tmp_path):
         orl.images[i].save(files[-1])
     (tmp_path / "notes.jpg").write_text("not a photo")
     return files[:3], files[3]
+
+
+def test_enrol_from_the_fake_camera(lab):
+    """The enrol panel with `camera=True` in JupyterLab, Chromium's camera fed a packaged ORL face:
+    Start camera, two photos for Enrol, a name, Enrol (two face thumbnails); one photo for Who is
+    it?, the answer names the new person; Stop camera lets go of the camera. Then a denied permission
+    and a non-secure page (simulated in the page) must each show their one-line message."""
+    import re
+
+    server, context = lab
+    t = time.monotonic()
+    nb = labdriver.NotebookSession(context, server.url, "camera/camera.ipynb")
+    try:
+        nb.open_and_run_all(run_timeout=180)
+        page = nb.page
+        cell = page.locator(f"{labdriver.ACTIVE} .jp-Cell").filter(has=page.locator(".course-camera")).last
+        camera = cell.locator(".course-camera")
+
+        def wait_text(locator, pattern, what, timeout=60):
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                text = locator.inner_text()
+                if re.search(pattern, text):
+                    return text
+                nb.scan("camera panel")
+                page.wait_for_timeout(200)
+            nb.fail(f"{what}: no {pattern!r} after {timeout} s; the panel shows: {cell.inner_text()[:400]!r}")
+
+        def take(expect):
+            camera.locator(".course-camera-take").click()
+            return wait_text(cell, expect, "the photo taken")
+
+        deadline = time.monotonic() + 30
+        while "No camera buttons here?" in cell.inner_text():   # the front end told Python it rendered it
+            if time.monotonic() > deadline:
+                nb.fail("the camera widget rendered, but the 'no camera buttons' hint stayed")
+            page.wait_for_timeout(200)
+        camera.locator(".course-camera-start").click()
+        take_button = camera.locator(".course-camera-take")
+        deadline = time.monotonic() + 30
+        while not take_button.is_enabled() or not page.evaluate(
+                "(a) => { const v = document.querySelector(a + ' .course-camera video');"
+                " return !!v && v.videoWidth > 0; }", labdriver.ACTIVE):
+            error = camera.locator(".course-camera-error").inner_text()
+            if error or time.monotonic() > deadline:
+                nb.fail(f"the fake camera did not start: {error or 'no picture after 30 s'}")
+            page.wait_for_timeout(200)
+        take(r"camera photo 1 kept for Enrol \(1 waiting\)")
+        take(r"camera photo 2 kept for Enrol \(2 waiting\)")
+        cell.locator(".widget-text input").fill("Cam")
+        cell.get_by_role("button", name="Enrol", exact=True).click()
+        status = wait_text(cell, r"Enrolled 'Cam' from 2 photo\(s\)", "enrolment from the camera")
+        assert "camera photo 1: whole photo" in status, status          # the thumbnails' captions
+        thumbs = cell.locator(".widget-image")
+        assert thumbs.count() == 2 and thumbs.first.evaluate("im => im.naturalWidth") > 0
+        cell.get_by_role("button", name="for Who is it?", exact=True).click()
+        take(r"camera photo 3 is ready: press Who is it\?")
+        cell.get_by_role("button", name="Who is it?", exact=True).click()
+        answer = wait_text(cell, r"Answer: .*threshold", "the answer")
+        assert re.search(r"Answer: Cam \(score [\d.]+ >= threshold 0\.50\)", answer), answer
+        cell.scroll_into_view_if_needed()
+        page.screenshot(path=str(SCREENSHOTS / "camera_enrol_panel.png"))
+        camera.locator(".course-camera-stop").click()
+        live = page.evaluate("(a) => { const v = document.querySelector(a + ' .course-camera video');"
+                             " return !!(v && v.srcObject); }", labdriver.ACTIVE)
+        assert not live and not take_button.is_enabled(), "Stop camera left the camera on"
+        # What a learner sees where the page gets no camera: said in the widget, no console error.
+        for setup, expect in [
+                ("navigator.mediaDevices.getUserMedia = "
+                 "() => Promise.reject(new DOMException('denied', 'NotAllowedError'))",
+                 r"Camera permission denied.*VS Code"),
+                ("Object.defineProperty(window, 'isSecureContext', {value: false})",   # plain http, remote
+                 r"needs a secure page.*https://.*http://localhost")]:
+            page.evaluate(f"() => {{ {setup}; }}")
+            camera.locator(".course-camera-start").click()
+            wait_text(camera.locator(".course-camera-error"), expect, "the no-camera message", timeout=10)
+        nb.scan("camera panel")
+    finally:
+        rep = nb.close()
+    labdriver.REPORT_LINES.append(rep.summary() + f" (fake camera: 2 photos enrolled, 1 named; "
+                                  f"{time.monotonic() - t:.1f} s)")
 
 
 def test_committed_notebooks_unchanged(lab, repo_hashes):
