@@ -55,7 +55,7 @@ def threshold_for(rule: str, genuine, impostor) -> float:
     if rule == "eer":
         return eer_threshold(g, i)
     cuts = _cuts(g, i)
-    far = 1 - np.searchsorted(i, cuts, side="left") / len(i)
+    far = (len(i) - np.searchsorted(i, cuts, side="left")) / len(i)   # counts first: 10/2000 is exactly 0.005
     frr = np.searchsorted(g, cuts, side="left") / len(g)
     kind, _, arg = rule.partition(":")
     if kind == "far":
