@@ -104,33 +104,61 @@ def cli(tree: Path, *args: str, threads: int) -> str:
     env = {**os.environ, "PYTHONPATH": str(tree), "FACE_COURSE_OFFLINE": "1",   # one feature cache for both
            "FACE_COURSE_CACHE": os.environ.get("FACE_COURSE_CACHE", str(ROOT / ".cache"))}
     r = subprocess.run([sys.executable, "-m", "helpers", *args, "--threads", str(threads)], env=env,
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tree)   # `-m` puts the cwd first: the tree's helpers
     if r.returncode not in (0, 1):
         raise RuntimeError(f"helpers {args[0]} failed: {r.stderr[-2000:]}")
     return r.stdout
 
 
+def query_features(backbone, orl) -> dict[str, np.ndarray]:
+    """Unwhitened vectors (the default method's multi-layer + mirror TTA) of all 400 ORL photos per
+    family, from the library's feature cache: every recogniser here shares the frozen backbone."""
+    from helpers.recognizer_pipeline import method_features
+
+    return {fam: np.asarray(method_features(backbone, list(orl.images) if fam == "clean"
+                                            else [lowres(im) for im in orl.images]))
+            for fam in FAMILIES}
+
+
+def scores_of(model: Path, unwhitened: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(closest name, best score) of each vector under a saved recogniser (what `recognize` computes)."""
+    from helpers.evaluation import best_match
+    from helpers.recognizer import load_recognizer
+    from helpers.recognizer_pipeline import embed_features
+
+    rec = load_recognizer(model)
+    idx, score = best_match(rec.gallery_np, embed_features(rec, unwhitened))
+    return [rec.names[i] for i in idx], score
+
+
 def run_seed(orl, phase: str, seed: int, people: dict, trees: dict, threads: int, strangers_dir: Path | None,
-             tmp: Path) -> dict:
+             tmp: Path, feats: dict) -> dict:
     where = tmp / f"{phase}-{seed}"
     truth = write_folder(orl, phase, seed, where, people)
-    photos = [truth["files"][(fam, i)] for fam in FAMILIES for i, _, _ in truth["queries"]]
     out = {"known": truth["known"]}
     for version, tree in trees.items():
         model = where / f"{version}.pt"
         t0 = time.perf_counter()
-        said = cli(tree, "train", "--data", str(where / "enrol"), "--out", str(model), "--strangers",
+        said = cli(tree, "train", "--data", str(where / "enrol"), "--out", str(model), "--backbone",
+                   "efficientnet_lite0", "--strangers",
                    str(strangers_dir) if strangers_dir else "none", threads=threads)
-        rows = json.loads(cli(tree, "recognize", "--model", str(model), "--json", *photos, threads=threads))
         saved = torch.load(model, map_location="cpu", weights_only=True)
         q = []
-        for k, (fam, (i, name, known)) in enumerate((f, t) for f in FAMILIES for t in truth["queries"]):
-            r = rows[k]
-            q.append({"family": fam, "photo": i, "person": name, "known": known, "closest": r["closest"],
-                      "score": r["score"]})
+        for fam in FAMILIES:
+            ids = [i for i, _, _ in truth["queries"]]
+            closest, score = scores_of(model, feats[fam][ids])
+            q += [{"family": fam, "photo": i, "person": name, "known": known, "closest": c, "score": float(sc)}
+                  for (i, name, known), c, sc in zip(truth["queries"], closest, score)]
+        # spot check: the command line's answers equal these for a few photos (first and last of each family)
+        picks = [k for k in (0, len(truth["queries"]) - 1, len(truth["queries"]),  len(q) - 1)]
+        rows = json.loads(cli(tree, "recognize", "--model", str(model), "--json",
+                              *[truth["files"][(q[k]["family"], q[k]["photo"])] for k in picks], threads=threads))
+        for k, row in zip(picks, rows):
+            if row["closest"] != q[k]["closest"] or abs(row["score"] - q[k]["score"]) > 2e-3:
+                raise RuntimeError(f"recognize disagrees with the cached scores: {row} vs {q[k]}")
         out[version] = {"threshold": float(saved["threshold"]), "train_output": said.strip().splitlines(),
                         "calibration": saved.get("calibration"), "queries": q,
-                        "seconds": round(time.perf_counter() - t0, 1)}
+                        "recognize_check": rows, "seconds": round(time.perf_counter() - t0, 1)}
         print(f"  {phase} seed {seed} {version}: threshold {saved['threshold']:.3f} "
               f"({out[version]['seconds']} s)", flush=True)
     return out
@@ -142,7 +170,7 @@ def measures(runs: list[dict], version: str, fam: str, thresholds: list[float] |
              n_boot: int = 2000, seed: int = 0) -> dict:
     """Rates at each run's threshold (saved, or `thresholds` per run), bootstrap over (seed, person)."""
     clusters = []     # (is_known, accepted, n, identified)
-    eers, ids = [], []
+    eers = []
     for k, run in enumerate(runs):
         t = run[version]["threshold"] if thresholds is None else thresholds[k]
         q = [r for r in run[version]["queries"] if r["family"] == fam]
@@ -226,6 +254,13 @@ def main(argv=None) -> int:
         cache = ROOT / ".cache"
         cache.mkdir(exist_ok=True)
         trees = {"before": before_tree(cache), "after": ROOT}
+        from helpers.backbones import load_backbone
+        from helpers.runtime import threads as n_threads
+
+        t0 = time.perf_counter()
+        with n_threads(args.threads):
+            feats = query_features(load_backbone("efficientnet_lite0", verbose=False), orl)
+        print(f"query features: {time.perf_counter() - t0:.0f} s", flush=True)
         runs = []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -237,7 +272,8 @@ def main(argv=None) -> int:
                     for j, i in enumerate(np.flatnonzero(orl.labels == p)):
                         orl.images[i].save(sdir / orl.names[p] / f"{j + 1}.png")
             for seed in args.seeds:
-                runs.append({"seed": seed, **run_seed(orl, args.phase, seed, people, trees, args.threads, sdir, tmp)})
+                runs.append({"seed": seed, **run_seed(orl, args.phase, seed, people, trees, args.threads, sdir, tmp,
+                                                        feats)})
         result_file.write_text(json.dumps({"phase": args.phase, "people": people, "runs": runs}, indent=0))
     rows = {"BEFORE (main, saved)": ("before", None), "AFTER (saved)": ("after", None)}
     if args.phase == "dev":
