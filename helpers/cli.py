@@ -97,6 +97,10 @@ def cmd_train(args) -> int:
     print(f"trained: {info['people']} people, {info['photos']} photos ({info['method']}, "
           f"{rec.backbone.name}, input {rec.size} px)")
     print(f"threshold {rec.threshold:.2f} ({info['threshold_from']})")
+    far, frr = info["calibration"].rates()
+    print(f"expected at this threshold: strangers accepted {100 * far:.1f} %, known people's photos rejected "
+          f"{100 * frr:.1f} % (estimates from {len(info['calibration'].impostor)} impostor and "
+          f"{len(info['calibration'].genuine)} genuine scores)")
     print(f"saved {args.out} ({mb:.1f} MiB)")
     return 0
 
@@ -146,11 +150,12 @@ def cmd_recognize(args) -> int:
         print(json.dumps([{"photo": p, "name": (m.name if m.known else "unknown") if m else None,
                            "closest": m.closest if m else None,
                            "score": round(m.score, 4) if m else None,
-                           "threshold": round(m.threshold, 4) if m else None, "error": err}
+                           "threshold": round(m.threshold, 4) if m else None,
+                           "margin": round(m.margin, 4) if m else None, "error": err}
                           for p, m, err in results], indent=1))
     else:
         for p, m, err in results:
-            print(f"{p}: error: {err}" if err else f"{p}: {m}")
+            print(f"{p}: error: {err}" if err else f"{p}: {m.explain()}")
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import BACKBONES, Backbone, load_backbone
+from .calibration import describe_record
 from .evaluation import OpenSetReport, best_match, l2_normalize, open_set
 from .io import atomic_save
 from .model import EmbeddingHead
@@ -26,7 +27,8 @@ from .representations import Representation
 from .runtime import run_batched
 
 FORMAT = "face-course-recognizer"
-VERSION = 2  # 2: optional multi-layer / mirror TTA / whitening representation (files of version 1 still load)
+VERSION = 3  # 2: optional multi-layer / mirror TTA / whitening representation; 3: the threshold's calibration
+#               record (expected false-accept / false-reject rates); files of versions 1 and 2 still load
 UNKNOWN = "unknown"
 
 
@@ -46,6 +48,19 @@ class Match:
     @property
     def known(self) -> bool:
         return self.name is not None
+
+    @property
+    def margin(self) -> float:
+        """Score minus threshold: how far above (+) or below (-) the threshold the best match is."""
+        return self.score - self.threshold
+
+    def explain(self) -> str:
+        """The answer with its margin, e.g. 'Sam (score 0.44, +0.06 over the threshold 0.38)'."""
+        if self.known:
+            return (f"{self.name} (score {self.score:.2f}, {self.margin:+.2f} over the threshold "
+                    f"{self.threshold:.2f})")
+        return (f"{UNKNOWN} (closest: {self.closest}, score {self.score:.2f}, {self.margin:+.2f} under the "
+                f"threshold {self.threshold:.2f})")
 
     def __str__(self) -> str:
         if self.known:
@@ -84,6 +99,9 @@ class Recognizer(nn.Module):
         self.register_buffer("gallery", torch.zeros(len(self.names), dim) if gallery is None
                              else torch.as_tensor(gallery, dtype=torch.float32))
         self.threshold = float(threshold)
+        # how the threshold was chosen (`helpers.calibration.Calibration.record`): rule, expected FAR / FRR
+        # and the scores they rest on; None for a threshold set by hand or a file written before version 3
+        self.calibration: dict | None = None
 
     # ------------------------------------------------------------------ embeddings
     @property
@@ -162,8 +180,14 @@ class Recognizer(nn.Module):
     def describe(self) -> str:
         emb = "embedding head" if self.embedding is not None else (
             "raw backbone features" if self.representation is None else self.representation.describe())
+        cal = self.calibration
+        rates = ""
+        if cal and abs(float(cal.get("threshold", float("nan"))) - self.threshold) < 1e-9:
+            rates = f" ({describe_record(cal)})"
+        elif cal:
+            rates = " (set by hand: the saved rates were for another threshold)"
         return (f"recogniser: {self.backbone.name} ({self.backbone.weights}) + {emb}, {self.embedding_dim}-D, "
-                f"input {self.size}x{self.size}, {len(self.names)} people, threshold {self.threshold:.2f}")
+                f"input {self.size}x{self.size}, {len(self.names)} people, threshold {self.threshold:.2f}{rates}")
 
     def payload(self) -> dict:
         """Everything needed to rebuild the recogniser: plain types and tensors only (weights_only-safe)."""
@@ -174,6 +198,7 @@ class Recognizer(nn.Module):
             "preprocessing": {"size": self.size, "mean": list(self.backbone.mean), "std": list(self.backbone.std),
                               "steps": "RGB, Resize(size), CenterCrop(size), scale to [0,1], Normalize(mean, std)"},
             "names": list(self.names), "threshold": float(self.threshold),
+            "calibration": None if self.calibration is None else dict(self.calibration),
             "embedding_dim": self.embedding_dim,
             "backbone_state": {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()},
             "embedding_state": (None if self.embedding is None else
@@ -300,6 +325,7 @@ def load_recognizer(path: str | Path, expect_backbone: str | None = None,
         raise RecognizerFileError(f"{path.name}: its representation settings are incomplete ({e}); "
                                   "train it again") from None
     rec = Recognizer(backbone, embedding, size, names, gallery, threshold, representation)
+    rec.calibration = obj.get("calibration")  # absent from files before version 3
     dim = embedding.bn.num_features if embedding is not None else (
         backbone.feature_dim if representation is None else int(gallery.shape[1]))
     if tuple(gallery.shape) != (len(names), dim):

@@ -21,13 +21,13 @@ import torch.nn.functional as F
 
 from .backbones import Backbone
 from .data import FaceDataError, FaceSet, load_orl, split_known_strangers, split_people, split_per_person
-from .evaluation import best_match, threshold_from_strangers, threshold_without_strangers, verification
+from .evaluation import best_match, l2_normalize, threshold_from_strangers, threshold_without_strangers, verification
 from .features import TAPPED, extract, extract_features
-from .images import image_digest
 from .recognizer import Recognizer, open_set_report
-from .background import BACKGROUND_PEOPLE, background_faces
-from .representations import DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, DEFAULT_VIEWS, Representation, \
-    fit_representation, mirrored
+from .background import BACKGROUND_PEOPLE, background_faces, people_seen
+from .calibration import FOLDS, RULE, Calibration, calibrate_fixed, fold_of, fold_scores, mean_gallery
+from .representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
+    DEFAULT_PHONE_VIEWS, DEFAULT_VIEWS, Representation, enrolment_set, fit_representation, fit_whitening, mirrored
 from .runtime import threads
 from .training import train_head_on_features
 
@@ -127,13 +127,12 @@ def embed_features(rec: Recognizer, feats: torch.Tensor) -> np.ndarray:
 
 
 def stand_in_strangers(faces: FaceSet, without_background: bool = False) -> FaceSet | None:
-    """The packaged ORL faces minus anyone who appears in `faces` (same pixels): strangers for
-    choosing a threshold when a learner's folder has none. None when nobody is left. With
-    `without_background`, the background people (ORL s1–s10) are left out too (a whitening fitted
-    with them must not be tested on them)."""
+    """The packaged ORL faces minus anyone who appears in `faces` (same pixels, or a near copy:
+    `helpers.background.people_seen`): strangers for choosing a threshold when a learner's folder
+    has none. None when nobody is left. With `without_background`, the background people (ORL
+    s1–s10) are left out too (they are scored as impostors by `calibrate`, cross-fitted)."""
     orl = load_orl()
-    mine = {image_digest(im) for im in faces.images}
-    overlap = {int(lab) for im, lab in zip(orl.images, orl.labels) if image_digest(im) in mine}
+    overlap = people_seen(orl, faces.images)
     if without_background:
         overlap |= set(BACKGROUND_PEOPLE)
     keep = np.flatnonzero(~np.isin(orl.labels, sorted(overlap)))
@@ -142,71 +141,120 @@ def stand_in_strangers(faces: FaceSet, without_background: bool = False) -> Face
     return orl.subset(keep, relabel=True)
 
 
+def calibrate(backbone: Backbone, images: Sequence, labels, feats, size: int | None = None,
+              method: str = DEFAULT_METHOD, epochs: int = 30, seed: int = 0, n_threads: int | None = None,
+              stranger_feats=None, background: FaceSet | None = None, folds: int = FOLDS,
+              rule: str = RULE) -> Calibration:
+    """Genuine and impostor scores for the threshold, cross-fitted (`helpers.calibration`): for each of
+    `folds` folds (photo j of each person in fold j mod K), the recogniser is fitted again without the
+    fold's photos (whitening: on the cached enrolment views of the other photos and the background
+    minus the fold's background people; head: trained again) and the fold is scored against it.
+    `feats`: `method_features` of `images`; `stranger_feats`: the same of stranger photos, or None."""
+    labels = np.asarray(labels)
+    size = size or backbone.input_size
+    rank = fold_of(labels)
+    k = max(2, min(folds, int(rank.max()) + 1))
+    fold = rank % k
+    genuine, imp = [], {"own other people": [], "background people": [], "strangers": []}
+    if method == WHITEN:
+        kw = dict(n_phone=DEFAULT_PHONE_VIEWS if background is not None else 0)
+        lam = BACKGROUND_LAMBDA if background is not None else DEFAULT_LAMBDA
+        with threads(n_threads):
+            x, y = enrolment_set(backbone, list(images), labels, size, DEFAULT_LAYERS, DEFAULT_VIEWS, **kw)
+            if background is not None:
+                xb, yb = enrolment_set(backbone, background.images, background.labels, size, DEFAULT_LAYERS,
+                                       DEFAULT_VIEWS, **kw)
+                bf = method_features(backbone, background.images, size, method, n_threads)
+                bl = np.asarray(background.labels)
+        row_fold = np.tile(fold, len(x) // len(labels))
+    sf = None if stranger_feats is None or not len(stranger_feats) else np.asarray(stranger_feats)
+    for f in range(k):
+        tr, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        people = np.unique(labels[tr])
+        if method == WHITEN:
+            b = None if background is None else (xb[yb % k != f], yb[yb % k != f])
+            w = fit_whitening(x[row_fold != f], y[row_fold != f], lam, b, gram=True)
+            rep = Representation(backbone, DEFAULT_LAYERS, True, w)
+
+            def emb(v, rep=rep):
+                return l2_normalize(rep.finish(np.asarray(v)))
+        else:
+            if len(people) < 2 and method == "head":
+                continue
+            sub = np.searchsorted(people, labels[tr])
+            rf = fit_recognizer(backbone, feats[tr], sub, [str(p) for p in people], size, method, epochs, seed,
+                                n_threads=n_threads)
+
+            def emb(v, rf=rf):
+                return embed_features(rf, torch.as_tensor(np.asarray(v)))
+        gallery = mean_gallery(emb(feats[tr]), labels[tr], people)
+        g, o = fold_scores(gallery, people, emb(feats[held]), labels[held])
+        genuine += list(g)
+        imp["own other people"] += list(o)
+        if method == WHITEN and background is not None and (bl % k == f).any():
+            imp["background people"] += list(best_match(gallery, emb(bf[bl % k == f]))[1])
+        if sf is not None and (np.arange(len(sf)) % k == f).any():
+            imp["strangers"] += list(best_match(gallery, emb(sf[np.arange(len(sf)) % k == f]))[1])
+    sources = {name: len(v) for name, v in imp.items() if v}
+    return Calibration(np.array(genuine), np.concatenate([np.asarray(v, float) for v in imp.values()]),
+                       sources, rule, k)
+
+
 def train_recognizer(faces, backbone: Backbone, size: int | None = None, method: str = DEFAULT_METHOD, epochs: int = 30,
                      seed: int = 0, n_threads: int | None = None, strangers="orl") -> tuple[Recognizer, dict]:
-    """Everything `python -m helpers train` does: features, head, threshold, gallery of all photos.
+    """Everything `python -m helpers train` does: features, whitening or head, gallery and threshold.
 
-    The threshold is the equal-error point between held-out photos of the people (about a third
-    of each person's photos, scored against the gallery of the others) and photos of strangers:
-    `strangers` is a FaceSet, 'orl' (the packaged faces of people not in `faces`) or None (then each
-    held-out photo scored against the other people only plays the stranger, which is optimistic
-    for a trained head: it learned to keep exactly these people apart).
+    The recogniser is fitted on every photo. Its threshold is `helpers.calibration.RULE` on cross-fitted
+    scores (`calibrate`): every photo against its person's gallery entry made without it (genuine),
+    and impostors: each photo against the other people, the background people (whitened method) and
+    `strangers`: a FaceSet, 'orl' (the packaged faces of people not in `faces`, minus the background
+    people, who are already scored) or None. The file records the expected false-accept and
+    false-reject rates (`Recognizer.calibration`).
     """
     size = size or backbone.input_size
     feats = method_features(backbone, faces.images, size, method, n_threads)
     labels = np.asarray(faces.labels)
-    split = split_per_person(labels, val=0.2, test=0.15, seed=seed)
-    held = np.sort(np.r_[split.val, split.test])
     use_bg = method == WHITEN and USE_BACKGROUND
     if isinstance(strangers, str) and strangers == "orl":
         strangers = stand_in_strangers(faces, without_background=use_bg)
     s_images = [] if strangers is None else list(strangers.images)
-    rec = fit_recognizer(backbone, feats[split.train], labels[split.train], faces.names, size, method, epochs, seed,
-                         train_images=[faces.images[i] for i in split.train], n_threads=n_threads,
-                         background=background_for(faces.images, s_images) if use_bg else None)
-    held_emb = embed_features(rec, feats[held])
-    s_emb = None
-    if strangers is not None and len(strangers):
-        s_emb = embed_features(rec, method_features(backbone, strangers.images, size, method, n_threads))
-    source = _choose_threshold(rec, held_emb, labels[held], strangers, s_emb)
-    # final gallery: every photo (a head or whitening stays as fitted on the training part, so the
-    # threshold found on held-out photos it never saw still applies)
-    rec.enrol([], labels, faces.names, embeddings=embed_features(rec, feats))
+    bg = background_for(faces.images, s_images) if use_bg else None
+    rec = fit_recognizer(backbone, feats, labels, faces.names, size, method, epochs, seed,
+                         train_images=list(faces.images), n_threads=n_threads, background=bg)
+    sf = method_features(backbone, s_images, size, method, n_threads) if s_images else None
+    cal = calibrate(backbone, faces.images, labels, feats, size, method, epochs, seed, n_threads, sf, bg)
+    rec.threshold = cal.threshold
+    rec.calibration = cal.record()
     info = {"people": faces.num_people, "photos": len(faces), "method": _method_name(method),
-            "threshold_from": source}
+            "threshold_from": _calibration_note(cal, strangers), "calibration": cal}
     return rec, info
 
 
-def _choose_threshold(rec: Recognizer, held_emb: np.ndarray, held_labels: np.ndarray, strangers,
-                      s_emb: np.ndarray | None) -> str:
-    """Set `rec.threshold` from held-out embeddings (N, D) scored against its gallery and the
-    strangers' embeddings (M, D) (None: none); returns where it came from, for the report."""
-    if s_emb is not None:
-        rec.threshold = threshold_from_strangers(rec.gallery_np, held_emb, held_labels, s_emb)
-        return (f"equal error between {len(held_emb)} held-out photos of these people and {len(strangers)} photos "
-                f"of {strangers.num_people} strangers ({'ORL' if 'ORL' in strangers.source else 'given'})")
-    rec.threshold = threshold_without_strangers(rec.gallery_np, held_emb, held_labels)
-    return (f"equal error on {len(held_emb)} held-out photos, each also scored against the other people only "
-            "(no strangers available: optimistic)")
+def _calibration_note(cal: Calibration, strangers) -> str:
+    """Where the threshold came from, for `train`'s report."""
+    what = ("ORL stand-ins" if "ORL" in strangers.source else "given") if strangers is not None else ""
+    return (f"{cal.rule} on {len(cal.genuine)} genuine and {len(cal.impostor)} impostor scores, cross-fitted "
+            f"in {cal.folds} folds; impostors: "
+            + ", ".join(f"{n} {k}" + (f" ({what})" if k == "strangers" else "") for k, n in cal.sources.items()))
 
 
 def enrol_recognizer(rec: Recognizer, faces, seed: int = 0, n_threads: int | None = None,
                      strangers="orl") -> tuple[Recognizer, dict]:
     """`python -m helpers train --from-checkpoint`: a recogniser that needs no training (such as
     `Recognizer.from_checkpoint`, a fine-tuned model of notebook 07) enrols every photo of `faces`;
-    its threshold is chosen as `train_recognizer` chooses it (same split and strangers)."""
+    its threshold comes from the same folds, rule and strangers as `train_recognizer`'s
+    (`helpers.calibration.calibrate_fixed`: nothing to refit). `seed` is accepted for the command line."""
     labels = np.asarray(faces.labels)
-    split = split_per_person(labels, val=0.2, test=0.15, seed=seed)
-    held = np.sort(np.r_[split.val, split.test])
     if isinstance(strangers, str) and strangers == "orl":
         strangers = stand_in_strangers(faces)
     with threads(n_threads):
         emb = rec.embed(faces.images)
         s_emb = rec.embed(strangers.images) if strangers is not None and len(strangers) else None
-    rec.enrol([], labels[split.train], faces.names, embeddings=emb[split.train])
-    source = _choose_threshold(rec, emb[held], labels[held], strangers, s_emb)
+    cal = calibrate_fixed(emb, labels, s_emb)
+    rec.threshold, rec.calibration = cal.threshold, cal.record()
     rec.enrol([], labels, faces.names, embeddings=emb)
-    info = {"people": faces.num_people, "photos": len(faces), "threshold_from": source,
+    info = {"people": faces.num_people, "photos": len(faces), "threshold_from": _calibration_note(cal, strangers),
+            "calibration": cal,
             "method": f"fine-tuned {rec.backbone.name} + embedding of a helpers.trainer run, no training here"}
     return rec.eval(), info
 

@@ -65,9 +65,21 @@ def test_train_reports_what_it_did(folder, capsys, tmp_path):
     assert saved.representation.background == {"people": 7, "photos": 70}
     code, out, _ = run(capsys, "train", "--data", folder / "people", "--out", tmp_path / "h.pt", "--method", "head",
                        "--strangers", "none", *FAST)
-    assert code == 0 and "(frozen backbone + embedding/ArcFace head" in out and "no strangers available" in out
+    assert code == 0 and "(frozen backbone + embedding/ArcFace head" in out
+    assert "impostors: 24 own other people)" in out          # no strangers: the folder's own people only
     assert load_recognizer(tmp_path / "h.pt").embedding is not None
-    assert lines[1].startswith("threshold ") and lines[2].startswith(f"saved {tmp_path / 'm.pt'} (")
+    assert lines[1].startswith("threshold ") and lines[3].startswith(f"saved {tmp_path / 'm.pt'} (")
+    # the threshold's expected rates, and the scores they rest on, are printed and stored
+    cal = saved.calibration
+    assert lines[2] == (f"expected at this threshold: strangers accepted {100 * cal['far']:.1f} %, known people's "
+                        f"photos rejected {100 * cal['frr']:.1f} % (estimates from {cal['impostor']} impostor and "
+                        f"{cal['genuine']} genuine scores)")
+    assert cal["threshold"] == saved.threshold and cal["genuine"] == 24 == len(cal["genuine_scores"])
+    assert cal["sources"]["background people"] == 70 and cal["sources"]["own other people"] == 24
+    assert cal["sources"]["strangers"] == 300 and cal["impostor"] == 394 == len(cal["impostor_scores"])
+    g, i = np.array(cal["genuine_scores"]), np.array(cal["impostor_scores"])
+    assert (cal["far"], cal["frr"]) == pytest.approx(((i >= cal["threshold"]).mean(), (g < cal["threshold"]).mean()))
+    assert "expected false accepts" in saved.describe()
     assert "backbone: " in err
 
 
@@ -77,13 +89,16 @@ def test_recognize_answers_name_or_unknown_with_the_score(model, folder, capsys)
     assert code == 0, err
     lines = out.splitlines()
     assert len(lines) == 4
-    pattern = re.compile(r"(?P<photo>.+): (?:(?P<name>s\d+) \(score (?P<s1>[\d.]+) >= threshold (?P<t1>[\d.]+)\)"
-                         r"|unknown \(closest: (?P<closest>s\d+), score (?P<s2>[\d.]+) < threshold (?P<t2>[\d.]+)\))")
+    pattern = re.compile(r"(?P<photo>.+): (?:(?P<name>s\d+) \(score (?P<s1>[\d.]+), (?P<m1>\+[\d.]+) over the "
+                         r"threshold (?P<t1>[\d.]+)\)|unknown \(closest: (?P<closest>s\d+), score (?P<s2>[\d.]+), "
+                         r"(?P<m2>-[\d.]+) under the threshold (?P<t2>[\d.]+)\))")
     scores = []
     for photo, line in zip(photos, lines):
         m = pattern.fullmatch(line)
         assert m and m["photo"] == str(photo), line
         scores.append(float(m["s1"] or m["s2"]))
+        margin, threshold = float(m["m1"] or m["m2"]), float(m["t1"] or m["t2"])
+        assert margin == pytest.approx(scores[-1] - threshold, abs=0.011)   # the margin: score - threshold
         closest = m["name"] or m["closest"]
         if photo.stem != "s21":
             assert closest == photo.stem, line                  # the nearest person is the right one
@@ -97,6 +112,7 @@ def test_recognize_json_and_threshold_override(model, folder, capsys):
     for row in json.loads(out):
         assert row["threshold"] == round(saved, 4) and row["error"] is None
         assert (row["name"] == "unknown") == (row["score"] < row["threshold"])
+        assert row["margin"] == pytest.approx(row["score"] - row["threshold"], abs=2e-4)
         assert row["name"] in ("unknown", row["closest"])
     photo = folder / "aside" / "s1.png"
     code, out, _ = run(capsys, "recognize", "--model", model, photo, "--json", "--threshold", "1.5")

@@ -114,6 +114,22 @@ def test_save_load_round_trip_gives_the_same_answers(rec, three, tmp_path):
     assert payload["preprocessing"]["size"] == SIZE and payload["backbone"]["name"] == "efficientnet_lite0"
 
 
+def test_a_file_written_before_the_calibration_record_still_loads(rec, tmp_path):
+    payload = rec.payload()
+    assert payload["version"] == R.VERSION == 3 and "calibration" in payload
+    del payload["calibration"]
+    payload["version"] = 2
+    torch.save(payload, tmp_path / "old.pt")
+    back = R.load_recognizer(tmp_path / "old.pt")
+    assert back.calibration is None and back.threshold == pytest.approx(rec.threshold)
+    assert back.describe().endswith(f"threshold {rec.threshold:.2f}")            # no rates to state
+
+
+def test_match_states_its_margin():
+    assert str(R.Match("Sam", "Sam", 0.44, 0.38).explain()) == "Sam (score 0.44, +0.06 over the threshold 0.38)"
+    assert R.Match(None, "Sam", 0.30, 0.38).explain() == "unknown (closest: Sam, score 0.30, -0.08 under the threshold 0.38)"
+
+
 def test_raw_feature_recogniser_round_trip(three, effnet, tmp_path):
     faces, _ = three
     rec, _ = P.train_recognizer(faces, effnet, size=SIZE, method="raw", n_threads=1, strangers=None)
