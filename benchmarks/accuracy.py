@@ -366,13 +366,14 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
             measure = crossfit_measure if getattr(m, "background", False) else dev_measure
             thresholds[m.key] = measure(m, data, bank)["threshold"] if m.key != "dlib" else None
 
-    table, timing, measured, kept = {}, {}, {}, []
+    table, timing, measured, commits, kept = {}, {}, {}, {}, []
     for m in table_methods:
         if only and m.key not in only and previous and m.key in previous.get("details", {}).get("table", {}):
             kept.append(m.key)
             pd = previous["details"]
             table[m.key], timing[m.key] = pd["table"][m.key], pd["seconds"].get(m.key)
             measured[m.key] = pd.get("measured", {}).get(m.key, previous.get("started"))
+            commits[m.key] = pd.get("commits", {}).get(m.key, previous.get("commit"))
             continue
         measured[m.key] = now()
         t2 = time.perf_counter()
@@ -398,10 +399,13 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
         "dev_stage1_winner": stage1, "dev_stage2": [m.key for m in stage2],
         "dev_best_arcface_plus": best_arcplus, "chosen_settings": chosen_settings, "library_default": library,
         "seconds": {"features": round(feat_s, 1), "development": round(dev_s, 1), **timing},
-        "measured": measured,
+        "measured": measured, "commits": commits,   # commits: of rows kept from an earlier run only
         "protocol": protocol_text(list(DEV_SEEDS), list(GRID_TAPS), list(BACKGROUND_PEOPLE), FAR),
     }
     sec.figures = target_figures(table, "product")
+    if "product" in kept:                    # the product's figures are the kept row's: say when they were measured
+        for f in sec.figures:
+            f.measured, f.commit = measured["product"] or "", commits["product"] or ""
     match = chosen_settings == library
     sec.figures.append(Figure(
         "accuracy.default_is_dev_winner", f"product default (--method {DEFAULT_METHOD}, λ={library['lam']:g}, "

@@ -161,6 +161,8 @@ class Figure:
     met: bool | None = None
     spread: float | None = None  # 95 % interval (accuracy) or half the min-max range (timings), same unit
     reference: str = ""          # a typed constant (e.g. a guide's claim): never measured, shown apart
+    measured: str = ""           # when, if not in this section's run (a row kept from an earlier run)
+    commit: str = ""             # ... and at which commit
 
     def as_dict(self) -> dict:
         d = asdict(self)

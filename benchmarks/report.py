@@ -86,8 +86,9 @@ def headline_table(results: dict) -> str:
             vs = f"{f['vs_label']}: {_num(f['vs_value'], f['unit'])}" if f.get("vs_value") is not None \
                 else f.get("vs_label", "")
             rows.append(f"| {f['label']} | {_value(f)} | {vs or '—'} | {f.get('reference') or '—'} | {_ratio(f)} | "
-                        f"{f.get('target', '')} | {_met(f)} | {sec.get('started', '?')[:16].replace('T', ' ')} | "
-                        f"{sec.get('commit', 'not recorded')} |")
+                        f"{f.get('target', '')} | {_met(f)} | "
+                        f"{(f.get('measured') or sec.get('started', '?'))[:16].replace('T', ' ')} | "
+                        f"{f.get('commit') or sec.get('commit', 'not recorded')} |")
     return "\n".join(rows)
 
 
