@@ -126,6 +126,18 @@ def test_a_file_written_before_the_calibration_record_still_loads(rec, tmp_path)
     assert back.describe().endswith(f"threshold {rec.threshold:.2f}")            # no rates to state
 
 
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_files_of_earlier_formats_still_load(rec, three, tmp_path, version):
+    """Before format 4 the head's weights were under "embedding_state" (and a representation under its key)."""
+    payload = rec.payload()
+    assert payload["embedder"]["kind"] == "head" and "embedding_state" not in payload
+    torch.save(as_version(payload, version), tmp_path / "old.pt")
+    back = R.load_recognizer(tmp_path / "old.pt")
+    assert back.embedding is not None and (back.calibration is None) == (version < 3)
+    photos = three[0].images[:3]
+    assert np.abs(back.embed(photos) - rec.embed(photos)).max() < 1e-6
+
+
 def test_match_states_its_margin():
     assert str(R.Match("Sam", "Sam", 0.44, 0.38).explain()) == "Sam (score 0.44, +0.06 over the threshold 0.38)"
     assert R.Match(None, "Sam", 0.30, 0.38).explain() == "unknown (closest: Sam, score 0.30, -0.08 under the threshold 0.38)"
