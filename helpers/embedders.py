@@ -289,5 +289,5 @@ DEFAULT_METHOD = WHITEN  # the development people's winner (benchmarks/accuracy.
 
 
 def embedder_from_state(backbone: Backbone, state: dict) -> Embedder:
-    """The embedder a recogniser file stores (`Embedder.state`); KeyError for an unknown kind."""
+    """The embedder a recogniser file stores (`Embedder.state`; notebook 06); KeyError for an unknown kind."""
     return EMBEDDERS[state["kind"]].from_state(backbone, state)

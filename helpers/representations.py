@@ -97,7 +97,7 @@ def combine(parts: dict[str, np.ndarray], layers: Sequence[str] = DEFAULT_LAYERS
 # ------------------------------------------------------------------------------ whitening
 
 def whiten(x, mean, basis, scale, base):
-    """The whitening map, written once for NumPy arrays and torch tensors alike (the recogniser's
+    """The whitening map (notebook 06), written once for NumPy arrays and torch tensors alike (the recogniser's
     `forward`, exported, runs it on tensors; enrolment and calibration on cached NumPy features):
     (x - mean) scaled by `base` everywhere and by `base + scale` along the rows of `basis`.
     x (N, D), mean (D,), basis (r, D) orthonormal rows, scale (r,), base a float."""
