@@ -40,7 +40,8 @@ class RecognizerConfig:
     the head's training; `views`, `lam`, `phone_views`, `phone_strength`, `layers`: the whitening's
     (`lam`, `phone_views` None: the development choices, which depend on whether a background is used;
     `helpers.representations.fit_representation`); `background`: whether methods that can use the
-    background people (ORL s1-s10, `helpers.background`) do; `threads`: torch threads (None: as set).
+    background people (ORL s1-s10, `helpers.background`) do; `threads`: torch threads for backbone passes
+    (None: `helpers.runtime.default_threads()`).
     """
 
     method: str = WHITEN

@@ -42,8 +42,7 @@ def background_for(*image_lists, cfg: RecognizerConfig = RecognizerConfig()) -> 
 
 def features_for(backbone: Backbone, images: Sequence, size: int | None = None, n_threads: int | None = None):
     """Frozen features (N, F) at input `size`, from the course's on-disk cache when already computed."""
-    with threads(n_threads):
-        return RawEmbedder(backbone, RecognizerConfig("raw", size)).features(images)
+    return RawEmbedder(backbone, RecognizerConfig("raw", size, threads=n_threads)).features(images)
 
 
 def method_features(backbone: Backbone, images: Sequence, cfg: RecognizerConfig = RecognizerConfig()):
