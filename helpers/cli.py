@@ -21,7 +21,7 @@ from typing import Sequence
 EXIT_ERROR = 2
 PROG = "python -m helpers"
 
-# Copies of helpers.backbones.BACKBONES and helpers.recognizer_pipeline.METHODS / DEFAULT_METHOD, so
+# Copies of helpers.backbones.BACKBONES and helpers.embedders.METHODS / DEFAULT_METHOD, so
 # that building the parser loads no PyTorch (tests/test_cli.py checks they agree).
 BACKBONE_CHOICES = ("auto", "resnet18", "efficientnet_lite0")
 METHOD_CHOICES = ("multilayer-tta-whiten", "head", "raw")
@@ -74,7 +74,7 @@ def _fine_tuned(args):
 
 def cmd_train(args) -> int:
     from .backbones import load_backbone
-    from .recognizer_pipeline import enrol_recognizer, train_recognizer
+    from .recognizer_pipeline import RecognizerConfig, enrol_recognizer, train_recognizer
 
     rec = _fine_tuned(args) if args.from_checkpoint else None   # before reading the photos
     faces = _load_data(args.data, args.crop_faces)
@@ -88,9 +88,9 @@ def cmd_train(args) -> int:
         rec, info = enrol_recognizer(rec, faces, seed=args.seed, n_threads=_threads(args.threads),
                                      strangers=strangers)
     else:
-        rec, info = train_recognizer(faces, backbone, size=args.size, method=args.method or DEFAULT_METHOD,
-                                     epochs=args.epochs, seed=args.seed, n_threads=_threads(args.threads),
-                                     strangers=strangers)
+        cfg = RecognizerConfig(args.method or DEFAULT_METHOD, args.size, epochs=args.epochs, seed=args.seed,
+                               threads=_threads(args.threads))
+        rec, info = train_recognizer(faces, backbone, cfg, strangers=strangers)
     out = Path(args.out)
     rec.save(out)
     mb = out.stat().st_size / 2**20
@@ -161,7 +161,7 @@ def cmd_recognize(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .backbones import load_backbone
-    from .recognizer_pipeline import evaluate_protocol
+    from .recognizer_pipeline import RecognizerConfig, evaluate_protocol
 
     faces = _load_data(args.data, args.crop_faces)
     if not 2 <= args.known <= faces.num_people:
@@ -176,9 +176,9 @@ def cmd_evaluate(args) -> int:
 
         def degrade(img, index, seed=args.seed):
             return _degrade(img, seed, index)
-    res = evaluate_protocol(faces, backbone, n_known=args.known, shots=args.shots, seed=args.seed,
-                            size=args.size, method=args.method or DEFAULT_METHOD, epochs=args.epochs,
-                            n_threads=_threads(args.threads), degrade=degrade)
+    cfg = RecognizerConfig(args.method or DEFAULT_METHOD, args.size, epochs=args.epochs, seed=args.seed,
+                           threads=_threads(args.threads))
+    res = evaluate_protocol(faces, backbone, cfg, n_known=args.known, shots=args.shots, degrade=degrade)
     res = {"data": args.data, **res, "degraded_queries": bool(args.degrade)}
     if args.json:
         print(json.dumps(res, indent=1))

@@ -22,13 +22,15 @@ from .backbones import BACKBONES, Backbone, load_backbone
 from .calibration import describe_record
 from .evaluation import OpenSetReport, best_match, l2_normalize, open_set
 from .io import atomic_save
+from .embedders import Embedder, HeadEmbedder, RawEmbedder, WhitenedEmbedder, embedder_from_state
 from .model import EmbeddingHead
 from .representations import Representation
 from .runtime import run_batched
 
 FORMAT = "face-course-recognizer"
-VERSION = 3  # 2: optional multi-layer / mirror TTA / whitening representation; 3: the threshold's calibration
-#               record (expected false-accept / false-reject rates); files of versions 1 and 2 still load
+VERSION = 4  # 2: optional multi-layer / mirror TTA / whitening representation; 3: the threshold's calibration
+#               record (expected false-accept / false-reject rates); 4: one "embedder" entry (its kind and
+#               state, `helpers.embedders`) instead of "embedding_state" / "representation"; 1-3 still load
 UNKNOWN = "unknown"
 
 
@@ -72,30 +74,29 @@ class Recognizer(nn.Module):
     """Images -> L2-normalised embeddings; a gallery of known people; a stranger threshold.
 
     `forward(x)` takes preprocessed images (B, 3, size, size) and returns embeddings: that is
-    what TorchScript and ONNX export. `embedding=None` uses the backbone's features directly;
-    `representation` (a `helpers.representations.Representation` on the same backbone: several
-    layers, mirror TTA, within-class whitening) replaces the plain backbone call, and is exported too.
+    what TorchScript and ONNX export. The images become vectors through one `embedder`
+    (`helpers.embedders`, on the same backbone): raw features, an embedding head, or several layers +
+    mirror TTA + within-class whitening. Instead of `embedder`, pass `embedding` (an `EmbeddingHead`)
+    or `representation` (a `helpers.representations.Representation`); neither: the raw features.
     """
 
     def __init__(self, backbone: Backbone, embedding: EmbeddingHead | None = None, size: int | None = None,
                  names: Sequence[str] = (), gallery: torch.Tensor | None = None, threshold: float = 0.5,
-                 representation: Representation | None = None):
+                 representation: Representation | None = None, embedder: Embedder | None = None):
         super().__init__()
         self.backbone = backbone
-        if embedding is not None:  # on the backbone's device (the gallery stays on the CPU)
-            embedding = embedding.to(next(backbone.parameters()).device)
-        if representation is not None and representation.backbone is not backbone:
-            raise ValueError("the representation must be built on the recogniser's own backbone")
-        self.representation = representation
-        self.embedding = embedding
+        if embedder is None:
+            embedder = (HeadEmbedder(backbone, embedding=embedding) if embedding is not None else
+                        WhitenedEmbedder(backbone, representation=representation) if representation is not None
+                        else RawEmbedder(backbone))
+        elif embedding is not None or representation is not None:
+            raise ValueError("give an embedder, or an embedding / representation, not both")
+        if embedder.backbone is not backbone:
+            raise ValueError("the embedder must be built on the recogniser's own backbone")
+        self.embedder = embedder
         self.size = int(size or backbone.input_size)
         self.names = list(names)
-        if embedding is not None:
-            dim = embedding.bn.num_features
-        elif representation is not None:
-            dim = int(gallery.shape[1]) if gallery is not None else representation.dim
-        else:
-            dim = backbone.feature_dim
+        dim = embedder.dim
         self.register_buffer("gallery", torch.zeros(len(self.names), dim) if gallery is None
                              else torch.as_tensor(gallery, dtype=torch.float32))
         self.threshold = float(threshold)
@@ -105,6 +106,16 @@ class Recognizer(nn.Module):
 
     # ------------------------------------------------------------------ embeddings
     @property
+    def embedding(self) -> EmbeddingHead | None:
+        """The embedding head, for a recogniser with one (else None)."""
+        return getattr(self.embedder, "embedding", None)
+
+    @property
+    def representation(self) -> Representation | None:
+        """The multi-layer / TTA / whitening representation, for a recogniser with one (else None)."""
+        return getattr(self.embedder, "representation", None)
+
+    @property
     def embedding_dim(self) -> int:
         return int(self.gallery.shape[1])
 
@@ -113,10 +124,7 @@ class Recognizer(nn.Module):
         return self.backbone.transform(train=False, size=self.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.backbone(x) if self.representation is None else self.representation(x)
-        if self.embedding is not None:
-            f = self.embedding(f)
-        return F.normalize(f, dim=1)
+        return F.normalize(self.embedder(x), dim=1)
 
     @property
     def gallery_np(self) -> np.ndarray:
@@ -178,8 +186,7 @@ class Recognizer(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def describe(self) -> str:
-        emb = "embedding head" if self.embedding is not None else (
-            "raw backbone features" if self.representation is None else self.representation.describe())
+        emb = self.embedder.describe()
         cal = self.calibration
         rates = ""
         if cal and abs(float(cal.get("threshold", float("nan"))) - self.threshold) < 1e-9:
@@ -201,9 +208,7 @@ class Recognizer(nn.Module):
             "calibration": None if self.calibration is None else dict(self.calibration),
             "embedding_dim": self.embedding_dim,
             "backbone_state": {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()},
-            "embedding_state": (None if self.embedding is None else
-                                {k: v.detach().cpu().clone() for k, v in self.embedding.state_dict().items()}),
-            "representation": None if self.representation is None else self.representation.config(),
+            "embedder": self.embedder.state(),
             "gallery": self.gallery.detach().cpu().clone(),
             "torch": str(torch.__version__),
         }
@@ -267,6 +272,17 @@ def _read_payload(path: Path) -> dict:
     return obj
 
 
+def _embedder_state(obj: dict) -> dict:
+    """The embedder's state: version 4 stores it; versions 1-3 stored its parts under their own keys."""
+    if int(obj.get("version", 0)) >= 4:
+        return obj["embedder"]
+    if obj.get("embedding_state") is not None:
+        return {"kind": HeadEmbedder.name, "embedding": obj["embedding_state"]}
+    if obj.get("representation") is not None:   # absent from version 1
+        return {"kind": WhitenedEmbedder.name, "representation": obj["representation"]}
+    return {"kind": RawEmbedder.name}
+
+
 def load_recognizer(path: str | Path, expect_backbone: str | None = None,
                     expect_names: Sequence[str] | None = None) -> Recognizer:
     """Rebuild a saved recogniser without downloading anything; check it is the one expected.
@@ -301,33 +317,26 @@ def load_recognizer(path: str | Path, expect_backbone: str | None = None,
                                   f"{[b for b in BACKBONES if b != 'auto']}")
     backbone = load_backbone(name, pretrained=False, verbose=False)  # architecture only: no download
     backbone.weights = bb_info.get("weights", "?")
-    emb_state = obj.get("embedding_state")
-    embedding = None
-    if emb_state is not None:
-        try:
-            embedding = EmbeddingHead(int(emb_state["linear.weight"].shape[1]), int(emb_state["linear.weight"].shape[0]))
-        except (KeyError, AttributeError, IndexError) as e:
-            raise RecognizerFileError(f"{path.name}: the embedding weights are incomplete ({e})") from None
-    for module, state, what in ((backbone, obj.get("backbone_state"), f"a {name} backbone"),
-                                (embedding, emb_state, "the embedding head")):
-        if module is None:
-            continue
-        try:
-            module.load_state_dict(state, strict=True)
-        except (RuntimeError, TypeError, AttributeError) as e:
-            first = str(e).strip().splitlines()[0][:160]
-            raise RecognizerFileError(f"{path.name}: its weights do not fit {what} ({first}). The file was "
-                                      "edited or made for another model: train it again.") from None
-    rep_cfg = obj.get("representation")
     try:
-        representation = None if rep_cfg is None else Representation.from_config(backbone, rep_cfg)
-    except (KeyError, TypeError, AttributeError) as e:
-        raise RecognizerFileError(f"{path.name}: its representation settings are incomplete ({e}); "
+        backbone.load_state_dict(obj.get("backbone_state"), strict=True)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RecognizerFileError(f"{path.name}: its weights do not fit a {name} backbone ({first}). The file was "
+                                  "edited or made for another model: train it again.") from None
+    state: dict = {}
+    try:
+        state = _embedder_state(obj)
+        embedder = embedder_from_state(backbone, state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:160]
+        raise RecognizerFileError(f"{path.name}: its weights do not fit the {state.get('kind')} embedder ({first}). "
+                                  "The file was edited or made for another model: train it again.") from None
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        raise RecognizerFileError(f"{path.name}: its embedder's settings or weights are incomplete ({e}); "
                                   "train it again") from None
-    rec = Recognizer(backbone, embedding, size, names, gallery, threshold, representation)
+    rec = Recognizer(backbone, size=size, names=names, gallery=gallery, threshold=threshold, embedder=embedder)
     rec.calibration = obj.get("calibration")  # absent from files before version 3
-    dim = embedding.bn.num_features if embedding is not None else (
-        backbone.feature_dim if representation is None else int(gallery.shape[1]))
+    dim = embedder.dim
     if tuple(gallery.shape) != (len(names), dim):
         raise RecognizerFileError(f"{path.name}: gallery shape {tuple(gallery.shape)} does not match "
                                   f"{len(names)} people x {dim}-D embeddings; save it again")

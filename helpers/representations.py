@@ -96,18 +96,27 @@ def combine(parts: dict[str, np.ndarray], layers: Sequence[str] = DEFAULT_LAYERS
 
 # ------------------------------------------------------------------------------ whitening
 
+def whiten(x, mean, basis, scale, base):
+    """The whitening map (notebook 06), written once for NumPy arrays and torch tensors alike (the recogniser's
+    `forward`, exported, runs it on tensors; enrolment and calibration on cached NumPy features):
+    (x - mean) scaled by `base` everywhere and by `base + scale` along the rows of `basis`.
+    x (N, D), mean (D,), basis (r, D) orthonormal rows, scale (r,), base a float."""
+    z = x - mean
+    return z * base + ((z @ basis.T) * scale) @ basis
+
+
 @dataclass
 class Whitening:
-    """x -> (x - mean) scaled by `base` everywhere, and by `base + scale` along `basis` rows."""
+    """A fitted within-class whitening (`fit_whitening`; notebook 06): x -> `whiten(x, ...)`."""
 
     mean: np.ndarray    # (D,)
-    basis: np.ndarray   # (r, D) orthonormal rows: the span of the within-class differences
+    basis: np.ndarray   # (r, D) orthonormal rows: the directions in which photos of one person vary
     scale: np.ndarray   # (r,)
     base: float
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        z = np.asarray(x, dtype=np.float64) - self.mean
-        return z * self.base + ((z @ self.basis.T) * self.scale) @ self.basis
+        """(N, D) -> (N, D) whitened, in float64."""
+        return whiten(np.asarray(x, dtype=np.float64), self.mean, self.basis, self.scale, self.base)
 
     def state(self) -> dict:
         return {"mean": torch.as_tensor(self.mean, dtype=torch.float32),
@@ -121,17 +130,15 @@ class Whitening:
                    float(s["base"]))
 
 
-def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA, background: tuple | None = None,
-                  gram: bool = False) -> Whitening:
-    """Centre on the mean of `x` and whiten by the regularised within-class covariance of (x, y).
+def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA, background: tuple | None = None) -> Whitening:
+    """Centre on the mean of `x` (N, D) and whiten by the regularised within-class covariance of (x, y).
 
-    Directions in which photos of the same person vary are shrunk; the rest are kept. Computed
-    from the SVD of the within-class residuals (cheap when there are fewer items than dimensions).
+    Directions in which photos of the same person vary are shrunk; the rest are kept. The directions
+    and their variances come from the eigenvectors of the (N x N) Gram matrix of the within-class
+    residuals (cheap: there are far fewer vectors than dimensions); directions without variance (their
+    scale would be 0) are left out, so `len(scale)` is the rank of the within-class scatter.
     `background` = (vectors, labels) of other people: more within-class samples, each background
     label a class of its own (never the same as an enrolled person's); the mean is over all vectors.
-    `gram`: the same from the eigenvectors of the (items x items) Gram matrix, several times faster
-    when there are far fewer items than dimensions (directions without variance, whose scale is 0
-    anyway, are left out); equal to the SVD up to rounding (the threshold's cross-fitting uses it).
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
     if len(x) != len(y) or len(x) < 2:
@@ -148,16 +155,13 @@ def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA, background: tup
     z = x - mu
     for c in np.unique(y):
         z[y == c] -= z[y == c].mean(0)
-    if gram:
-        lam_g, u = np.linalg.eigh(z @ z.T)
-        keep = lam_g > lam_g.max() * 1e-12
-        sv = np.sqrt(lam_g[keep])[::-1]
-        vt = (u[:, keep][:, ::-1].T @ z) / sv[:, None]
-    else:
-        _, sv, vt = np.linalg.svd(z, full_matrices=False)
-    ev = sv ** 2 / len(z)
-    if ev.max() <= 0:
+    lam_g, u = np.linalg.eigh(z @ z.T)
+    if lam_g.max() <= 0:
         raise ValueError("whitening needs photos that differ within a person (add views or photos)")
+    keep = lam_g > lam_g.max() * 1e-12
+    sv = np.sqrt(lam_g[keep])[::-1]
+    vt = (u[:, keep][:, ::-1].T @ z) / sv[:, None]
+    ev = sv ** 2 / len(z)
     reg = lam * ev.max()
     base = 1 / np.sqrt(reg)
     return Whitening(mu, vt, 1 / np.sqrt(ev + reg) - base, float(base))
@@ -195,8 +199,7 @@ class Representation(nn.Module):
         if self.tta:
             f = F.normalize(f + self._single(torch.flip(x, dims=[3])), dim=1)
         if self.whitening is not None:
-            z = f - self.w_mean
-            f = z * self.w_base + ((z @ self.w_basis.T) * self.w_scale) @ self.w_basis
+            f = whiten(f, self.w_mean, self.w_basis, self.w_scale, self.w_base)
         return f
 
     # ---------------------------------------------------------------- the same from cached features
@@ -216,6 +219,8 @@ class Representation(nn.Module):
 
     @property
     def dim(self) -> int:
+        if self.whitening is not None:
+            return int(len(self.whitening.mean))
         dims = {FINAL: self.backbone.feature_dim}
         if self.layers:
             with torch.no_grad():

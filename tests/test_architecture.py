@@ -234,3 +234,63 @@ def test_one_training_step():
     users = {n for n, p in MODULES.items() if "train_step" in _calls(ast.parse(p.read_text()))}
     assert {"helpers.training", "helpers.trainer", "helpers.cached_unfreezing",
             "helpers.course.training_runs"} <= users, sorted(users)
+
+
+# ---------------------------------------------------------------------- the recogniser as parts (issue 21 item 6)
+
+METHOD_NAMES = {"raw", "head", "multilayer-tta-whiten"}
+METHOD_CONSTANTS = {"WHITEN", "DEFAULT_METHOD", "METHODS"}
+
+
+def _names_a_method(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant) and node.value in METHOD_NAMES:
+        return True
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return any(_names_a_method(e) for e in node.elts)
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+    return name in METHOD_CONSTANTS or name == "method"
+
+
+def test_only_the_registry_switches_on_a_method_name():
+    """Outside helpers.embedders (where `EMBEDDERS` maps the command line's names to classes), no library
+    module compares with a method name (`method == "head"`, `== WHITEN`, `in ("raw", ...)`) or keys a
+    table by one: what differs between methods lives in the embedder classes."""
+    found = []
+    for name, path in LIBRARY.items():
+        if name == "helpers.embedders":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            sides = [] if not isinstance(node, ast.Compare) else [node.left, *node.comparators]
+            if any(_names_a_method(n) for n in sides) and not any(  # `args.method is None` is not a switch
+                    isinstance(n, ast.Constant) and n.value is None for n in sides):
+                found.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.Dict) and any(k is not None and _names_a_method(k) for k in node.keys):
+                found.append(f"{name}:{node.lineno} (a table keyed by method)")
+    assert not found, f"method names switched on outside helpers.embedders: {found}"
+
+
+def _call_lines(path: Path, attr: str) -> list[int]:
+    return [n.lineno for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+            and (getattr(n.func, "attr", None) == attr or getattr(n.func, "id", None) == attr)]
+
+
+def test_the_whitening_maths_exists_once():
+    """One fit (`fit_whitening`, one decomposition, no alternative route) and one map (`whiten`, used by
+    both the NumPy `Whitening.apply` and the exported torch `Representation.forward`)."""
+    defs = [(name, n.name) for name, path in LIBRARY.items() for n in ast.walk(ast.parse(path.read_text()))
+            if isinstance(n, ast.FunctionDef) and n.name in ("fit_whitening", "whiten")]
+    assert sorted(defs) == [("helpers.representations", "fit_whitening"), ("helpers.representations", "whiten")]
+    decompositions = {name: _call_lines(path, a) for name, path in LIBRARY.items() for a in ("svd", "eigh", "eig")
+                      if _call_lines(path, a)}
+    assert list(decompositions) == ["helpers.representations"] and len(decompositions["helpers.representations"]) == 1
+    import inspect
+
+    from helpers import representations as RP
+
+    assert list(inspect.signature(RP.fit_whitening).parameters) == ["x", "y", "lam", "background"]
+    # the map's matrix products are written in `whiten` only
+    tree = ast.parse(LIBRARY["helpers.representations"].read_text())
+    for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name != "whiten"):
+        products = [n for n in ast.walk(fn) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)
+                    and "basis" in ast.unparse(n)]
+        assert not products, f"{fn.name} applies a whitening itself: {[ast.unparse(p) for p in products]}"

@@ -55,7 +55,7 @@ def test_cross_fitted_genuine_scores_leave_the_photo_out(effnet):
     centre = rng.normal(size=(people, dim))
     labels = np.repeat(np.arange(people), per)
     feats = (centre[labels] + 0.8 * rng.normal(size=(len(labels), dim))).astype(np.float32)
-    cal = P.calibrate(effnet, [None] * len(labels), labels, feats, size=64, method="raw")
+    cal = P.calibrate(effnet, [None] * len(labels), labels, feats, P.RecognizerConfig("raw", 64))
     e = l2_normalize(feats)
     want_g, want_o = [], []
     rank = np.tile(np.arange(per), people)                  # photo j of each person is in fold j

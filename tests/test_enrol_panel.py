@@ -30,7 +30,7 @@ def _png(img) -> bytes:
 def rec(orl, effnet):
     idx = np.flatnonzero(orl.labels < 3)
     feats = P.features_for(effnet, [orl.images[i] for i in idx], SIZE, 1)
-    r = P.fit_recognizer(effnet, feats, orl.labels[idx], orl.names[:3], SIZE, "raw")
+    r = P.fit_recognizer(effnet, feats, orl.labels[idx], orl.names[:3], P.RecognizerConfig("raw", SIZE))
     r.threshold = 0.5
     return r
 

@@ -16,6 +16,7 @@ from helpers import io as io_module
 from helpers import recognizer as R
 from helpers import recognizer_pipeline as P
 from helpers.course import demo, recognizer_views
+from tests.old_payloads import as_version
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64
@@ -32,7 +33,7 @@ def three(orl):
 @pytest.fixture(scope="module")
 def trained(three, effnet):
     faces, _ = three
-    return P.train_recognizer(faces, effnet, size=SIZE, method="head", epochs=20, n_threads=1, strangers=None)
+    return P.train_recognizer(faces, effnet, P.RecognizerConfig("head", SIZE, epochs=20, threads=1), strangers=None)
 
 
 @pytest.fixture()
@@ -116,13 +117,25 @@ def test_save_load_round_trip_gives_the_same_answers(rec, three, tmp_path):
 
 def test_a_file_written_before_the_calibration_record_still_loads(rec, tmp_path):
     payload = rec.payload()
-    assert payload["version"] == R.VERSION == 3 and "calibration" in payload
+    assert payload["version"] == R.VERSION == 4 and "calibration" in payload
     del payload["calibration"]
-    payload["version"] = 2
+    payload = as_version(payload, 2)
     torch.save(payload, tmp_path / "old.pt")
     back = R.load_recognizer(tmp_path / "old.pt")
     assert back.calibration is None and back.threshold == pytest.approx(rec.threshold)
     assert back.describe().endswith(f"threshold {rec.threshold:.2f}")            # no rates to state
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_files_of_earlier_formats_still_load(rec, three, tmp_path, version):
+    """Before format 4 the head's weights were under "embedding_state" (and a representation under its key)."""
+    payload = rec.payload()
+    assert payload["embedder"]["kind"] == "head" and "embedding_state" not in payload
+    torch.save(as_version(payload, version), tmp_path / "old.pt")
+    back = R.load_recognizer(tmp_path / "old.pt")
+    assert back.embedding is not None and (back.calibration is None) == (version < 3)
+    photos = three[0].images[:3]
+    assert np.abs(back.embed(photos) - rec.embed(photos)).max() < 1e-6
 
 
 def test_match_states_its_margin():
@@ -132,7 +145,7 @@ def test_match_states_its_margin():
 
 def test_raw_feature_recogniser_round_trip(three, effnet, tmp_path):
     faces, _ = three
-    rec, _ = P.train_recognizer(faces, effnet, size=SIZE, method="raw", n_threads=1, strangers=None)
+    rec, _ = P.train_recognizer(faces, effnet, P.RecognizerConfig("raw", SIZE, threads=1), strangers=None)
     assert rec.embedding is None and rec.gallery.shape == (3, 1280)
     back = R.load_recognizer(rec.save(tmp_path / "raw.pt"))
     assert back.embedding is None

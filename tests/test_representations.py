@@ -15,6 +15,7 @@ from helpers import features as FE
 from helpers import taps as TA
 from helpers import representations as RP
 from helpers.degrade import degrade
+from tests.old_payloads import as_version
 from tests.tiny_backbone import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,9 +73,10 @@ def four(orl):
 @pytest.fixture(scope="module")
 def whitened(four, effnet):
     idx = np.flatnonzero(np.isin(np.arange(len(four)) % 10, [0, 1, 2]))  # 3 photos per person
-    feats = P.method_features(effnet, [four.images[i] for i in idx], SIZE, P.WHITEN, n_threads=1)
-    return P.fit_recognizer(effnet, feats, four.labels[idx], four.names, SIZE, P.WHITEN,
-                            train_images=[four.images[i] for i in idx], n_views=2, n_threads=1)
+    cfg = P.RecognizerConfig(P.WHITEN, SIZE, views=2, threads=1)
+    feats = P.method_features(effnet, [four.images[i] for i in idx], cfg)
+    return P.fit_recognizer(effnet, feats, four.labels[idx], four.names, cfg,
+                            train_images=[four.images[i] for i in idx])
 
 
 def test_whitened_recogniser_embeds_photos_as_enrolment_did(whitened, four, effnet):
@@ -83,7 +85,7 @@ def test_whitened_recogniser_embeds_photos_as_enrolment_did(whitened, four, effn
     assert rec.gallery.shape == (4, 1280 + 112 * 16)  # final + layer3 over a 4 x 4 grid, EfficientNet-Lite0
     photos = [four.images[i] for i in (3, 14, 25, 36)]
     direct = rec.embed(photos)  # PIL -> preprocessing -> Representation.forward (what `recognize` runs)
-    cached = P.embed_features(rec, P.method_features(effnet, photos, SIZE, P.WHITEN, n_threads=1))
+    cached = P.embed_features(rec, P.method_features(effnet, photos, P.RecognizerConfig(P.WHITEN, SIZE)))
     assert np.abs(direct - cached).max() < 1e-4
     assert [m.closest for m in rec.recognize(photos)] == ["s1", "s2", "s3", "s4"]
     assert "mirror TTA" in rec.describe() and "whitening" in rec.describe()
@@ -95,8 +97,9 @@ def test_whitened_recogniser_saves_loads_and_exports(whitened, four, tmp_path):
 
     path = whitened.save(tmp_path / "m.pt")
     obj = torch.load(path, weights_only=True)  # plain tensors and types only
-    assert obj["version"] == R.VERSION and obj["representation"]["layers"] == list(RP.DEFAULT_LAYERS)
-    assert obj["representation"]["tta"] is True and obj["representation"]["whitening"]["basis"].ndim == 2
+    rep = obj["embedder"]["representation"]
+    assert obj["version"] == R.VERSION and obj["embedder"]["kind"] == P.WHITEN and rep["layers"] == list(RP.DEFAULT_LAYERS)
+    assert rep["tta"] is True and rep["whitening"]["basis"].ndim == 2
     again = R.load_recognizer(path)
     photos = four.images[5:8]
     assert np.abs(again.embed(photos) - whitened.embed(photos)).max() < 1e-4
@@ -108,10 +111,7 @@ def test_whitened_recogniser_saves_loads_and_exports(whitened, four, tmp_path):
 def test_a_file_without_representation_settings_still_loads(whitened, tmp_path):
     """Version-1 files (no 'representation' key) are recognisers on raw features or a head."""
     rec = R.Recognizer(whitened.backbone, None, SIZE, ["a", "b"], torch.zeros(2, 1280))
-    obj = rec.payload()
-    obj.pop("representation")
-    obj["version"] = 1
-    torch.save(obj, tmp_path / "v1.pt")
+    torch.save(as_version(rec.payload(), 1), tmp_path / "v1.pt")
     assert R.load_recognizer(tmp_path / "v1.pt").representation is None
 
 
@@ -164,8 +164,8 @@ def test_the_whitened_recogniser_takes_other_layers(four, effnet):
     idx = np.flatnonzero(np.isin(np.arange(len(four)) % 10, [0, 1]))
     photos = [four.images[i] for i in idx]
     layers = ("layer3", "layer2")
-    feats = P.method_features(effnet, photos, SIZE, P.WHITEN, n_threads=1, layers=layers)
-    rec = P.fit_recognizer(effnet, feats, four.labels[idx], four.names, SIZE, P.WHITEN, train_images=photos,
-                           n_views=1, n_threads=1, layers=layers)
+    cfg = P.RecognizerConfig(P.WHITEN, SIZE, views=1, threads=1, layers=layers)
+    feats = P.method_features(effnet, photos, cfg)
+    rec = P.fit_recognizer(effnet, feats, four.labels[idx], four.names, cfg, train_images=photos)
     assert rec.representation.layers == layers and rec.gallery.shape == (4, 1280 + 112 + 40)
     assert np.abs(rec.embed(photos[:2]) - P.embed_features(rec, feats[:2])).max() < 1e-4

@@ -91,10 +91,10 @@ def bg_rec(orl, effnet):
     photos = [orl.images[i] for i in idx]
     background = orl.subset(np.flatnonzero(orl.labels < 4), relabel=True)
     evaluated = [orl.images[int(np.flatnonzero(orl.labels == 1)[9])]]
-    feats = P.method_features(effnet, photos, SIZE, P.WHITEN, n_threads=1)
-    rec = P.fit_recognizer(effnet, feats, orl.labels[idx] - 10, ["s11", "s12", "s13"], SIZE, P.WHITEN,
-                           train_images=photos, n_views=1, n_threads=1, background=background,
-                           exclude_images=evaluated, n_phone=1)
+    cfg = P.RecognizerConfig(P.WHITEN, SIZE, views=1, phone_views=1, threads=1)
+    feats = P.method_features(effnet, photos, cfg)
+    rec = P.fit_recognizer(effnet, feats, orl.labels[idx] - 10, ["s11", "s12", "s13"], cfg,
+                           train_images=photos, background=background, exclude_images=evaluated)
     return rec, photos, feats
 
 
@@ -114,7 +114,7 @@ def test_a_background_with_an_enrolled_person_loses_that_person(orl, effnet):
     rep = RP.fit_representation(effnet, photos, orl.labels[idx], SIZE, n_views=1, background=background)
     assert rep.background is None  # only s3 would be left: no background, the stage-1 settings
     with pytest.raises(ValueError, match="background must be"):
-        P.fit_recognizer(effnet, np.zeros((4, 1432)), orl.labels[idx], ["s1", "s2"], SIZE, P.WHITEN,
+        P.fit_recognizer(effnet, np.zeros((4, 1432)), orl.labels[idx], ["s1", "s2"], P.RecognizerConfig(P.WHITEN, SIZE),
                          train_images=photos, background="everyone")
 
 
@@ -125,7 +125,7 @@ def test_saved_recogniser_keeps_its_background_note_and_old_files_load(bg_rec, t
     assert again.representation.background == rec.representation.background
     assert np.abs(again.embed(bg_rec[1][:2]) - rec.embed(bg_rec[1][:2])).max() < 1e-4
     obj = torch.load(path, weights_only=True)
-    obj["representation"].pop("background")  # a file written before backgrounds existed
+    obj["embedder"]["representation"].pop("background")  # a file written before backgrounds existed
     torch.save(obj, tmp_path / "old.pt")
     old = R.load_recognizer(tmp_path / "old.pt")
     assert old.representation.background is None and "background" not in old.describe()
