@@ -98,6 +98,9 @@ def test_folder_recipe():
     assert not enrolled & {i for i, _, _ in f["queries"]}
     assert sum(k for _, _, k in f["queries"]) == 27 and len(f["queries"]) == 27 + 22
     assert F.folder(labels, F.partition()["test"], 9, 0) == f
+    clean = F.family_queries(f, "clean")
+    assert len(clean) == 63 + 110 and set(f["queries"]) <= set(clean) and F.family_queries(f, "mask") == f["queries"]
+    assert not enrolled & {i for i, _, _ in clean}
 
 
 def test_bootstrap_interval_on_a_toy_case():
