@@ -8,7 +8,8 @@ Protocol: benchmarks/protocols/alignment.md. Per seed, the threshold protocol's 
 (`benchmarks.scenes`, JPEG files with EXIF tags, read back through `helpers.images.read_image`);
 each candidate finds the faces, the product is trained on the enrolment crops (`train_recognizer`,
 calibration strangers: none) and scores the query crops. Per-query results go to
-`benchmarks/results_alignment_<phase>.json`; intervals as in `benchmarks.threshold.measures`.
+`benchmarks/results_alignment_<phase>/seed<S>.json` (one process per seed may run at once; `--report`
+prints the table from them); intervals as in `benchmarks.threshold.measures`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from helpers.data import FaceSet, load_folder, load_orl
 from helpers.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = (0, 1, 2, 3, 4)
+SEEDS = (0, 1, 2)      # 5 planned; cut to 3 before any result (CPU time, see the protocol)
 CANDIDATES = ("haar", "dlib-box", "dlib-orl", "dlib-wide")
 FAMILY = "scenes"
 
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=CANDIDATES)
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report", action="store_true", help="only print the table from the stored seed files")
     ap.add_argument("--check-cli", default=None, help="candidate the product uses: spot-check the CLI")
     args = ap.parse_args(argv)
     from helpers.backbones import load_backbone
@@ -139,9 +141,10 @@ def main(argv=None) -> int:
     people = partition()
     orl = load_orl()
     backbone = load_backbone("efficientnet_lite0", verbose=False)
-    runs = []
+    parts = ROOT / "benchmarks" / f"results_alignment_{args.phase}"
+    parts.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp, n_threads(args.threads):
-        for seed in args.seeds:
+        for seed in ([] if args.report else args.seeds):
             where = Path(tmp) / f"{args.phase}-{seed}"
             truth = write_scenes(orl, args.phase, seed, where, people)
             run = {"seed": seed, "known": truth["known"]}
@@ -153,9 +156,8 @@ def main(argv=None) -> int:
             if args.check_cli and seed == args.seeds[0]:
                 run["cli_check"] = cli_check(where, truth, run[args.check_cli], args.check_cli, backbone,
                                              args.threads)
-            runs.append(run)
-    out = ROOT / "benchmarks" / f"results_alignment_{args.phase}.json"
-    out.write_text(json.dumps({"phase": args.phase, "seeds": args.seeds, "runs": runs}, indent=0))
+            (parts / f"seed{seed}.json").write_text(json.dumps(run, indent=0))   # one file per seed and process
+    runs = [json.loads((parts / f"seed{seed}.json").read_text()) for seed in args.seeds]
     print("| candidate | identification % [95 % CI] | strangers' EER % (mean [min, max]) | known accepted % "
           "| strangers accepted % | query faces missed | enrolment photos skipped | find s/photo |")
     print("|---|---|---|---|---|---|---|---|")

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from .facecrop import FoundFace
+
+__all__ = ["FoundFace", "DlibAligner", "HaarFinder", "FaceStep", "face_finder", "similarity", "warp", "box_crop"]
 
 CROP_SIZE = (92, 112)    # (width, height) of an ORL photo
 # Mean dlib 5-point landmarks in the ORL photos of s1-s10 (detected on 2x enlarged copies), made
@@ -32,16 +35,6 @@ GEOMETRIES = {"orl": 1.0, "wide": 0.85}  # landmark spread relative to ORL's (<1
 # "auto" face finding: a photo longer than this (3 x the default 224 px input, as the enrol panel's
 # SMALL_FACTOR) is searched for faces; a smaller one is taken as a face crop already (ORL: 92 x 112).
 AUTO_SIDE = 672
-
-
-@dataclass
-class FoundFace:
-    """One face: `image` the crop (RGB), `box` (x, y, w, h) in the photo's pixels, `landmarks` (5, 2)
-    in the photo's pixels (None for Haar)."""
-
-    image: Image.Image
-    box: tuple[int, int, int, int]
-    landmarks: np.ndarray | None = None
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -144,22 +137,17 @@ class DlibAligner:
 
 
 class HaarFinder:
-    """OpenCV's Haar cascade (`helpers.facecrop.FaceCropper`): the box with a margin, no alignment."""
+    """OpenCV's Haar cascade (`helpers.facecrop.FaceCropper`): the box with a 20 % margin, no alignment."""
 
     def __init__(self, margin: float = 0.2):
         from .facecrop import FaceCropper
 
         self.cropper = FaceCropper(margin=margin)
-        self.name = "OpenCV Haar cascade box, not aligned"
+        self.name = self.cropper.name
 
     def find(self, img: Image.Image) -> list[FoundFace]:
         """Every face in `img`, largest first, each its box with the margin (sizes vary)."""
-        out = []
-        for x, y, w, h in self.cropper.detect(img):
-            dx, dy = int(w * self.cropper.margin), int(h * self.cropper.margin)
-            crop = img.crop((max(0, x - dx), max(0, y - dy), min(img.width, x + w + dx), min(img.height, y + h + dy)))
-            out.append(FoundFace(crop, (int(x), int(y), int(w), int(h))))
-        return out
+        return self.cropper.find(img)
 
 
 def face_finder(prefer: str = "auto"):
@@ -182,3 +170,38 @@ def face_finder(prefer: str = "auto"):
     if prefer == "auto":
         finder.name += f" (fallback: {why.split(': pip')[0]})"
     return finder
+
+
+class FaceStep:
+    """The face step of loading a folder (`helpers.data.load_folder`): `mode` True or "always" searches
+    every photo, "auto" only photos longer than `AUTO_SIDE` (smaller ones are face crops already).
+    The finder is made on first use; in "auto" mode a missing detector leaves large photos whole
+    (`note()` says so) instead of failing."""
+
+    def __init__(self, mode, finder=None):
+        self.mode, self.finder, self.searched, self.missing = mode, finder, 0, ""
+
+    def applies(self, img: Image.Image) -> bool:
+        """Whether `img` is searched for faces (makes the finder the first time)."""
+        if not self.mode or (self.mode == "auto" and max(img.size) <= AUTO_SIDE):
+            return False
+        if self.finder is None and not self.missing:
+            try:
+                self.finder = face_finder()
+            except ImportError as e:
+                if self.mode != "auto":
+                    raise
+                self.missing = str(e)
+        return self.finder is not None
+
+    def __call__(self, img: Image.Image) -> list[FoundFace]:
+        self.searched += 1
+        return self.finder.find(img)
+
+    def note(self) -> str:
+        """One line for the load report: which finder ran on how many photos ("" when none ran)."""
+        if self.missing:
+            return f"photos over {AUTO_SIDE} px used whole: {self.missing}"
+        if self.searched:
+            return f"faces: {self.searched} photo(s) searched with {self.finder.name}"
+        return ""

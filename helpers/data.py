@@ -201,12 +201,10 @@ def load_folder(root: str | Path, crop_faces: bool | str = False, min_photos: in
         raise FaceDataError(f"cannot list {given} ({e.strerror}): fix its permissions "
                             "(chmod a+rx FOLDER) or copy it again") from None
     report = LoadReport()
-    if crop_faces and finder is None:
-        from .alignment import face_finder
-        finder = face_finder()
-    auto_side = 0
-    if crop_faces == "auto":
-        from .alignment import AUTO_SIDE as auto_side
+    step = None
+    if crop_faces:
+        from .alignment import FaceStep
+        step = FaceStep(crop_faces, finder)
     read_dirs = {os.path.realpath(root): f"the top folder {root.name}"}
     per_person: dict[str, list[tuple[Image.Image, str, str]]] = {}
     loose = 0
@@ -243,8 +241,8 @@ def load_folder(root: str | Path, crop_faces: bool | str = False, min_photos: in
                                  "training and test would inflate the accuracy)")
                 continue
             first_of[digest] = rel
-            if crop_faces and max(img.size) > auto_side:
-                found = finder.find(img)
+            if step is not None and step.applies(img):
+                found = step(img)
                 n = len(found)
                 if not n:
                     report.skip(rel, "no face found: use a clear, frontal, well-lit photo, or load "
@@ -256,6 +254,8 @@ def load_folder(root: str | Path, crop_faces: bool | str = False, min_photos: in
                 img = found[0].image
             kept.append((img, str(f), digest))
         per_person[person] = per_person.get(person, []) + kept
+    if step is not None and step.note():
+        report.notes.append(step.note())
 
     # the same photo filed under two people cannot have one right label: drop every copy
     owners: dict[str, set[str]] = {}
