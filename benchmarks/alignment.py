@@ -8,7 +8,7 @@ Protocol: benchmarks/protocols/alignment.md. Per seed, the threshold protocol's 
 (`benchmarks.scenes`, JPEG files with EXIF tags, read back through `helpers.images.read_image`);
 each candidate finds the faces, the product is trained on the enrolment crops (`train_recognizer`,
 calibration strangers: none) and scores the query crops. Per-query results go to
-`benchmarks/results_alignment_<phase>/seed<S>.json` (one process per seed may run at once; `--report`
+`benchmarks/results_alignment_<phase>/seed<S>-<candidates>.json` (one process per seed and candidate list; `--report`
 prints the table from them); intervals as in `benchmarks.threshold.measures`.
 """
 from __future__ import annotations
@@ -156,8 +156,13 @@ def main(argv=None) -> int:
             if args.check_cli and seed == args.seeds[0]:
                 run["cli_check"] = cli_check(where, truth, run[args.check_cli], args.check_cli, backbone,
                                              args.threads)
-            (parts / f"seed{seed}.json").write_text(json.dumps(run, indent=0))   # one file per seed and process
-    runs = [json.loads((parts / f"seed{seed}.json").read_text()) for seed in args.seeds]
+            (parts / f"seed{seed}-{'+'.join(args.candidates)}.json").write_text(json.dumps(run, indent=0))
+    runs = []                  # one file per seed and process: merged by seed
+    for seed in args.seeds:
+        run = {}
+        for f in sorted(parts.glob(f"seed{seed}-*.json")):
+            run.update(json.loads(f.read_text()))
+        runs.append(run)
     print("| candidate | identification % [95 % CI] | strangers' EER % (mean [min, max]) | known accepted % "
           "| strangers accepted % | query faces missed | enrolment photos skipped | find s/photo |")
     print("|---|---|---|---|---|---|---|---|")
