@@ -153,10 +153,16 @@ def main(argv=None) -> int:
                 print(f"  {args.phase} seed {seed} {name}: threshold {run[name]['threshold']:.3f}, "
                       f"query faces missed {len(run[name]['query_missed'])}, enrol skipped "
                       f"{len(run[name]['enrol_skipped'])} ({run[name]['seconds']} s)", flush=True)
+            part = parts / f"seed{seed}-{'+'.join(args.candidates)}.json"
+            part.write_text(json.dumps(run, indent=0))
             if args.check_cli and seed == args.seeds[0]:
-                run["cli_check"] = cli_check(where, truth, run[args.check_cli], args.check_cli, backbone,
-                                             args.threads)
-            (parts / f"seed{seed}-{'+'.join(args.candidates)}.json").write_text(json.dumps(run, indent=0))
+                try:
+                    run["cli_check"] = cli_check(where, truth, run[args.check_cli], args.check_cli, backbone,
+                                                 args.threads)
+                except (RuntimeError, ValueError) as e:       # recorded, never hidden
+                    run["cli_check"] = f"FAILED: {e}"
+                print(f"  CLI spot check: {run['cli_check']}", flush=True)
+                part.write_text(json.dumps(run, indent=0))
     runs = []                  # one file per seed and process: merged by seed
     for seed in args.seeds:
         run = {}
