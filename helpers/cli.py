@@ -38,7 +38,10 @@ def _threads(n: int | None) -> int:
     return n if n else default_threads()
 
 
-def _load_data(source: str, crop_faces: bool = False):
+FACE_MODES = {"always": True, "auto": "auto", "never": False}   # --crop-faces / default / --whole-photos
+
+
+def _load_data(source: str, crop_faces: str = "never"):
     from .data import load_faces
 
     if source not in ("orl", "lfw"):
@@ -48,7 +51,7 @@ def _load_data(source: str, crop_faces: bool = False):
                            "or 'orl')")
         if not p.is_dir():
             raise CliError(f"--data {source}: is a file; give a folder with one sub-folder per person, or 'orl'")
-        return load_faces(source, crop_faces=crop_faces)
+        return load_faces(source, crop_faces=FACE_MODES[crop_faces])
     return load_faces(source)
 
 
@@ -112,32 +115,33 @@ def cmd_recognize(args) -> int:
     rec = load_recognizer(args.model, expect_backbone=args.expect_backbone)
     if args.threshold is not None:
         rec.threshold = float(args.threshold)
-    cropper = None
-    if args.crop_faces:
-        from .facecrop import FaceCropper
-        cropper = FaceCropper()
+    from .alignment import FaceStep
+
+    step = FaceStep(FACE_MODES[args.crop_faces])
     results, failed = [], 0
     images, where = [], []
     for photo in args.photos:
         try:
             img = read_image(photo)
         except ImageSkip as e:
-            results.append((photo, None, f"cannot use this photo: {e}"))
+            results.append((photo, None, f"cannot use this photo: {e}", None))
             failed += 1
             continue
         except OSError as e:
-            results.append((photo, None, f"cannot read it ({e.strerror or e})"))
+            results.append((photo, None, f"cannot read it ({e.strerror or e})", None))
             failed += 1
             continue
-        if cropper is not None:
-            face, _ = cropper.crop(img)
-            if face is None:
-                results.append((photo, None, "no face found"))
+        n = None
+        if step.applies(img):
+            found = step(img)
+            n = len(found)
+            if not found:
+                results.append((photo, None, "no face found", 0))
                 failed += 1
                 continue
-            img = face
+            img = found[0].image
         where.append(len(results))
-        results.append((photo, None, None))
+        results.append((photo, None, None, n))
         images.append(img)
     if images:
         from .runtime import threads
@@ -145,17 +149,20 @@ def cmd_recognize(args) -> int:
         with threads(_threads(args.threads)):
             matches = rec.recognize(images)
         for i, m in zip(where, matches):
-            results[i] = (results[i][0], m, None)
+            results[i] = (results[i][0], m, None, results[i][3])
+    if step.note():
+        _say(step.note())
     if args.json:
         print(json.dumps([{"photo": p, "name": (m.name if m.known else "unknown") if m else None,
                            "closest": m.closest if m else None,
                            "score": round(m.score, 4) if m else None,
                            "threshold": round(m.threshold, 4) if m else None,
-                           "margin": round(m.margin, 4) if m else None, "error": err}
-                          for p, m, err in results], indent=1))
+                           "margin": round(m.margin, 4) if m else None, "error": err, "faces": n}
+                          for p, m, err, n in results], indent=1))
     else:
-        for p, m, err in results:
-            print(f"{p}: error: {err}" if err else f"{p}: {m.explain()}")
+        for p, m, err, n in results:
+            several = f" ({n} faces found: the largest used)" if n and n > 1 else ""
+            print(f"{p}: error: {err}" if err else f"{p}: {m.explain()}{several}")
     return 1 if failed else 0
 
 
@@ -222,6 +229,18 @@ def finite_number(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number such as 0.5, not {text}")
     return value
+
+
+def face_flags(sp: argparse.ArgumentParser) -> None:
+    """--crop-faces / --whole-photos; by default only photos longer than 672 px are searched for faces."""
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--crop-faces", dest="crop_faces", action="store_const", const="always", default="auto",
+                   help="find the faces in every photo and use the largest (dlib's detector and landmarks, "
+                        "aligned to an ORL-like crop, when dlib-bin and face-recognition-models are installed; "
+                        "else OpenCV's Haar box). Default: only photos longer than 672 px are searched, "
+                        "smaller ones are taken as face crops already")
+    g.add_argument("--whole-photos", dest="crop_faces", action="store_const", const="never",
+                   help="never search for faces: every photo is used whole")
 
 
 def _check_folder(flag: str, source: str) -> None:
@@ -311,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  f"'{PROG} evaluate --data DIR --method NAME'")
             sp.add_argument("--epochs", type=positive, default=30, help="training epochs, 1 or more (default 30)")
             sp.add_argument("--seed", type=whole_number(0), default=0)
-            sp.add_argument("--crop-faces", action="store_true", help="cut each photo to its largest face first")
+            face_flags(sp)
         sp.add_argument("--threads", type=threads_type, default=None,
                         help="torch threads, 1 or more (default: the CPUs available, at most 8)")
 
@@ -333,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("photos", nargs="+", metavar="PHOTO")
     r.add_argument("--threshold", type=finite_number, default=None, help="override the saved threshold")
     r.add_argument("--expect-backbone", default=None, help="refuse a model made for another backbone")
-    r.add_argument("--crop-faces", action="store_true", help="cut each photo to its largest face first")
+    face_flags(r)
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_recognize)
 

@@ -174,15 +174,17 @@ def _file_problem(f: Path) -> str | None:
     return None
 
 
-def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
-                verbose: bool = False) -> FaceSet:
+def load_folder(root: str | Path, crop_faces: bool | str = False, min_photos: int = 2,
+                verbose: bool = False, finder=None) -> FaceSet:
     """Load `root/<person>/*.jpg|png|...`: one sub-folder per person (nested folders allowed).
 
     Nothing in `root` is written. Files that cannot be used are listed in `.report` with the
     reason (paths relative to `root`); the same photo filed under two people is left out of
     both; a repeated photo of one person is kept once; people with fewer than `min_photos`
-    usable photos are left out and named in the report. With `crop_faces`, each photo is cut
-    to its largest detected face (OpenCV Haar) and photos with no face are skipped.
+    usable photos are left out and named in the report. With `crop_faces=True`, each photo is cut
+    to its largest face (`helpers.alignment.face_finder()`: dlib-aligned 92 x 112 crops, else an
+    OpenCV Haar box; or `finder`) and photos with no face are skipped; `crop_faces="auto"` does so
+    only for photos larger than `helpers.alignment.AUTO_SIDE` on their longer side.
     Raises FaceDataError (with what to do) when fewer than 2 people remain. `verbose=True`
     prints what was loaded and the report (otherwise `print(faces.report)` shows it).
     """
@@ -199,10 +201,10 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
         raise FaceDataError(f"cannot list {given} ({e.strerror}): fix its permissions "
                             "(chmod a+rx FOLDER) or copy it again") from None
     report = LoadReport()
-    cropper = None
+    step = None
     if crop_faces:
-        from .facecrop import FaceCropper
-        cropper = FaceCropper()
+        from .alignment import FaceStep
+        step = FaceStep(crop_faces, finder)
     read_dirs = {os.path.realpath(root): f"the top folder {root.name}"}
     per_person: dict[str, list[tuple[Image.Image, str, str]]] = {}
     loose = 0
@@ -239,18 +241,21 @@ def load_folder(root: str | Path, crop_faces: bool = False, min_photos: int = 2,
                                  "training and test would inflate the accuracy)")
                 continue
             first_of[digest] = rel
-            if cropper is not None:
-                face, n = cropper.crop(img)
-                if face is None:
+            if step is not None and step.applies(img):
+                found = step(img)
+                n = len(found)
+                if not n:
                     report.skip(rel, "no face found: use a clear, frontal, well-lit photo, or load "
                                      "with crop_faces=False")
                     continue
                 if n > 1:
                     report.notes.append(f"{rel}: {n} faces found; kept the largest (check it is "
                                         f"{person}, or crop the photo yourself)")
-                img = face
+                img = found[0].image
             kept.append((img, str(f), digest))
         per_person[person] = per_person.get(person, []) + kept
+    if step is not None and step.note():
+        report.notes.append(step.note())
 
     # the same photo filed under two people cannot have one right label: drop every copy
     owners: dict[str, set[str]] = {}

@@ -1,8 +1,21 @@
-"""Face cropping with OpenCV's Haar cascade (ships inside opencv-python-headless 4.x)."""
+"""Face cropping with OpenCV's Haar cascade (ships inside opencv-python-headless 4.x): the fallback
+face finder when dlib is not installed (`helpers.alignment.face_finder`)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+
+@dataclass
+class FoundFace:
+    """One face: `image` the crop (RGB), `box` (x, y, w, h) in the photo's pixels, `landmarks` (5, 2)
+    in the photo's pixels (None for Haar)."""
+
+    image: Image.Image
+    box: tuple[int, int, int, int]
+    landmarks: np.ndarray | None = None
 
 
 class FaceCropper:
@@ -20,6 +33,7 @@ class FaceCropper:
         self.detector = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
         self.margin = margin
         self.min_size = min_size
+        self.name = "OpenCV Haar cascade box, not aligned"
 
     def detect(self, img: Image.Image, max_side: int = 1024) -> np.ndarray:
         """Face boxes (x, y, w, h) in `img`'s pixels, largest first; empty when none is found.
@@ -43,12 +57,18 @@ class FaceCropper:
         boxes = boxes.round().astype(int)
         return boxes[np.argsort(-(boxes[:, 2] * boxes[:, 3]), kind="stable")] if len(boxes) else boxes
 
+    def _cut(self, img: Image.Image, box) -> Image.Image:
+        x, y, w, h = (int(v) for v in box)
+        dx, dy = int(w * self.margin), int(h * self.margin)
+        return img.crop((max(0, x - dx), max(0, y - dy), min(img.width, x + w + dx), min(img.height, y + h + dy)))
+
     def crop(self, img: Image.Image) -> tuple[Image.Image | None, int]:
         """(largest face with margin, number of faces found); (None, 0) when none is found."""
         boxes = self.detect(img)
         if len(boxes) == 0:
             return None, 0
-        x, y, w, h = (int(v) for v in boxes[0])
-        dx, dy = int(w * self.margin), int(h * self.margin)
-        box = (max(0, x - dx), max(0, y - dy), min(img.width, x + w + dx), min(img.height, y + h + dy))
-        return img.crop(box), len(boxes)
+        return self._cut(img, boxes[0]), len(boxes)
+
+    def find(self, img: Image.Image) -> list[FoundFace]:
+        """Every face as a `FoundFace` (its box with the margin; sizes vary), largest first."""
+        return [FoundFace(self._cut(img, b), tuple(int(v) for v in b)) for b in self.detect(img)]

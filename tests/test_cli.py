@@ -121,6 +121,31 @@ def test_recognize_json_and_threshold_override(model, folder, capsys):
     assert rows[0]["threshold"] == 1.5 and 0 < rows[0]["score"] <= 1
 
 
+def test_recognize_finds_the_face_in_a_large_photo_and_says_how(model, folder, capsys, tmp_path):
+    """A face inside a larger colour photo stored sideways (EXIF 6) is found by default (photos over 672
+    px), and `--crop-faces` also searches small photos; one stderr line names the finder."""
+    pytest.importorskip("cv2")
+    from PIL import Image
+
+    face = Image.open(folder / "aside" / "s2.png").convert("RGB").resize((276, 336), Image.Resampling.BICUBIC)
+    scene = Image.new("RGB", (900, 700), (60, 120, 90))
+    scene.paste(face, (400, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "phone.jpg"
+    scene.transpose(Image.Transpose.ROTATE_90).save(photo, quality=92, exif=exif.tobytes())
+    code, out, err = run(capsys, "recognize", "--model", model, photo, folder / "aside" / "s3.png", "--json")
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["faces"] == 1 and rows[0]["closest"] == "s2", rows
+    assert rows[1]["faces"] is None                                          # 92 x 112: a face crop already
+    assert re.search(r"faces: 1 photo\(s\) searched with (dlib|OpenCV Haar)", err), err
+    code, out, err = run(capsys, "recognize", "--model", model, folder / "aside" / "s3.png", "--crop-faces",
+                         "--json")
+    assert json.loads(out)[0]["faces"] == 1 and json.loads(out)[0]["closest"] == "s3"
+    code, out, _ = run(capsys, "recognize", "--model", model, photo, "--whole-photos", "--json")
+    assert json.loads(out)[0]["faces"] is None
+
+
 def test_recognize_an_unreadable_photo_is_one_line_and_exit_1(model, folder, capsys, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"")

@@ -112,7 +112,7 @@ def _third_party_imports(files) -> set[str]:
 
 # What an import is called on PyPI, where the two differ; `None`: comes with another requirement.
 DISTRIBUTION = {"PIL": "pillow", "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
-                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml",
+                "skimage": "scikit-image", "umap": "umap-learn", "yaml": "pyyaml", "dlib": "dlib-bin",
                 "IPython": None, "traitlets": None}   # both come with ipywidgets (it needs them)
 
 
@@ -123,13 +123,15 @@ def _dists(mods) -> set[str]:
 
 def test_every_import_of_the_library_is_a_runtime_dependency():
     lib = [f for f in (ROOT / "helpers").rglob("*.py") if "course" not in f.relative_to(ROOT / "helpers").parts]
-    missing = _dists(_third_party_imports(lib)) - _names(PROJECT["dependencies"])
+    optional = _names(PROJECT["optional-dependencies"]["align"])   # helpers.alignment: guarded, Haar without it
+    missing = _dists(_third_party_imports(lib)) - _names(PROJECT["dependencies"]) - optional
     assert not missing, f"helpers/ imports {missing}: add them to [project] dependencies"
 
 
 def test_every_import_of_the_course_wing_is_declared():
     course = list((ROOT / "helpers").rglob("*.py"))
-    declared = _names(PROJECT["dependencies"]) | _names(PROJECT["optional-dependencies"]["notebooks"])
+    declared = (_names(PROJECT["dependencies"]) | _names(PROJECT["optional-dependencies"]["notebooks"])
+                | _names(PROJECT["optional-dependencies"]["align"]))
     missing = _dists(_third_party_imports(course)) - declared
     assert not missing, f"helpers/course imports {missing}: add them to the `notebooks` extra"
 

@@ -7,9 +7,10 @@ skipped, with the reason. Upload another photo and press **Who is it?**: the ans
 beside the closest enrolled person's, and the score on a bar against the threshold.
 
 Faces: a photo no larger than `SMALL_FACTOR` x the recogniser's input size is taken as a face crop
-already (as ORL's 92 x 112 photos are); a larger one is searched with OpenCV's Haar detector
-(`helpers.facecrop`, a box with a margin: no landmark alignment) and its largest face is used; a
-large photo with no face found is skipped.
+already (as ORL's 92 x 112 photos are); a larger one is searched with `helpers.alignment.face_finder()`
+(dlib's detector and 5 landmarks, aligned to an ORL-like 92 x 112 crop; OpenCV's Haar box when dlib is
+not installed: the panel names the one it uses) and its largest face is used (the thumbnail shows
+that crop and says how many faces there were); a large photo with no face found is skipped.
 
 `enrol_panel(rec, camera=True)` adds the browser's camera (`helpers.course.webcam.Camera`, an
 anywidget): each photo taken waits for **Enrol** or **Who is it?** (a switch beside the camera says
@@ -93,16 +94,18 @@ def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
 
 def find_face(img: Image.Image, size: int, source: str = "photo", cropper=None) -> Face:
     """The face to embed from one photo: the photo itself when it is small (at most SMALL_FACTOR x
-    `size` on its longer side), else the largest face `cropper` (a `FaceCropper`) finds in it."""
+    `size` on its longer side), else the largest face `cropper` (a `helpers.alignment` finder, or a
+    `FaceCropper`: anything with `.find(img)`) finds in it."""
     if max(img.size) <= SMALL_FACTOR * size:
         return Face(source, img, "whole photo (small: taken as a face crop)")
     if cropper is None:
         return Face(source, img, "whole photo (no face detector: install opencv-python-headless<5)")
-    face, n = cropper.crop(img)
-    if face is None:
+    found = cropper.find(img)
+    if not found:
         return Face(source, None, f"skipped: no face found in a {img.width} x {img.height} photo; "
                                   "crop it to the face and upload it again")
-    return Face(source, face, "face found" if n == 1 else f"{n} faces found: the largest used")
+    n = len(found)
+    return Face(source, found[0].image, "face found" if n == 1 else f"{n} faces found: the largest used")
 
 
 def seen_by_model(img: Image.Image, size: int) -> Image.Image:
@@ -147,9 +150,9 @@ def make_camera() -> tuple[object | None, str]:
 
 def _cropper():
     try:
-        from helpers.facecrop import FaceCropper
+        from helpers.alignment import face_finder
 
-        return FaceCropper()
+        return face_finder()
     except ImportError:
         return None
 
@@ -205,6 +208,14 @@ class EnrolPanel:
         self.enrol_button.on_click(lambda _: self.on_enrol())
         self.ask_button.on_click(lambda _: self.on_ask())
         self.clear_button.on_click(lambda _: self.on_clear())
+
+    def finder_line(self) -> str:
+        """One line: how faces are found in large photos here."""
+        small = SMALL_FACTOR * self.rec.size
+        if self.cropper is None:
+            return (f"Photos over {small} px are used whole: no face detector here (pip install dlib-bin "
+                    "face-recognition-models, or opencv-python-headless<5).")
+        return f"Faces in photos over {small} px found with: {self.cropper.name}."
 
     def _say_camera(self, text: str) -> None:
         """Show `text` under the camera's preview (or on the panel's camera line when there is no camera)."""
@@ -307,7 +318,8 @@ class EnrolPanel:
             camera.append(self.camera_note)
         return widgets.VBox([
             widgets.HTML("<b>1.</b> Photos of one person (a few, different days or light), a name, Enrol."),
-            widgets.HBox([self.photos, self.name, self.enrol_button], layout=row), *camera, self.status, self.faces,
+            widgets.HBox([self.photos, self.name, self.enrol_button], layout=row), *camera,
+            widgets.HTML(f"<small>{html.escape(self.finder_line())}</small>"), self.status, self.faces,
             widgets.HTML("<b>2.</b> Another photo: who is it?"),
             widgets.HBox([self.query, self.ask_button, self.clear_button], layout=row), self.answer,
             self.compare])
