@@ -75,7 +75,7 @@ def write_scenes(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
 
 def run_candidate(name: str, where: Path, truth: dict, backbone, threads: int) -> dict:
     from helpers.evaluation import best_match
-    from helpers.recognizer_pipeline import embed_features, method_features, train_recognizer
+    from helpers.recognizer_pipeline import RecognizerConfig, embed_features, method_features, train_recognizer
 
     finder = finder_for(name)
     t0 = time.perf_counter()
@@ -87,12 +87,12 @@ def run_candidate(name: str, where: Path, truth: dict, backbone, threads: int) -
         if not found:
             missed.append(i)
     t_find = time.perf_counter() - t0
-    rec, _ = train_recognizer(enrol, backbone, n_threads=threads, strangers=None)
+    rec, _ = train_recognizer(enrol, backbone, RecognizerConfig(threads=threads), strangers=None)
     have = [k for k, c in enumerate(crops) if c is not None]
     closest = [None] * len(crops)
     score = [-1.0] * len(crops)
     if have:
-        feats = method_features(backbone, [crops[k] for k in have], rec.size, n_threads=threads)
+        feats = method_features(backbone, [crops[k] for k in have], RecognizerConfig(size=rec.size, threads=threads))
         idx, sc = best_match(rec.gallery_np, embed_features(rec, feats))
         for k, j, s in zip(have, idx, sc):
             closest[k], score[k] = rec.names[j], float(s)
@@ -107,10 +107,10 @@ def run_candidate(name: str, where: Path, truth: dict, backbone, threads: int) -
 def cli_check(where: Path, truth: dict, rec_run: dict, name: str, backbone, threads: int) -> list:
     """Spot check for the test look: `python -m helpers recognize --crop-faces` on 4 queries gives the
     scores computed here (the product's own face finder must be `name`)."""
-    from helpers.recognizer_pipeline import train_recognizer
+    from helpers.recognizer_pipeline import RecognizerConfig, train_recognizer
 
     enrol = load_folder(where / "enrol", crop_faces=True, finder=finder_for(name))
-    rec, _ = train_recognizer(enrol, backbone, n_threads=threads, strangers=None)
+    rec, _ = train_recognizer(enrol, backbone, RecognizerConfig(threads=threads), strangers=None)
     model = where / "m.pt"
     rec.save(model)
     picks = [0, 1, len(truth["queries"]) - 2, len(truth["queries"]) - 1]
