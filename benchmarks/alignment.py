@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.scenes import scene
-from benchmarks.threshold import KNOWN, SHOTS, measures, partition, pct
+from benchmarks.threshold import KNOWN, enrol_and_queries, measures, partition, pct
 from helpers.data import FaceSet, load_folder, load_orl
 from helpers.images import read_image
 
@@ -55,17 +55,7 @@ def write_scenes(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
         data, _ = scene(orl.images[i], [seed, i], second)
         path.write_bytes(data)
 
-    queries = []
-    for p in pool:
-        idx = np.flatnonzero(orl.labels == p)
-        idx = rng.permutation(idx) if p in known else idx
-        if p in known:
-            d = where / "enrol" / orl.names[p]
-            d.mkdir(parents=True)
-            for j, i in enumerate(idx[:SHOTS]):
-                write(int(i), d / f"{j + 1}.jpg")
-        for i in (idx[SHOTS:] if p in known else idx):
-            queries.append((int(i), orl.names[p], p in known))
+    queries = enrol_and_queries(orl, pool, known, rng, where, lambda i, d, j: write(i, d / f"{j}.jpg"))
     qdir = where / "queries"
     qdir.mkdir(parents=True)
     for i, _, _ in queries:

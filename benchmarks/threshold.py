@@ -73,11 +73,10 @@ def before_tree(cache: Path) -> Path:
     return out
 
 
-def write_folder(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
-    """The seed's enrolment folder and queries; returns the truth of every query."""
-    rng = np.random.default_rng([seed, 7])
-    pool = people[phase]
-    known = sorted(int(p) for p in rng.choice(pool, KNOWN[phase], replace=False))
+def enrol_and_queries(orl, pool, known, rng, where: Path, save) -> list[tuple[int, str, bool]]:
+    """Writes `SHOTS` shuffled enrolment photos of each known person with `save(photo, folder, j)` (j from
+    1); the known people's other photos and every stranger's photos are the queries (photo, name, known).
+    Shared by the threshold, families and alignment protocols, so their folders are drawn alike."""
     queries = []
     for p in pool:
         idx = np.flatnonzero(orl.labels == p)
@@ -86,9 +85,18 @@ def write_folder(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
             d = where / "enrol" / orl.names[p]
             d.mkdir(parents=True)
             for j, i in enumerate(idx[:SHOTS]):
-                orl.images[i].save(d / f"{j + 1}.png")
+                save(int(i), d, j + 1)
         for i in (idx[SHOTS:] if p in known else idx):
             queries.append((int(i), orl.names[p], p in known))
+    return queries
+
+
+def write_folder(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
+    """The seed's enrolment folder and queries; returns the truth of every query."""
+    rng = np.random.default_rng([seed, 7])
+    pool = people[phase]
+    known = sorted(int(p) for p in rng.choice(pool, KNOWN[phase], replace=False))
+    queries = enrol_and_queries(orl, pool, known, rng, where, lambda i, d, j: orl.images[i].save(d / f"{j}.png"))
     files = {}
     for fam in FAMILIES:
         d = where / "queries" / fam
