@@ -23,13 +23,13 @@ from the test people s11–s40 that every task draws from (checked in `_evaluate
 Tasks on test people, per seed (5 seeds; mean ± 95 % t-interval over seeds):
   * identification k = 1, 3, 5: all 30 people known, k enrolment photos each, 5 test photos each
     (the same test photos for every k), 1-NN by cosine to the enrolled photos;
-  * k = 3 on degraded test photos (helpers.degrade; enrolment photos clean);
+  * k = 3 on degraded test photos (helpers.data.degrade; enrolment photos clean);
   * strangers: the 30 people halved with the seed; a method is fitted on one half (all photos),
-    the other half are strangers: EER (helpers.evaluation, interpolated on the full ROC) and TAR at
+    the other half are strangers: EER (helpers.evaluate.metrics, interpolated on the full ROC) and TAR at
     FAR = 1 % over every pair of the strangers' photos, also on their degraded copies;
   * open set: the fitted half enrolled with 3 photos each (centroid gallery), their 5 test photos
     as queries, every photo of the other half as strangers, at the threshold fixed on development
-    people (the same task there, threshold = helpers.evaluation.threshold_from_strangers, mean over
+    people (the same task there, threshold = helpers.evaluate.metrics.threshold_from_strangers, mean over
     the development seeds);
   * the product's case: 9 known people (3 enrolment photos each) and 11 strangers drawn from the
     test people with the seed; identification of the known people's degraded test photos
@@ -46,13 +46,13 @@ from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from helpers import load_backbone
-from helpers.data import load_orl
-from helpers.evaluation import best_match, class_centroids, nearest_neighbour_accuracy, open_set, \
+from helpers.data.folders import load_orl
+from helpers.evaluate.metrics import best_match, class_centroids, nearest_neighbour_accuracy, open_set, \
     threshold_from_strangers, verification
-from helpers.background import BACKGROUND_PEOPLE
-from helpers.features import GRID_LAYERS
-from helpers.recognizer_pipeline import DEFAULT_METHOD, USE_BACKGROUND, WHITEN
-from helpers.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
+from helpers.data.background import BACKGROUND_PEOPLE
+from helpers.features.extract import GRID_LAYERS
+from helpers.recognize.pipeline import DEFAULT_METHOD, USE_BACKGROUND, WHITEN
+from helpers.features.representations import BACKGROUND_LAMBDA, DEFAULT_LAMBDA, DEFAULT_LAYERS, DEFAULT_PHONE_STRENGTH, \
     DEFAULT_PHONE_VIEWS, DEFAULT_VIEWS
 
 from .common import Figure, Section, now
@@ -414,7 +414,7 @@ def _run(faces, smoke, seeds, backbone, size, n_views, epochs, only, previous) -
         target="the same", met=match))
     if not match:
         notes.append(f"the library's default {library} differs from the development choice {chosen_settings}: "
-                     "update helpers/representations.py and helpers/recognizer_pipeline.py")
+                     "update helpers/features/representations.py and helpers/recognize/pipeline.py")
     if kept:
         notes.append(f"rows kept from an earlier run of the same protocol (deterministic per seed; see "
                      f"'measured'): {', '.join(kept)}; rerun here: {', '.join(k for k in table if k not in kept)}")

@@ -5,7 +5,7 @@
 
 Protocol: benchmarks/protocols/alignment.md. Per seed, the threshold protocol's folder draw
 (`benchmarks.threshold.write_folder`'s people and photos) with every photo made into a scene
-(`benchmarks.scenes`, JPEG files with EXIF tags, read back through `helpers.images.read_image`);
+(`benchmarks.scenes`, JPEG files with EXIF tags, read back through `helpers.data.images.read_image`);
 each candidate finds the faces, the product is trained on the enrolment crops (`train_recognizer`,
 calibration strangers: none) and scores the query crops. Per-query results go to
 `benchmarks/results_alignment_<phase>/seed<S>-<candidates>.json` (one process per seed and candidate list; `--report`
@@ -25,8 +25,8 @@ import numpy as np
 
 from benchmarks.scenes import scene
 from benchmarks.threshold import KNOWN, enrol_and_queries, measures, partition, pct
-from helpers.data import FaceSet, load_folder, load_orl
-from helpers.images import read_image
+from helpers.data.folders import FaceSet, load_folder, load_orl
+from helpers.data.images import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = (0, 1, 2)      # 5 planned; cut to 3 before any result (CPU time, see the protocol)
@@ -35,7 +35,7 @@ FAMILY = "scenes"
 
 
 def finder_for(name: str):
-    from helpers.alignment import DlibAligner, HaarFinder
+    from helpers.data.alignment import DlibAligner, HaarFinder
 
     return {"haar": HaarFinder, "dlib-box": lambda: DlibAligner(align=False),
             "dlib-orl": lambda: DlibAligner("orl"), "dlib-wide": lambda: DlibAligner("wide")}[name]()
@@ -64,8 +64,8 @@ def write_scenes(orl, phase: str, seed: int, where: Path, people: dict) -> dict:
 
 
 def run_candidate(name: str, where: Path, truth: dict, backbone, threads: int) -> dict:
-    from helpers.evaluation import best_match
-    from helpers.recognizer_pipeline import RecognizerConfig, embed_features, method_features, train_recognizer
+    from helpers.evaluate.metrics import best_match
+    from helpers.recognize.pipeline import RecognizerConfig, embed_features, method_features, train_recognizer
 
     finder = finder_for(name)
     t0 = time.perf_counter()
@@ -97,7 +97,7 @@ def run_candidate(name: str, where: Path, truth: dict, backbone, threads: int) -
 def cli_check(where: Path, truth: dict, rec_run: dict, name: str, backbone, threads: int) -> list:
     """Spot check for the test look: `python -m helpers recognize --crop-faces` on 4 queries gives the
     scores computed here (the product's own face finder must be `name`)."""
-    from helpers.recognizer_pipeline import RecognizerConfig, train_recognizer
+    from helpers.recognize.pipeline import RecognizerConfig, train_recognizer
 
     enrol = load_folder(where / "enrol", crop_faces=True, finder=finder_for(name))
     rec, _ = train_recognizer(enrol, backbone, RecognizerConfig(threads=threads), strangers=None)
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="only print the table from the stored seed files")
     ap.add_argument("--check-cli", default=None, help="candidate the product uses: spot-check the CLI")
     args = ap.parse_args(argv)
-    from helpers.backbones import load_backbone
+    from helpers.models.backbones import load_backbone
     from helpers.runtime import threads as n_threads
 
     people = partition()

@@ -3,9 +3,9 @@
 The same PIL photos -> (N, D) features, preprocessing included (end to end: what a learner
 waits for), for the course's default backbone at its input size. Recipes, each written here
 independently of the helpers (own export, own session, library defaults):
-  * helpers: `helpers.features.compute` with its defaults and no taps (what `extract_features` runs:
+  * helpers: `helpers.features.extract.compute` with its defaults and no taps (what `extract_features` runs:
     notebooks 01-05 and the recogniser's raw/head methods);
-  * the recogniser's extractor: `helpers.features.compute` with the stage taps (the default method's
+  * the recogniser's extractor: `helpers.features.extract.compute` with the stage taps (the default method's
     multi-layer features: ONNX Runtime, batched preprocessing prepared while the model runs);
   * eager PyTorch: eval, inference_mode, channels_last, batch 16 (its fastest batch here);
   * torch.compile (default mode) of the same network, batch 16 (if it compiles on this machine;
@@ -37,10 +37,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from helpers.backbones import BackboneUnavailable, load_backbone
-from helpers.features import FINAL, TAPPED, compute, default_batch_size
-from helpers.preprocess import to_batch
-from helpers.onnx_backbone import resolve_engine
+from helpers.models.backbones import BackboneUnavailable, load_backbone
+from helpers.features.extract import FINAL, TAPPED, compute, default_batch_size
+from helpers.data.preprocess import to_batch
+from helpers.features.onnx_backbone import resolve_engine
 
 from .common import Figure, Section, time_repeats
 
@@ -87,8 +87,8 @@ def compiled_in_subprocess(backbone: str, size: int, n_images: int, repeats: int
     out = Path(tempfile.mkdtemp(prefix="bench-compile-")) / "features.npy"
     code = f"""
 import time, numpy as np, torch
-from helpers.backbones import load_backbone
-from helpers.data import load_orl
+from helpers.models.backbones import load_backbone
+from helpers.data.folders import load_orl
 from benchmarks.extraction import compiled
 from benchmarks.common import time_repeats
 torch.set_num_threads({torch.get_num_threads()})
@@ -258,7 +258,7 @@ def measure(bb, images, labels, size, repeats, smoke) -> dict:
 
 CEILING = "(model alone: the course's ONNX export in the helpers' session, ready batch of 64)"
 CEILING_DEFAULT = "(model alone: ONNX Runtime default options, ready batch of 64)"
-PREP_HELPERS = "(preprocessing alone: helpers.preprocess.to_batch, batches of 64)"
+PREP_HELPERS = "(preprocessing alone: helpers.data.preprocess.to_batch, batches of 64)"
 PREP_TORCHVISION = "(preprocessing alone: torchvision transform photo by photo)"
 E2E = "(end to end vs model alone, alternating rounds)"
 
@@ -268,7 +268,7 @@ def end_to_end_vs_model(bb, images, size, ready, fns, rounds) -> dict:
     rounds (the model alone: the course's export in the helpers' ONNX Runtime session, run on `ready` as
     many times as there are images): a shared CPU drifts by ±15 % within minutes, so only rates taken
     side by side make a ratio. Rates: medians over the rounds; the ratio: the median of per-round ratios."""
-    from helpers.onnx_backbone import OnnxUnavailable, backbone_session
+    from helpers.features.onnx_backbone import OnnxUnavailable, backbone_session
 
     try:
         sess = backbone_session(bb, size, size, torch.get_num_threads())
@@ -309,7 +309,7 @@ def best_rate_of(rows: dict, name: str | None) -> float | None:
 
 def run(smoke: bool = False, backbone: str = "auto", size: int | None = None, n_images: int = 192,
         repeats: int = 3) -> Section:
-    from helpers.data import load_orl
+    from helpers.data.folders import load_orl
 
     if smoke:
         n_images, repeats, size = 16, 1, 64

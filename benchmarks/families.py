@@ -6,7 +6,7 @@
 
 Protocol: benchmarks/protocols/families.md (people, seeds, folders, the families' exact parameters,
 statistics, targets). Only the recogniser's stable interfaces are used: the command line trains it
-(`python -m helpers train`), `helpers.recognizer.load_recognizer` loads it, and `.embed`, `.scores`,
+(`python -m helpers train`), `helpers.recognize.recognizer.load_recognizer` loads it, and `.embed`, `.scores`,
 `.threshold` and `.recognize` score the queries. Per-query results go to
 `benchmarks/results_families_<phase>.json`, the tables to `benchmarks/FAMILIES.md`.
 """
@@ -283,7 +283,7 @@ def cli_train(enrol: Path, out: Path, strangers: str) -> str:
 def product_seed(orl, f: dict, tmp: Path, strangers: str, seed: int) -> dict:
     import torch
 
-    from helpers.recognizer import load_recognizer
+    from helpers.recognize.recognizer import load_recognizer
 
     where = tmp / f"seed{seed}"
     for p, idx in f["enrol"].items():

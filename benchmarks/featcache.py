@@ -1,7 +1,7 @@
 """Frozen features of several layers in one pass, from the library's cache (for the accuracy protocol).
 
 `layer_features(backbone, images, size)` returns {"final": (N, D), "layer3": (N, C3), "layer2": (N, C2),
-"layer3:GxG": (N, C3 * G * G), ...}: `helpers.features.extract` with the recogniser's taps, i.e. exactly
+"layer3:GxG": (N, C3 * G * G), ...}: `helpers.features.extract.extract` with the recogniser's taps, i.e. exactly
 what the recogniser computes, cached under the library's one key (weights digest, preprocessing
 version, input size, taps, pixels).
 """
@@ -12,8 +12,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from helpers.backbones import Backbone
-from helpers.features import TAPPED, extract
+from helpers.models.backbones import Backbone
+from helpers.features.extract import TAPPED, extract
 
 LAYERS = TAPPED  # ("layer2", "layer3", grid taps of layer3)
 

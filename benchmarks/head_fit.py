@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from helpers import build_model, fit, load_backbone, split_known_strangers, train_head_on_features
-from helpers.data import load_orl
-from helpers.features import FINAL, compute
-from helpers.onnx_backbone import resolve_engine
+from helpers.data.folders import load_orl
+from helpers.features.extract import FINAL, compute
+from helpers.features.onnx_backbone import resolve_engine
 from helpers.runtime import threads
-from helpers.training import SMALL_FIT
-from helpers.training import ImageDataset
+from helpers.train.fit import SMALL_FIT
+from helpers.train.fit import ImageDataset
 
 from .common import Figure, PeakRSS, Section, fmt_s, time_repeats
 

@@ -2,7 +2,7 @@
 
 Each method is fitted on one task's training photos (indices into the 400 ORL photos, with
 labels) and then embeds any photo, clean or degraded; identification is 1-NN by cosine in that
-embedding. The whitened method is the library's own (`helpers.representations`): the benchmark
+embedding. The whitened method is the library's own (`helpers.features.representations`): the benchmark
 measures what the product runs.
 """
 from __future__ import annotations
@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from helpers import train_head_on_features
-from helpers.evaluation import embed as embed_model
-from helpers.evaluation import l2_normalize, linear_probe_accuracy
-from helpers.images import image_digest
+from helpers.evaluate.metrics import embed as embed_model
+from helpers.evaluate.metrics import l2_normalize, linear_probe_accuracy
+from helpers.data.images import image_digest
 from helpers.io import atomic_save
-from helpers.representations import combine, fit_whitening
+from helpers.features.representations import combine, fit_whitening
 from helpers.runtime import cache_dir, threads
 
 from .featcache import layer_features
@@ -81,14 +81,14 @@ class Ctx:
     def views(self, layers: tuple, idx: np.ndarray, n_views: int, n_phone: int = 0,
               strength: float = 1.0) -> list[np.ndarray]:
         """Un-averaged vectors of the mirror images, `n_views` augmented views and `n_phone` phone views
-        of photos `idx` (what `helpers.representations.enrolment_set` adds to the photos themselves)."""
+        of photos `idx` (what `helpers.features.representations.enrolment_set` adds to the photos themselves)."""
         out = [combine(self.bank.get("flip"), layers)[idx]]
         out += [combine(self.bank.get(f"view{v}"), layers)[idx] for v in range(n_views)]
         return out + [combine(self.bank.get(f"phone{strength:g}:{v}"), layers)[idx] for v in range(n_phone)]
 
     def enrolment(self, layers: tuple, idx: np.ndarray, y: np.ndarray, n_views: int, n_phone: int = 0,
                   strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors, labels) of `helpers.representations.enrolment_set` for photos `idx` labelled `y`."""
+        """(vectors, labels) of `helpers.features.representations.enrolment_set` for photos `idx` labelled `y`."""
         xs = [self.feats(layers, "clean")[idx]] + self.views(layers, idx, n_views, n_phone, strength)
         return np.vstack(xs), np.tile(y, len(xs))
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from scipy import stats
 
-from helpers.backbones import load_backbone
-from helpers.data import load_orl
-from helpers.features import FINAL, extract
-from helpers.preprocess import to_batch
+from helpers.models.backbones import load_backbone
+from helpers.data.folders import load_orl
+from helpers.features.extract import FINAL, extract
+from helpers.data.preprocess import to_batch
 
 NORMS = {"ImageNet mean/std": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
          "TF-Lite 0.5/0.5": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}

@@ -23,11 +23,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from helpers.data import FaceSet, load_orl
+from helpers.data.folders import FaceSet, load_orl
 
 # the degradations and augmented views live in the library (the product uses them too)
-from helpers.degrade import DEGRADE, degrade  # noqa: E402,F401
-from helpers.representations import VIEWS, augmented_view, phone_view  # noqa: E402,F401
+from helpers.data.degrade import DEGRADE, degrade  # noqa: E402,F401
+from helpers.features.representations import VIEWS, augmented_view, phone_view  # noqa: E402,F401
 
 
 def flipped(img: Image.Image) -> Image.Image:
@@ -107,7 +107,7 @@ class ProtocolData:
 
 
     def phone(self, view: int, strength: float) -> list[Image.Image]:
-        """Phone view `view` (blur + JPEG, helpers.representations.phone_view) of every photo."""
+        """Phone view `view` (blur + JPEG, helpers.features.representations.phone_view) of every photo."""
         if (view, strength) not in self._phone:
             self._phone[view, strength] = [phone_view(im, view, i, strength) for i, im in enumerate(self.images)]
         return self._phone[view, strength]
@@ -137,24 +137,24 @@ def protocol_text(dev_seeds: list, grid_taps: list, background_people: list, far
         "(stage 1's best whitening competes without a background on the same runs). Cheapest first, the "
         "first of equal scores wins. Stage-2 scores are not comparable with stage-1 scores (other tasks).",
         f"Background in test runs: every photo of the development people ORL s1-s10 (the library's "
-        f"helpers.background.BACKGROUND_PEOPLE = {background_people}) with their mirrors and views; every "
+        f"helpers.data.background.BACKGROUND_PEOPLE = {background_people}) with their mirrors and views; every "
         "task (identification, strangers, open set, the product case) draws its people from the test people "
         "s11-s40 only, so the background never holds an evaluated person (asserted per task).",
-        "Phone views (enrolment side only): helpers.representations.phone_view, Gaussian blur U(0, s) px then "
-        "JPEG quality U(90 - 30 s, 90), seeded per (view, photo); the degraded queries use helpers.degrade "
+        "Phone views (enrolment side only): helpers.features.representations.phone_view, Gaussian blur U(0, s) px then "
+        "JPEG quality U(90 - 30 s, 90), seeded per (view, photo); the degraded queries use helpers.data.degrade "
         "with other seeds. Blur and JPEG are two of the five degradations of the query photos, so the "
         "degraded rows measure the same kinds of damage the enrolment copies imitate (a real phone "
         "photo differs in more ways).",
         "Identification: k enrolment photos and 5 test photos per person (the same test photos for every k); "
         "1-NN by cosine to the enrolled photos in each method's representation (the probe: its prediction).",
         f"Strangers: the test people halved per seed; EER (interpolated on the full ROC) and TAR at FAR "
-        f"{100 * far:g} % over every pair of the strangers' photos (helpers.evaluation.verification).",
+        f"{100 * far:g} % over every pair of the strangers' photos (helpers.evaluate.metrics.verification).",
         "Open set: the fitted half enrolled with 3 photos (centroids), their 5 test photos vs every photo of "
         "the strangers, at the threshold fixed on development people (mean over development seeds).",
         "Product case: 9 known people × 3 enrolment photos and 11 strangers drawn from the test people per "
         "seed; identification of degraded test photos by the nearest centroid; EER over pairs of the "
         "strangers' degraded photos.",
-        f"Degraded photos (queries only): {DEGRADE}, deterministic per seed and photo (helpers.degrade).",
-        f"Augmented enrolment views: {VIEWS} (helpers.representations.augmented_view).",
+        f"Degraded photos (queries only): {DEGRADE}, deterministic per seed and photo (helpers.data.degrade).",
+        f"Augmented enrolment views: {VIEWS} (helpers.features.representations.augmented_view).",
         "Mean ± half-width of the 95 % t-interval over the seeds.",
     ]

@@ -12,9 +12,9 @@ from typing import Sequence
 import torch
 
 from helpers import load_backbone, train_head_on_features
-from helpers.data import load_orl
-from helpers.features import FINAL, compute
-from helpers.training import SMALL_FIT
+from helpers.data.folders import load_orl
+from helpers.features.extract import FINAL, compute
+from helpers.train.fit import SMALL_FIT
 
 from .common import Figure, PeakRSS, Section, fmt_s, time_repeats
 

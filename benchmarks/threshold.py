@@ -33,10 +33,10 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_curve
 
-from helpers.background import BACKGROUND_PEOPLE
-from helpers.calibration import RULES, threshold_for
-from helpers.data import load_orl
-from helpers.evaluation import eer_from_roc
+from helpers.data.background import BACKGROUND_PEOPLE
+from helpers.evaluate.calibration import RULES, threshold_for
+from helpers.data.folders import load_orl
+from helpers.evaluate.metrics import eer_from_roc
 
 ROOT = Path(__file__).resolve().parents[1]
 BEFORE_COMMIT = "12b1f81"        # main when this branch started
@@ -121,7 +121,7 @@ def cli(tree: Path, *args: str, threads: int) -> str:
 def query_features(backbone, orl) -> dict[str, np.ndarray]:
     """Unwhitened vectors (the default method's multi-layer + mirror TTA) of all 400 ORL photos per
     family, from the library's feature cache: every recogniser here shares the frozen backbone."""
-    from helpers.recognizer_pipeline import method_features
+    from helpers.recognize.pipeline import method_features
 
     return {fam: np.asarray(method_features(backbone, list(orl.images) if fam == "clean"
                                             else [lowres(im) for im in orl.images]))
@@ -130,9 +130,9 @@ def query_features(backbone, orl) -> dict[str, np.ndarray]:
 
 def scores_of(model: Path, unwhitened: np.ndarray) -> tuple[list[str], np.ndarray]:
     """(closest name, best score) of each vector under a saved recogniser (what `recognize` computes)."""
-    from helpers.evaluation import best_match
-    from helpers.recognizer import load_recognizer
-    from helpers.recognizer_pipeline import embed_features
+    from helpers.evaluate.metrics import best_match
+    from helpers.recognize.recognizer import load_recognizer
+    from helpers.recognize.pipeline import embed_features
 
     rec = load_recognizer(model)
     idx, score = best_match(rec.gallery_np, embed_features(rec, unwhitened))
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         cache = ROOT / ".cache"
         cache.mkdir(exist_ok=True)
         trees = {"before": before_tree(cache), "after": ROOT}
-        from helpers.backbones import load_backbone
+        from helpers.models.backbones import load_backbone
         from helpers.runtime import threads as n_threads
 
         t0 = time.perf_counter()

@@ -1,9 +1,15 @@
 """Shared code of the course "Face recognition by transfer learning".
 
-The library: each module holds one concern (no plotting, widgets or notebook code):
-runtime (seeds, device, caches), images/data/facecrop (faces in), backbones, heads, model,
-features (cached frozen features), train_step (the one training step), training, evaluation,
-recognizer, export, cli.
+The library, in packages by pipeline stage (each module holds one concern; no plotting, widgets or
+notebook code), each importing only from the stages before it:
+  data      photos and folders in, faces found and aligned, batches out
+  models    backbones with a stage API, embedding + margin heads, freezing by structure
+  features  the one frozen-feature extractor and its cache, ONNX Runtime, robust representations
+  evaluate  identification, verification, open set, the threshold's calibration
+  train     one training step; loops on cached features or end to end; torchrun
+  recognize the recogniser: embedders, gallery, file format, export
+and, beside them, runtime (seeds, device, caches), io (safe writes, ONNX sessions), memory, config
+and cli (`python -m helpers`).
 What the notebooks show (experiments, plots, widgets, exercises) lives in `helpers.course`.
 
 The names below are imported on first use (PEP 562 module `__getattr__`): `import helpers` itself
@@ -17,13 +23,13 @@ import importlib.util
 
 # public name -> the module that defines it
 _EXPORTS = {
-    "Backbone": "backbones", "BackboneUnavailable": "backbones", "load_backbone": "backbones",
-    "FaceDataError": "data", "FaceSet": "data", "Split": "data", "load_faces": "data", "load_folder": "data",
-    "load_orl": "data", "split_people": "data", "split_known_strangers": "data", "split_per_person": "data",
-    "extract_features": "features",
-    "build_model": "model", "count_parameters": "model", "set_trainable_stages": "model",
+    "Backbone": "models.backbones", "BackboneUnavailable": "models.backbones", "load_backbone": "models.backbones",
+    "FaceDataError": "data.folders", "FaceSet": "data.folders", "Split": "data.folders", "load_faces": "data.folders", "load_folder": "data.folders",
+    "load_orl": "data.folders", "split_people": "data.folders", "split_known_strangers": "data.folders", "split_per_person": "data.folders",
+    "extract_features": "features.extract",
+    "build_model": "models.face_model", "count_parameters": "models.face_model", "set_trainable_stages": "models.face_model",
     "cache_dir": "runtime", "pick_device": "runtime", "set_seed": "runtime", "threads": "runtime",
-    "History": "training", "fit": "training", "train_head_on_features": "training",
+    "History": "train.fit", "fit": "train.fit", "train_head_on_features": "train.fit",
 }
 
 __all__ = list(_EXPORTS)

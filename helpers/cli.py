@@ -21,7 +21,7 @@ from typing import Sequence
 EXIT_ERROR = 2
 PROG = "python -m helpers"
 
-# Copies of helpers.backbones.BACKBONES and helpers.embedders.METHODS / DEFAULT_METHOD, so
+# Copies of helpers.models.backbones.BACKBONES and helpers.recognize.embedders.METHODS / DEFAULT_METHOD, so
 # that building the parser loads no PyTorch (tests/test_cli.py checks they agree).
 BACKBONE_CHOICES = ("auto", "resnet18", "efficientnet_lite0")
 METHOD_CHOICES = ("multilayer-tta-whiten", "head", "raw")
@@ -42,7 +42,7 @@ FACE_MODES = {"always": True, "auto": "auto", "never": False}   # --crop-faces /
 
 
 def _load_data(source: str, crop_faces: str = "never"):
-    from .data import load_faces
+    from .data.folders import load_faces
 
     if source not in ("orl", "lfw"):
         p = Path(source)
@@ -64,7 +64,7 @@ def _say(msg: str) -> None:
 
 def _fine_tuned(args):
     """`train --from-checkpoint`: the trainer's fine-tuned model, checked against --backbone / --size."""
-    from .recognizer import Recognizer
+    from .recognize.recognizer import Recognizer
 
     rec = Recognizer.from_checkpoint(args.from_checkpoint)
     if args.backbone != "auto" and args.backbone != rec.backbone.name:
@@ -76,8 +76,8 @@ def _fine_tuned(args):
 
 
 def cmd_train(args) -> int:
-    from .backbones import load_backbone
-    from .recognizer_pipeline import RecognizerConfig, enrol_recognizer, train_recognizer
+    from .models.backbones import load_backbone
+    from .recognize.pipeline import RecognizerConfig, enrol_recognizer, train_recognizer
 
     rec = _fine_tuned(args) if args.from_checkpoint else None   # before reading the photos
     faces = _load_data(args.data, args.crop_faces)
@@ -109,13 +109,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_recognize(args) -> int:
-    from .images import ImageSkip, read_image
-    from .recognizer import load_recognizer
+    from .data.images import ImageSkip, read_image
+    from .recognize.recognizer import load_recognizer
 
     rec = load_recognizer(args.model, expect_backbone=args.expect_backbone)
     if args.threshold is not None:
         rec.threshold = float(args.threshold)
-    from .alignment import FaceStep
+    from .data.alignment import FaceStep
 
     step = FaceStep(FACE_MODES[args.crop_faces])
     results, failed = [], 0
@@ -167,8 +167,8 @@ def cmd_recognize(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .backbones import load_backbone
-    from .recognizer_pipeline import RecognizerConfig, evaluate_protocol
+    from .models.backbones import load_backbone
+    from .recognize.pipeline import RecognizerConfig, evaluate_protocol
 
     faces = _load_data(args.data, args.crop_faces)
     if not 2 <= args.known <= faces.num_people:
@@ -179,7 +179,7 @@ def cmd_evaluate(args) -> int:
         _say(f"backbone: {backbone.describe()}")
     degrade = None
     if args.degrade:
-        from .degrade import degrade as _degrade
+        from .data.degrade import degrade as _degrade
 
         def degrade(img, index, seed=args.seed):
             return _degrade(img, seed, index)
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the figures as JSON")
     e.add_argument("--degrade", action="store_true",
                    help="degrade the query photos mildly (rotation <= 10 deg, brightness/contrast +-25 %%, "
-                        "blur, JPEG 60-90; helpers.degrade), enrolment photos stay as they are")
+                        "blur, JPEG 60-90; helpers.data.degrade), enrolment photos stay as they are")
     e.set_defaults(func=cmd_evaluate)
 
     sub.add_parser("finetune", add_help=False,
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def finetune(argv: list[str]) -> int:
-    """`python -m helpers finetune ...`: helpers.trainer's options, optionally read from --config FILE
+    """`python -m helpers finetune ...`: helpers.train.trainer's options, optionally read from --config FILE
     first (helpers.config: flags given on the command line win over the file)."""
     from .config import ConfigError, flags_from_config, split_config_arg
 
@@ -385,7 +385,7 @@ def finetune(argv: list[str]) -> int:
     except ConfigError as e:
         _say(f"error: {e}")
         return EXIT_ERROR
-    from .trainer import main as trainer_main, parse_args
+    from .train.trainer import main as trainer_main, parse_args
 
     prog = f"{PROG} finetune"
     if config_path and not {"-h", "--help"} & set(rest):
@@ -397,7 +397,7 @@ def finetune(argv: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m helpers` and the `face-course` script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["finetune"]:  # its own parser: the options of helpers.trainer, passed through
+    if argv[:1] == ["finetune"]:  # its own parser: the options of helpers.train.trainer, passed through
         return finetune(argv[1:])
     args = build_parser().parse_args(argv)
     try:
@@ -405,9 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as e:
         _say(f"error: {e}")
         return EXIT_ERROR
-    from .backbones import BackboneUnavailable
-    from .data import FaceDataError
-    from .recognizer import RecognizerFileError
+    from .models.backbones import BackboneUnavailable
+    from .data.folders import FaceDataError
+    from .recognize.recognizer import RecognizerFileError
 
     try:
         return args.func(args)

@@ -5,7 +5,7 @@
 
 The guide switches between a frozen and a trainable backbone with `model.freeze_backbone` in
 `configs/config.yaml`; the other keys (backbone, embedding size, head s and m, epochs, ...) are the
-course's, laid out in the same sections. Each key maps to one flag of `helpers.trainer` (KEYS); an
+course's, laid out in the same sections. Each key maps to one flag of `helpers.train.trainer` (KEYS); an
 unknown key, or a value of the wrong kind, stops the run before anything is loaded, with a message
 naming the key and the valid ones.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-EMBEDDING_SIZE = 512   # helpers.model.EMBEDDING_DIM (tests check they agree; this module loads no torch)
+EMBEDDING_SIZE = 512   # helpers.models.face_model.EMBEDDING_DIM (tests check they agree; this module loads no torch)
 
 
 class ConfigError(Exception):

@@ -1,8 +1,11 @@
-"""Seeds, device, threads, cache folders and batched inference: the run-time settings every notebook shares."""
+"""Seeds, device, threads, cache folders, batched inference and whether the internet answers: the run-time
+settings every notebook shares."""
 from __future__ import annotations
 
 import os
 import random
+import socket
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -131,3 +134,25 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], items: torch.Tensor 
             for xb, _ in DataLoader(items, batch_size=batch_size):
                 out.append(fn(xb.to(device)).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def internet_reachable(host: str = "download.pytorch.org", timeout_s: float = 3.0) -> bool:
+    """True if `host:443` answers within `timeout_s` (DNS included); False offline, never hangs.
+
+    `FACE_COURSE_OFFLINE=1` forces False without touching the network.
+    """
+    if os.environ.get("FACE_COURSE_OFFLINE") == "1":
+        return False
+    result = []
+
+    def probe():
+        try:
+            socket.create_connection((host, 443), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout_s + 0.5)
+    return bool(result and result[0])

@@ -22,8 +22,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from helpers import images as images_module
-from helpers.data import FaceDataError, FaceSet, load_folder, orl_root
+from helpers.data import images as images_module
+from helpers.data.folders import FaceDataError, FaceSet, load_folder, orl_root
 
 HUGE = 10_000  # side of the "very large image" cases (100 megapixels)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import load_backbone, load_orl, split_known_strangers
-from helpers.features import extract_features
+from helpers.features.extract import extract_features
 
 
 @pytest.fixture(scope="session")

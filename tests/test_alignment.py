@@ -1,4 +1,4 @@
-"""Face finding and alignment (helpers.alignment): canonical eyes, EXIF, several faces, Haar fallback."""
+"""Face finding and alignment (helpers.data.alignment): canonical eyes, EXIF, several faces, Haar fallback."""
 from __future__ import annotations
 
 import io
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.alignment import (AUTO_SIDE, CROP_SIZE, ORL_LANDMARKS, FaceStep, HaarFinder, face_finder,
-                               similarity)
-from helpers.images import read_image_bytes
+from helpers.data.alignment import (AUTO_SIDE, CROP_SIZE, ORL_LANDMARKS, FaceStep, HaarFinder, face_finder,
+                                    similarity)
+from helpers.data.images import read_image_bytes
 
 pytest.importorskip("cv2")
 try:                                   # dlib is optional (the `align` extra); without it Haar is the finder
@@ -23,7 +23,7 @@ except ImportError:
 @pytest.fixture(scope="module")
 def aligner():
     pytest.importorskip("dlib", reason="the aligner needs dlib-bin (pip install -e '.[align]')")
-    from helpers.alignment import DlibAligner
+    from helpers.data.alignment import DlibAligner
 
     return DlibAligner()
 

@@ -57,6 +57,8 @@ def _internal_edges() -> dict[str, set[str]]:
 
 def test_the_two_wings_exist():
     assert "helpers.course" in MODULES and len(LIBRARY) >= 15
+    assert {"helpers.data", "helpers.models", "helpers.features", "helpers.train", "helpers.evaluate",
+            "helpers.recognize"} <= set(MODULES)
     assert {"helpers.course.widgets", "helpers.course.exercises", "helpers.course.experiments"} <= set(MODULES)
 
 
@@ -92,6 +94,34 @@ def test_no_import_cycles():
             visit(n)
 
 
+# The pipeline's stages, in order: a library module imports only from its own stage or earlier ones.
+STAGES = ("runtime", "io", "memory", "config", "data", "models", "features", "evaluate", "train", "recognize",
+          "cli", "__main__")
+
+
+def _stage(name: str) -> str:
+    """'helpers.models.heads' -> 'models'; 'helpers.runtime' -> 'runtime'."""
+    return name.split(".")[1]
+
+
+def _backward_edges(edges: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{n} -> {m}" for n, ms in edges.items() for m in ms
+                  if n in LIBRARY and n != "helpers" and m != "helpers"
+                  and STAGES.index(_stage(m)) > STAGES.index(_stage(n)))
+
+
+def test_library_packages_follow_the_pipeline():
+    """data -> models -> features -> evaluate -> train -> recognize -> cli: no stage reaches a later one."""
+    stages = {_stage(n) for n in LIBRARY if n != "helpers"}
+    assert stages == set(STAGES), f"a new package or top module {sorted(stages - set(STAGES))}: place it in STAGES"
+    assert _backward_edges(_internal_edges()) == []
+
+
+def test_pipeline_checker_catches_a_backward_import():
+    edges = {"helpers.data.folders": {"helpers.models.backbones"}, "helpers.models.heads": {"helpers.runtime"}}
+    assert _backward_edges(edges) == ["helpers.data.folders -> helpers.models.backbones"]
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_is_small(name):
     lines = len(MODULES[name].read_text().splitlines())
@@ -124,7 +154,7 @@ def test_importing_helpers_has_no_side_effects(tmp_path):
 
 # ---------------------------------------------------------------------- one freezing rule
 
-FREEZING = "helpers.freezing"
+FREEZING = "helpers.models.freezing"
 
 
 def _calls(node: ast.AST) -> set[str]:
@@ -157,7 +187,7 @@ def _freezing_by_hand(tree: ast.AST) -> list[int]:
 
 
 def test_one_freezing_implementation():
-    """`helpers.freezing` is the only place that freezes: no other library module loops over modules
+    """`helpers.models.freezing` is the only place that freezes: no other library module loops over modules
     to put them in eval mode or stop their gradients, and the old parameter-based rule is gone."""
     assert FREEZING in LIBRARY
     for name, path in LIBRARY.items():
@@ -165,7 +195,7 @@ def test_one_freezing_implementation():
         assert "keep_frozen_in_eval" not in text, f"{name} still names the old rule keep_frozen_in_eval"
         if name != FREEZING:
             lines = _freezing_by_hand(ast.parse(text))
-            assert not lines, f"{name} freezes by hand at lines {lines}: use helpers.freezing"
+            assert not lines, f"{name} freezes by hand at lines {lines}: use helpers.models.freezing"
 
 
 def test_every_train_override_applies_the_freezing_rule():
@@ -178,7 +208,7 @@ def test_every_train_override_applies_the_freezing_rule():
                                                       and node.args.args[0].arg == "self" or node.name == "_set_modes"):
                 seen.append(f"{name}.{node.name}")
                 assert "apply_freezing_rule" in _calls(node), f"{name}.{node.name} does not apply the freezing rule"
-    assert {"helpers.backbones.train", "helpers.backbone_tail.train", "helpers.trainer._set_modes"} <= set(seen)
+    assert {"helpers.models.backbones.train", "helpers.models.backbone_tail.train", "helpers.train.trainer._set_modes"} <= set(seen)
 
 
 def test_freezing_checker_catches_a_second_rule():
@@ -198,12 +228,12 @@ def _called(path: Path) -> set[str]:
 
 
 def test_one_extractor_one_cache_one_onnx_export():
-    """Features are computed and cached by helpers.features alone (one key), ONNX files written by
-    helpers.onnx_backbone alone (one export helper, one session cache)."""
+    """Features are computed and cached by helpers.features.extract alone (one key), ONNX files written by
+    helpers.features.onnx_backbone alone (one export helper, one session cache)."""
     exporters = sorted(n for n, p in MODULES.items() if "torch.onnx.export" in _called(p))
-    assert exporters == ["helpers.onnx_backbone"], exporters
+    assert exporters == ["helpers.features.onnx_backbone"], exporters
     cachers = sorted(n for n, p in LIBRARY.items() if 'cache_dir("features"' in p.read_text().replace("'", '"'))
-    assert cachers == ["helpers.features"], cachers
+    assert cachers == ["helpers.features.extract"], cachers
 
 
 def test_stages_are_reached_by_the_stage_api_only():
@@ -214,7 +244,7 @@ def test_stages_are_reached_by_the_stage_api_only():
     found = {n: [b for b in banned if b in p.read_text()] for n, p in MODULES.items()}   # the course's too
     assert not {n: b for n, b in found.items() if b}, found
     guesses = ("isinstance(body", "hasattr(body", "_blocks\")", "nn.Sequential)")
-    for name in ("helpers.backbone_tail", "helpers.taps", "helpers.features", "helpers.onnx_backbone"):
+    for name in ("helpers.models.backbone_tail", "helpers.features.taps", "helpers.features.extract", "helpers.features.onnx_backbone"):
         text = MODULES[name].read_text()
         assert not [g for g in guesses if g in text], name
 
@@ -222,17 +252,17 @@ def test_stages_are_reached_by_the_stage_api_only():
 # ---------------------------------------------------------------------- one training step
 
 # modules that call backward() for something other than a training step, and why
-NOT_TRAINING = {"helpers.partial_fc": "its check against the replicated head's gradients",
+NOT_TRAINING = {"helpers.models.partial_fc": "its check against the replicated head's gradients",
                 "helpers.course.margins": "the gradient of a margin formula at one point, for a plot"}
 
 
 def test_one_training_step():
-    """`helpers.train_step` is the only module that calls `backward()` to train: `fit`, the trainer,
+    """`helpers.train.step` is the only module that calls `backward()` to train: `fit`, the trainer,
     the cached unfreezing steps and the course's step timing all call its `train_step`."""
     callers = {n for n, p in MODULES.items() if "backward" in _calls(ast.parse(p.read_text()))}
-    assert callers - set(NOT_TRAINING) == {"helpers.train_step"}, sorted(callers)
+    assert callers - set(NOT_TRAINING) == {"helpers.train.step"}, sorted(callers)
     users = {n for n, p in MODULES.items() if "train_step" in _calls(ast.parse(p.read_text()))}
-    assert {"helpers.training", "helpers.trainer", "helpers.cached_unfreezing",
+    assert {"helpers.train.fit", "helpers.train.trainer", "helpers.train.cached_unfreezing",
             "helpers.course.training_runs"} <= users, sorted(users)
 
 
@@ -252,12 +282,12 @@ def _names_a_method(node: ast.AST) -> bool:
 
 
 def test_only_the_registry_switches_on_a_method_name():
-    """Outside helpers.embedders (where `EMBEDDERS` maps the command line's names to classes), no library
+    """Outside helpers.recognize.embedders (where `EMBEDDERS` maps the command line's names to classes), no library
     module compares with a method name (`method == "head"`, `== WHITEN`, `in ("raw", ...)`) or keys a
     table by one: what differs between methods lives in the embedder classes."""
     found = []
     for name, path in LIBRARY.items():
-        if name == "helpers.embedders":
+        if name == "helpers.recognize.embedders":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             sides = [] if not isinstance(node, ast.Compare) else [node.left, *node.comparators]
@@ -266,7 +296,7 @@ def test_only_the_registry_switches_on_a_method_name():
                 found.append(f"{name}:{node.lineno}")
             if isinstance(node, ast.Dict) and any(k is not None and _names_a_method(k) for k in node.keys):
                 found.append(f"{name}:{node.lineno} (a table keyed by method)")
-    assert not found, f"method names switched on outside helpers.embedders: {found}"
+    assert not found, f"method names switched on outside helpers.recognize.embedders: {found}"
 
 
 def _call_lines(path: Path, attr: str) -> list[int]:
@@ -279,18 +309,18 @@ def test_the_whitening_maths_exists_once():
     both the NumPy `Whitening.apply` and the exported torch `Representation.forward`)."""
     defs = [(name, n.name) for name, path in LIBRARY.items() for n in ast.walk(ast.parse(path.read_text()))
             if isinstance(n, ast.FunctionDef) and n.name in ("fit_whitening", "whiten")]
-    assert sorted(defs) == [("helpers.representations", "fit_whitening"), ("helpers.representations", "whiten")]
-    other_uses = {"helpers.alignment"}     # its SVD solves the similarity transform (Umeyama), not a whitening
+    assert sorted(defs) == [("helpers.features.representations", "fit_whitening"), ("helpers.features.representations", "whiten")]
+    other_uses = {"helpers.data.alignment"}     # its SVD solves the similarity transform (Umeyama), not a whitening
     decompositions = {name: _call_lines(path, a) for name, path in LIBRARY.items() for a in ("svd", "eigh", "eig")
                       if _call_lines(path, a) and name not in other_uses}
-    assert list(decompositions) == ["helpers.representations"] and len(decompositions["helpers.representations"]) == 1
+    assert list(decompositions) == ["helpers.features.representations"] and len(decompositions["helpers.features.representations"]) == 1
     import inspect
 
-    from helpers import representations as RP
+    from helpers.features import representations as RP
 
     assert list(inspect.signature(RP.fit_whitening).parameters) == ["x", "y", "lam", "background"]
     # the map's matrix products are written in `whiten` only
-    tree = ast.parse(LIBRARY["helpers.representations"].read_text())
+    tree = ast.parse(LIBRARY["helpers.features.representations"].read_text())
     for fn in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name != "whiten"):
         products = [n for n in ast.walk(fn) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)
                     and "basis" in ast.unparse(n)]

@@ -11,10 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import backbones
-from helpers.backbones import (RESNET18_FILE, BackboneUnavailable, imagenet_categories,
-                               internet_reachable, load_backbone, resnet18_weights_path)
-from helpers.freezing import freeze
+from helpers.models import backbones
+from helpers.models.backbones import (RESNET18_FILE, BackboneUnavailable, imagenet_categories, load_backbone,
+                                      resnet18_weights_path)
+from helpers.runtime import internet_reachable
+from helpers.models.freezing import freeze
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -317,8 +318,8 @@ def test_finetuning_the_last_stage_keeps_earlier_stages_bit_identical(effnet):
     frozen stages) is the same, bit for bit, call after call, and equals the frozen backbone's."""
     import copy
 
-    from helpers.backbone_tail import FineTuneModel
-    from helpers.model import build_model, set_trainable_stages
+    from helpers.models.backbone_tail import FineTuneModel
+    from helpers.models.face_model import build_model, set_trainable_stages
 
     bb = copy.deepcopy(effnet)
     model = build_model(3, backbone=bb)

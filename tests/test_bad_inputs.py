@@ -18,9 +18,9 @@ from PIL import Image
 
 from bad_inputs import (ALICE_FACES, BOB_FACES, CASES, Case, build_table, huge_asset, markdown_table,
                         noise_image, orl_face, run_case, two_faces)
-from helpers.data import FaceDataError, load_folder
-from helpers.facecrop import FaceCropper
-from helpers.images import ImageSkip, read_image
+from helpers.data.folders import FaceDataError, load_folder
+from helpers.data.facecrop import FaceCropper
+from helpers.data.images import ImageSkip, read_image
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "data" / "README.md"
@@ -196,7 +196,7 @@ def test_huge_images_keep_memory_small(tmp_path, assets):
     """
     script = tmp_path / "measure.py"
     script.write_text(MEASURE)
-    res = subprocess.run([sys.executable, str(script), str(REPO / "helpers" / "images.py"),
+    res = subprocess.run([sys.executable, str(script), str(REPO / "helpers" / "data" / "images.py"),
                           str(huge_asset(assets, "jpg")), str(huge_asset(assets, "png"))],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr

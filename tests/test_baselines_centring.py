@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from helpers.course import baselines
-from helpers.evaluation import nearest_neighbour_accuracy
+from helpers.evaluate.metrics import nearest_neighbour_accuracy
 
 
 def _parallel_tiny(people: int = 8, per: int = 10, seed: int = 0):

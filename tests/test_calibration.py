@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import calibration as C
-from helpers import recognizer_pipeline as P
-from helpers.evaluation import eer_threshold, l2_normalize
+from helpers.evaluate import calibration as C
+from helpers.recognize import pipeline as P
+from helpers.evaluate.metrics import eer_threshold, l2_normalize
 
 
 @pytest.fixture(scope="module")

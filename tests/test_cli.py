@@ -14,7 +14,7 @@ import pytest
 
 from helpers import cli
 from helpers.course.demo import write_demo_folder
-from helpers.recognizer import load_recognizer
+from helpers.recognize.recognizer import load_recognizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FAST = ["--size", "112", "--threads", "1"]
@@ -177,7 +177,7 @@ def test_evaluate_json_is_complete_and_reproducible(capsys):
 @pytest.mark.slow
 def test_default_method_survives_degraded_photos_where_raw_features_fail(capsys):
     """The issue's case on a small scale: 9 known people with 3 enrolment photos each, query photos
-    mildly degraded (helpers.degrade), 112 px. Measured here: default 100 % / EER 13 %, raw 59 % / 30 %."""
+    mildly degraded (helpers.data.degrade), 112 px. Measured here: default 100 % / EER 13 %, raw 59 % / 30 %."""
     argv = ["evaluate", "--data", "orl", "--known", "9", "--shots", "3", "--seed", "0", "--degrade", "--json",
             *FAST]
     code, out, err = run(capsys, *argv)
@@ -243,8 +243,8 @@ def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
 # --- checked early and fast ---------------------------------------------------------------------------
 
 def test_choices_copied_for_a_torch_free_parser_equal_the_librarys():
-    from helpers.backbones import BACKBONES
-    from helpers.recognizer_pipeline import DEFAULT_METHOD, METHODS
+    from helpers.models.backbones import BACKBONES
+    from helpers.recognize.pipeline import DEFAULT_METHOD, METHODS
     assert cli.BACKBONE_CHOICES == tuple(BACKBONES)
     assert cli.METHOD_CHOICES == tuple(METHODS) and cli.DEFAULT_METHOD == DEFAULT_METHOD
 
@@ -343,4 +343,4 @@ def test_finetune_help_names_itself(capsys):
         cli.main(["finetune", "--help"])
     out = capsys.readouterr().out
     assert stop.value.code == 0 and out.startswith("usage: python -m helpers finetune ")
-    assert "helpers.trainer" not in out.splitlines()[0]
+    assert "helpers.train.trainer" not in out.splitlines()[0]

@@ -1,4 +1,4 @@
-"""`python -m helpers finetune ...` hands its arguments to the end-to-end trainer (helpers.trainer)."""
+"""`python -m helpers finetune ...` hands its arguments to the end-to-end trainer (helpers.train.trainer)."""
 from __future__ import annotations
 
 from helpers import cli
@@ -11,7 +11,7 @@ def test_finetune_passes_arguments_to_the_trainer(monkeypatch):
         seen["argv"] = list(argv)
         return 0
 
-    monkeypatch.setattr("helpers.trainer.main", fake_main)
+    monkeypatch.setattr("helpers.train.trainer.main", fake_main)
     assert cli.main(["finetune", "--data", "orl", "--stages", "none", "--epochs", "1"]) == 0
     assert seen["argv"] == ["--data", "orl", "--stages", "none", "--epochs", "1"]
 

@@ -29,7 +29,7 @@ def test_the_shipped_file_has_the_guides_switch_and_the_courses_settings():
 
 
 def test_the_shipped_file_becomes_trainer_settings():
-    from helpers.trainer import parse_args
+    from helpers.train.trainer import parse_args
     cfg = parse_args(C.flags_from_config(SHIPPED))
     settings = C.load_config(SHIPPED)
     assert cfg.stages == "none" and cfg.data == settings["data.path"] and cfg.epochs == settings["training.epochs"]
@@ -38,7 +38,7 @@ def test_the_shipped_file_becomes_trainer_settings():
 
 
 def test_embedding_size_agrees_with_the_model():
-    from helpers.model import EMBEDDING_DIM
+    from helpers.models.face_model import EMBEDDING_DIM
     assert C.EMBEDDING_SIZE == EMBEDDING_DIM
 
 
@@ -51,7 +51,7 @@ def test_freeze_backbone_switch(tmp_path, freeze, unfreeze, stages):
 
 
 def test_command_line_flags_win_over_the_file(tmp_path, monkeypatch, capsys):
-    from helpers import trainer
+    from helpers.train import trainer
     seen = {}
     monkeypatch.setattr(trainer, "main", lambda argv, prog=None: seen.update(argv=argv, prog=prog) or 0)
     path = _write(tmp_path, "data:\n  path: orl\nmodel:\n  freeze_backbone: true\ntraining:\n  epochs: 10\n")

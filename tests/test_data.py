@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.data import (FaceDataError, load_faces, load_folder, split_known_strangers,
-                          split_per_person)
+from helpers.data.folders import (FaceDataError, load_faces, load_folder, split_known_strangers,
+                                  split_per_person)
 
 
 # ------------------------------------------------------------------ ORL
@@ -183,7 +183,7 @@ def test_every_folder_reader_numbers_people_in_the_same_order(tmp_path):
     people as text and naturally: s10 came before s2 in one and after it in the other."""
     from PIL import Image
 
-    from helpers.streaming import scan_people
+    from helpers.data.streaming import scan_people
 
     for p, name in enumerate(("s10", "s2", "Bob", "alice")):
         (tmp_path / name).mkdir()

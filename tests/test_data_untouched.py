@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from bad_inputs import HTML, noise_image, orl_face, two_faces
-from helpers.data import load_folder, split_per_person
-from helpers.features import extract_features
-from helpers.model import build_model
+from helpers.data.folders import load_folder, split_per_person
+from helpers.features.extract import extract_features
+from helpers.models.face_model import build_model
 from helpers.runtime import REPO_ROOT, cache_dir, threads
-from helpers.training import ImageDataset, fit, train_head_on_features
+from helpers.train.fit import ImageDataset, fit, train_head_on_features
 from tiny_backbone import tiny_backbone
 
 

@@ -1,4 +1,4 @@
-"""helpers.trainer / helpers.distributed / helpers.streaming on CPU: DDP over 2 gloo processes
+"""helpers.train.trainer / helpers.train.distributed / helpers.data.streaming on CPU: DDP over 2 gloo processes
 (torchrun) against 1 process, resume after an interruption, and runs that fail loudly and fast.
 
 The torchrun tests start 3 Python processes (the launcher and 2 ranks): ~15-25 s each here,
@@ -23,11 +23,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.backbones import Backbone, PretrainedConfig, SequentialStages
-from helpers.distributed import SyncBatchNorm, convert_sync_batchnorm
-from helpers.streaming import PhotoStream, scan_people
-from helpers.trainer import TrainConfig, TrainError, main, train
-from helpers.training import TrainingDiverged
+from helpers.models.backbones import Backbone, PretrainedConfig, SequentialStages
+from helpers.train.distributed import SyncBatchNorm, convert_sync_batchnorm
+from helpers.data.streaming import PhotoStream, scan_people
+from helpers.train.trainer import TrainConfig, TrainError, main, train
+from helpers.train.fit import TrainingDiverged
 
 REPO = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 180  # a torchrun test taking longer than this has hung
@@ -38,7 +38,7 @@ def ddp_backbone() -> Backbone:
 
     No parameter here has a gradient that is zero by construction (a bias right before a
     BatchNorm would: Adam turns its rounding noise into steps of size lr, which differ between
-    1 and 2 processes). `python -m helpers.trainer --backbone tests.test_distributed:ddp_backbone`.
+    1 and 2 processes). `python -m helpers.train.trainer --backbone tests.test_distributed:ddp_backbone`.
     """
     state = torch.random.get_rng_state()
     torch.manual_seed(0)
@@ -88,10 +88,10 @@ def _flags(cfg: TrainConfig) -> list[str]:
 
 
 def torchrun(cfg: TrainConfig, nproc: int = 2, env: dict | None = None, timeout: int = RUN_TIMEOUT_S):
-    """`python -m torch.distributed.run --standalone` on helpers.trainer; returns (process, seconds)."""
+    """`python -m torch.distributed.run --standalone` on helpers.train.trainer; returns (process, seconds)."""
     args = _flags(cfg)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "helpers.trainer", *args]
+           "-m", "helpers.train.trainer", *args]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=REPO, env={**os.environ, **(env or {})}, capture_output=True,
                           text=True, timeout=timeout)
@@ -368,8 +368,8 @@ def test_photo_index_digest_sees_sizes_labels_and_paths(people):
 
 def test_a_rank_that_sees_other_photos_says_so(people):
     """What rank 1 on another machine checks: a file whose size differs from rank 0's index."""
-    from helpers.distributed import DistContext
-    from helpers.run_checks import check_local_view
+    from helpers.train.distributed import DistContext
+    from helpers.train.run_checks import check_local_view
 
     index = scan_people(people).with_sizes()
     plan = {"index": index, "digest": index.digest()}
@@ -392,7 +392,7 @@ def test_resume_refuses_a_changed_photo_folder(people, tmp_path):
 
 def test_verification_people_are_held_out_of_training(people, tmp_path, capsys):
     """2 of the 6 people never train (the head has 4 classes); their pairs give an EER per epoch."""
-    from helpers.run_checks import hold_out_people
+    from helpers.train.run_checks import hold_out_people
 
     result = run(config(people, tmp_path, verify_people=2, verify_max_photos=10, batch_size=4, verbose=True))
     assert len(result.names) == 4 and result.model.head.weight.shape[0] == 4
@@ -422,7 +422,7 @@ def test_machines_with_different_photo_copies_stop_with_one_message(people, tmp_
     for rank, node in enumerate(("node0", "node1")):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={rank}",
                "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
-               "-m", "helpers.trainer", *args]
+               "-m", "helpers.train.trainer", *args]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path / node, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)}))
     outs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in procs]
@@ -459,7 +459,7 @@ def test_resume_under_torchrun_with_another_process_count(people, tmp_path, monk
 
 
 def test_per_step_warmup_then_cosine_and_lr_scaling_stated():
-    from helpers.lr_schedule import lr_factor, scaled_lr
+    from helpers.train.lr_schedule import lr_factor, scaled_lr
 
     f = [lr_factor(t, total_steps=10, warmup_steps=4) for t in range(10)]
     cosine = [0.5 * (1 + math.cos(math.pi * t / 10)) for t in range(10)]

@@ -1,4 +1,4 @@
-"""The recogniser's parts (helpers.embedders): one configuration object, a registry of embedders, and
+"""The recogniser's parts (helpers.recognize.embedders): one configuration object, a registry of embedders, and
 each embedder's state round trip (what a recogniser file stores gives the same embeddings).
 
 A tiny random backbone and synthetic features: the whole file runs in about a second.
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from helpers import cli
-from helpers import embedders as E
-from helpers import recognizer_pipeline as P
-from helpers import representations as RP
+from helpers.recognize import embedders as E
+from helpers.recognize import pipeline as P
+from helpers.features import representations as RP
 from tests.tiny_backbone import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,7 +94,7 @@ def test_cross_fit_refits_without_each_fold_and_skips_folds_with_too_few_people(
 
 
 def test_the_recogniser_runs_its_embedder():
-    from helpers.recognizer import Recognizer
+    from helpers.recognize.recognizer import Recognizer
 
     bb = tiny_backbone()
     emb = _whitened(bb)

@@ -16,8 +16,8 @@ from helpers.course import embedding_maps as E
 from helpers.course import exercises
 from helpers.course import verification_plots as V
 from helpers.course.experiments import CourseData, indices_in
-from helpers.data import FaceSet, split_known_strangers, split_people, split_per_person
-from helpers.evaluation import class_centroids, threshold_from_strangers, verification
+from helpers.data.folders import FaceSet, split_known_strangers, split_people, split_per_person
+from helpers.evaluate.metrics import class_centroids, threshold_from_strangers, verification
 
 DIM = 48
 
@@ -108,7 +108,7 @@ def test_course_sets_and_select(synthetic, sets):
 
 
 def test_course_sets_with_a_model_embeds_every_split(synthetic, one_thread):
-    from helpers.training import train_head_on_features
+    from helpers.train.fit import train_head_on_features
     data, feats = synthetic
     x, sp = feats[data.known_idx], data.split
     model, _ = train_head_on_features(x[sp.train], data.known.labels[sp.train], epochs=3, progress=False)

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from helpers import recognizer_pipeline as P
+from helpers.recognize import pipeline as P
 from helpers.course.enrol_panel import EnrolPanel, enrol_panel, read_uploads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,7 +128,7 @@ def test_large_photo_with_a_face_is_cropped_to_it(orl):
     from PIL import Image
 
     from helpers.course.enrol_panel import find_face
-    from helpers.facecrop import FaceCropper
+    from helpers.data.facecrop import FaceCropper
 
     scene = Image.new("RGB", (800, 600), (90, 120, 150))
     face = orl.images[0].convert("RGB").resize((184, 224))

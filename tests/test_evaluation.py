@@ -7,12 +7,12 @@ import torch
 
 from sklearn.metrics import roc_curve
 
-from helpers.evaluation import (OpenSetReport, accuracy, best_match, class_centroids, confusion, eer_from_roc,
-                                eer_threshold, embed, l2_normalize, linear_probe_accuracy,
-                                nearest_neighbour_accuracy, nearest_neighbour_predict, open_set, open_set_rates,
-                                pair_scores, per_person_accuracy, predict, threshold_from_strangers,
-                                threshold_without_strangers, verification)
-from helpers.model import build_model
+from helpers.evaluate.metrics import (OpenSetReport, accuracy, best_match, class_centroids, confusion, eer_from_roc,
+                                      eer_threshold, embed, l2_normalize, linear_probe_accuracy,
+                                      nearest_neighbour_accuracy, nearest_neighbour_predict, open_set, open_set_rates,
+                                      pair_scores, per_person_accuracy, predict, threshold_from_strangers,
+                                      threshold_without_strangers, verification)
+from helpers.models.face_model import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from helpers.course import baselines, demo, exercises, experiments, plots
-from helpers.data import load_folder, split_per_person
-from helpers.model import build_model, count_parameters
+from helpers.data.folders import load_folder, split_per_person
+from helpers.models.face_model import build_model, count_parameters
 from tiny_backbone import tiny_backbone
 
 matplotlib.use("Agg", force=True)
@@ -59,8 +59,8 @@ def test_course_data_splits_and_indices(course):
 
 
 def test_course_features_slice_equals_direct_extraction(small_images):
-    from helpers.data import FaceSet
-    from helpers.features import FINAL, compute
+    from helpers.data.folders import FaceSet
+    from helpers.features.extract import FINAL, compute
 
     bb = tiny_backbone()
     faces = FaceSet(small_images, np.array([0, 0, 0, 1, 1, 1]), ["a", "b"], [f"p{i}" for i in range(6)], "t")
@@ -283,7 +283,7 @@ def test_check_few_shot_answer_and_biggest_gain(clusters, capsys):
 def test_check_first_perfect_epoch(clusters):
     x, y = clusters
     split = split_per_person(y, seed=0)
-    from helpers.training import train_head_on_features
+    from helpers.train.fit import train_head_on_features
     _, hist = train_head_on_features(x[split.train], y[split.train], x[split.val], y[split.val],
                                      lr=1e-3, epochs=20, progress=False)
     first = next(i + 1 for i, a in enumerate(hist.val_acc) if a == 1.0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.features import extract_features
+from helpers.features.extract import extract_features
 from helpers.io import atomic_save
 from tiny_backbone import tiny_backbone
 
@@ -58,13 +58,13 @@ def test_interrupt_while_overwriting_keeps_the_old_file(tmp_path, monkeypatch):
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.arange(4))
 
 
-# ------------------------------------------------------------------ saved recognisers (helpers/recognizer.py)
+# ------------------------------------------------------------------ saved recognisers (helpers/recognize/recognizer.py)
 
 @pytest.fixture(scope="module")
 def saved_recognizer(tmp_path_factory):
     """A small recogniser (EfficientNet-Lite0 architecture, no download) saved to a file."""
-    recognizer = pytest.importorskip("helpers.recognizer")
-    from helpers.backbones import load_backbone
+    recognizer = pytest.importorskip("helpers.recognize.recognizer")
+    from helpers.models.backbones import load_backbone
 
     torch.manual_seed(0)
     backbone = load_backbone("efficientnet_lite0", pretrained=False, verbose=False)
@@ -105,13 +105,13 @@ def test_recognizer_for_other_people_or_backbone_gets_a_clear_error(saved_recogn
     assert recognizer.Recognizer.load(path, expect_names=["alice", "bob"]).names == ["alice", "bob"]
 
 
-# ------------------------------------------------------------------ the end-to-end trainer (helpers/trainer.py)
+# ------------------------------------------------------------------ the end-to-end trainer (helpers/train/trainer.py)
 
 from test_distributed import config, max_difference, people, run, weights  # noqa: E402,F401 - shared fixture
 
-from helpers.distributed import DistContext, explain_failure, rng_state  # noqa: E402
-from helpers.streaming import PhotoStream, scan_people  # noqa: E402
-from helpers.trainer import TrainError  # noqa: E402
+from helpers.train.distributed import DistContext, explain_failure, rng_state  # noqa: E402
+from helpers.data.streaming import PhotoStream, scan_people  # noqa: E402
+from helpers.train.trainer import TrainError  # noqa: E402
 
 
 def _with_bad_photos(src, dst, bad: int):

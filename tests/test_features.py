@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import features as feats_mod
-from helpers.features import FINAL, extract, extract_features
+from helpers.features import extract as feats_mod
+from helpers.features.extract import FINAL, extract, extract_features
 from helpers.io import atomic_save
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""The one freezing rule (helpers.freezing): frozen means eval mode and no gradient, whatever the
+"""The one freezing rule (helpers.models.freezing): frozen means eval mode and no gradient, whatever the
 module holds; parameter-free BatchNorm, Dropout and drop-connect included."""
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.backbone_tail import FineTuneModel
-from helpers.backbones import Backbone
-from helpers.freezing import apply_freezing_rule, freeze, is_frozen, unfreeze
-from helpers.model import build_model, set_trainable_stages
-from helpers.stages import PretrainedConfig, SequentialStages
-from helpers.training import fit
+from helpers.models.backbone_tail import FineTuneModel
+from helpers.models.backbones import Backbone
+from helpers.models.freezing import apply_freezing_rule, freeze, is_frozen, unfreeze
+from helpers.models.face_model import build_model, set_trainable_stages
+from helpers.models.stages import PretrainedConfig, SequentialStages
+from helpers.train.fit import fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +119,7 @@ def test_switching_the_rule_off_shows_the_pitfall():
 
 
 def test_trainer_set_modes_uses_the_rule_and_checks_the_stages():
-    from helpers.trainer import _set_modes
+    from helpers.train.trainer import _set_modes
 
     bb = _backbone_with_parameter_free_parts()
     model = build_model(3, backbone=bb)

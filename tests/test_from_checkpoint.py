@@ -1,4 +1,4 @@
-"""The trainer's final.pt as a recogniser: helpers.trainer (1 epoch, CPU) -> final.pt ->
+"""The trainer's final.pt as a recogniser: helpers.train.trainer (1 epoch, CPU) -> final.pt ->
 Recognizer.from_checkpoint -> enrol -> recognize -> save/load -> ONNX, and the command line's
 `train --from-checkpoint`; bad files get one clear RecognizerFileError.
 
@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from helpers import cli
-from helpers.backbones import load_backbone
-from helpers.recognizer import Recognizer, RecognizerFileError, load_recognizer
-from helpers.trainer import TrainConfig, train
+from helpers.models.backbones import load_backbone
+from helpers.recognize.recognizer import Recognizer, RecognizerFileError, load_recognizer
+from helpers.train.trainer import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ def people(orl, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(people, tmp_path_factory):
-    """A finished helpers.trainer run (final.pt, checkpoint.pt) with layer4 of ResNet-18 trained."""
+    """A finished helpers.train.trainer run (final.pt, checkpoint.pt) with layer4 of ResNet-18 trained."""
     out = tmp_path_factory.mktemp("run")
     torch.manual_seed(0)
     backbone = load_backbone("resnet18", pretrained=False, verbose=False)
@@ -60,7 +60,7 @@ def test_final_pt_enrols_recognises_saves_and_exports(run_dir, people, tmp_path)
     for key, value in rec.embedding.state_dict().items():
         assert torch.equal(value, final["model"][f"embedding.{key}"]), key
     assert rec.size == 32 and rec.names == [] and rec.embedding_dim == 512
-    assert "fine-tuned by helpers.trainer (stages layer4)" in rec.describe()
+    assert "fine-tuned by helpers.train.trainer (stages layer4)" in rec.describe()
 
     photos = {p: _images(people, p) for p in ("p0", "p1", "p2", "p3")}
     enrol = [im for p in photos for im in photos[p][:2]]
@@ -73,7 +73,7 @@ def test_final_pt_enrols_recognises_saves_and_exports(run_dir, people, tmp_path)
     probe = [photos["p3"][4], photos["p1"][3]]
     np.testing.assert_allclose(again.embed(probe), rec.embed(probe), atol=1e-5)
 
-    from helpers.export import export_onnx
+    from helpers.recognize.export import export_onnx
     from helpers.io import onnx_session
 
     onnx = export_onnx(rec, tmp_path / "fine_tuned.onnx")
@@ -102,7 +102,7 @@ def test_wrong_files_get_one_clear_error(run_dir, tmp_path):
     (tmp_path / "notes.pt").write_text("not a model")
     refused(tmp_path / "notes.pt", "not a trainer checkpoint|not a readable trainer checkpoint")
     torch.save({"format": "something else"}, tmp_path / "other.pt")
-    refused(tmp_path / "other.pt", "not a checkpoint of helpers.trainer")
+    refused(tmp_path / "other.pt", "not a checkpoint of helpers.train.trainer")
 
     rec = Recognizer.from_checkpoint(run_dir / "final.pt")
     rec.save(tmp_path / "recogniser.pt")
@@ -131,7 +131,7 @@ def test_cli_train_from_checkpoint_enrols_a_folder(run_dir, people, tmp_path, ca
     assert code == 0, said.err
     rec = load_recognizer(out)
     assert rec.names == ["p0", "p1", "p2", "p3"] and rec.size == 32
-    assert "fine-tuned resnet18" in said.out and "fine-tuned by helpers.trainer" in said.err
+    assert "fine-tuned resnet18" in said.out and "fine-tuned by helpers.train.trainer" in said.err
     assert -1.0 <= rec.threshold <= 1.0
 
 

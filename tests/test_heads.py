@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead, make_head
+from helpers.models.heads import ArcFaceHead, CosFaceHead, CosineHead, make_head
 from helpers.course.margins import naive_arcface_logit
 
 DIM, CLASSES = 4, 3

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.heads import ArcFaceHead, CosFaceHead
+from helpers.models.heads import ArcFaceHead, CosFaceHead
 
 pml_losses = pytest.importorskip(
     "pytorch_metric_learning.losses",

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from helpers import load_backbone
-from helpers.model import (EMBEDDING_DIM, EmbeddingHead, FaceModel, build_model, count_parameters,
-                           set_trainable_stages, trainable_stages)
-from helpers.training import ImageDataset, fit
+from helpers.models.face_model import (EMBEDDING_DIM, EmbeddingHead, FaceModel, build_model, count_parameters,
+                                       set_trainable_stages, trainable_stages)
+from helpers.train.fit import ImageDataset, fit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from helpers.heads import ArcFaceHead, CosFaceHead, CosineHead
+from helpers.models.heads import ArcFaceHead, CosFaceHead, CosineHead
 from helpers.course.margins import naive_arcface_logit
-from helpers.model import build_model
-from helpers.training import ImageDataset, TrainingDiverged, fit
+from helpers.models.face_model import build_model
+from helpers.train.fit import ImageDataset, TrainingDiverged, fit
 from helpers.runtime import cache_dir, threads
 from tiny_backbone import tiny_backbone
 

@@ -12,9 +12,10 @@ import time
 import pytest
 import sklearn.datasets  # (imported here so the timings below measure waiting, not importing)
 
-from helpers import backbones
-from helpers.backbones import BackboneUnavailable, load_backbone
-from helpers.data import FaceDataError, load_faces, load_lfw
+from helpers import runtime
+from helpers.models import backbones
+from helpers.models.backbones import BackboneUnavailable, load_backbone
+from helpers.data.folders import FaceDataError, load_faces, load_lfw
 
 HANG_S = 30.0  # a "hanging" network call blocks this long, whatever timeout it was given
 
@@ -157,6 +158,6 @@ def test_packaged_backbone_needs_no_network(dns_fails, no_download):
 def test_hanging_probe_threads_do_not_block_exit(network_hangs):
     """The probe runs in a daemon thread: a hung lookup cannot keep Python from exiting."""
     before = set(threading.enumerate())
-    assert backbones.internet_reachable(timeout_s=0.2) is False
+    assert runtime.internet_reachable(timeout_s=0.2) is False
     probes = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert probes and all(t.daemon for t in probes)

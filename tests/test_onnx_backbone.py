@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from helpers import onnx_backbone
-from helpers.features import FINAL, compute
+from helpers.features import onnx_backbone
+from helpers.features.extract import FINAL, compute
 from tiny_backbone import tiny_backbone
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
@@ -75,7 +75,7 @@ def test_without_onnxruntime_pytorch_takes_over_and_says_why(orl, monkeypatch, c
     real = importlib.util.find_spec
     monkeypatch.setattr(onnx_backbone.importlib.util, "find_spec",
                         lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    monkeypatch.setattr("helpers.features._SAID", set())
+    monkeypatch.setattr("helpers.features.extract._SAID", set())
     bb = tiny_backbone(0)
     x = _features(bb, orl.images[:3], "onnxruntime", size=32)
     assert torch.allclose(x, _features(bb, orl.images[:3], "torch", size=32))
@@ -88,7 +88,7 @@ def test_a_backbone_that_cannot_export_falls_back(orl, monkeypatch, capsys):
         raise RuntimeError("unsupported operator Foo")
 
     monkeypatch.setattr(onnx_backbone.torch.onnx, "export", broken)
-    monkeypatch.setattr("helpers.features._SAID", set())
+    monkeypatch.setattr("helpers.features.extract._SAID", set())
     bb = tiny_backbone(0)
     x = _features(bb, orl.images[:2], "onnxruntime", size=32)
     assert x.shape == (2, 8)

@@ -40,7 +40,7 @@ elif isinstance(globals().get("EPOCHS"), int):
 def make_own_folder(root: Path, people: int = PEOPLE, photos: int = PHOTOS, seed: int = 0) -> Path:
     """`people` folders named like a learner's ("Ada Lovelace 3"), each with `photos` colour photos of one
     ORL person: tinted, resized to different sizes, saved as JPEG (some PNG), with camera-like names."""
-    from helpers.data import orl_root
+    from helpers.data.folders import orl_root
 
     rng = np.random.default_rng(seed)
     orl = orl_root()
@@ -63,7 +63,7 @@ def make_own_folder(root: Path, people: int = PEOPLE, photos: int = PHOTOS, seed
 
 
 def test_the_generated_folder_is_a_learners_folder(tmp_path):
-    from helpers.data import load_faces
+    from helpers.data.folders import load_faces
 
     folder = make_own_folder(tmp_path / "my photos", people=3, photos=5)
     faces = load_faces(str(folder))

@@ -123,7 +123,7 @@ def _dists(mods) -> set[str]:
 
 def test_every_import_of_the_library_is_a_runtime_dependency():
     lib = [f for f in (ROOT / "helpers").rglob("*.py") if "course" not in f.relative_to(ROOT / "helpers").parts]
-    optional = _names(PROJECT["optional-dependencies"]["align"])   # helpers.alignment: guarded, Haar without it
+    optional = _names(PROJECT["optional-dependencies"]["align"])   # helpers.data.alignment: guarded, Haar without it
     missing = _dists(_third_party_imports(lib)) - _names(PROJECT["dependencies"]) - optional
     assert not missing, f"helpers/ imports {missing}: add them to [project] dependencies"
 

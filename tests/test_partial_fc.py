@@ -1,4 +1,4 @@
-"""helpers.partial_fc: the sharded ArcFace head against the replicated one, and its memory arithmetic."""
+"""helpers.models.partial_fc: the sharded ArcFace head against the replicated one, and its memory arithmetic."""
 from __future__ import annotations
 
 import math
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers.heads import ArcFaceHead
-from helpers.partial_fc import PartialFC, check_against_replicated, head_memory_gb, shard_bounds
+from helpers.models.heads import ArcFaceHead
+from helpers.models.partial_fc import PartialFC, check_against_replicated, head_memory_gb, shard_bounds
 
 
 def test_shards_cover_every_class_once():

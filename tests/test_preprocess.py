@@ -1,4 +1,4 @@
-"""The batched preprocessing (helpers.preprocess) does what the backbone's evaluation transform does."""
+"""The batched preprocessing (helpers.data.preprocess) does what the backbone's evaluation transform does."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.preprocess import prefetched_batches, resized_crop, to_batch
-from helpers.features import FINAL, compute
+from helpers.data.preprocess import prefetched_batches, resized_crop, to_batch
+from helpers.features.extract import FINAL, compute
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -72,7 +72,7 @@ def test_compute_default_is_the_eval_transform_batched(orl, effnet):
 def test_large_and_mixed_photos_follow_the_transform_on_both_resize_paths(effnet):
     """A photo over DENSE_UP_TO x the size goes through the taps, a small one through dense products;
     mixed sizes in one batch land in their own rows."""
-    from helpers.preprocess import DENSE_UP_TO
+    from helpers.data.preprocess import DENSE_UP_TO
     rng = np.random.default_rng(1)
     big = Image.fromarray(rng.integers(0, 256, (40 * DENSE_UP_TO, 31 * DENSE_UP_TO, 3), dtype=np.uint8))
     small = Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8))

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import evaluation as ev
-from helpers import export as X
+from helpers.evaluate import metrics as ev
+from helpers.recognize import export as X
 from helpers import io as io_module
-from helpers import recognizer as R
-from helpers import recognizer_pipeline as P
+from helpers.recognize import recognizer as R
+from helpers.recognize import pipeline as P
 from helpers.course import demo, recognizer_views
 from tests.old_payloads import as_version
 

@@ -1,4 +1,4 @@
-"""Multi-layer features, mirror TTA and within-class whitening (helpers.representations), and the
+"""Multi-layer features, mirror TTA and within-class whitening (helpers.features.representations), and the
 recogniser built on them: the module and the cached-feature path agree, it saves, loads and exports.
 
 Uses the packaged EfficientNet-Lite0 at 64 px on a few ORL people, 1-2 augmented views.
@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import recognizer as R
-from helpers import recognizer_pipeline as P
-from helpers import features as FE
-from helpers import taps as TA
-from helpers import representations as RP
-from helpers.degrade import degrade
+from helpers.recognize import recognizer as R
+from helpers.recognize import pipeline as P
+from helpers.features import extract as FE
+from helpers.features import taps as TA
+from helpers.features import representations as RP
+from helpers.data.degrade import degrade
 from tests.old_payloads import as_version
 from tests.tiny_backbone import tiny_backbone
 
@@ -93,7 +93,7 @@ def test_whitened_recogniser_embeds_photos_as_enrolment_did(whitened, four, effn
 
 @pytest.mark.slow
 def test_whitened_recogniser_saves_loads_and_exports(whitened, four, tmp_path):
-    from helpers import export as X
+    from helpers.recognize import export as X
 
     path = whitened.save(tmp_path / "m.pt")
     obj = torch.load(path, weights_only=True)  # plain tensors and types only

@@ -1,4 +1,4 @@
-"""The whitening's background people (helpers.background) and phone views: the rule that keeps
+"""The whitening's background people (helpers.data.background) and phone views: the rule that keeps
 enrolled or evaluated people out of the background, the whitening with background samples, the
 recogniser fitted with one (saved, loaded, old files still load), and the benchmark's guards.
 
@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import background as B
-from helpers import recognizer as R
-from helpers import recognizer_pipeline as P
-from helpers import representations as RP
+from helpers.data import background as B
+from helpers.recognize import recognizer as R
+from helpers.recognize import pipeline as P
+from helpers.features import representations as RP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIZE = 64

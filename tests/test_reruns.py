@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.features import extract_features
-from helpers.model import build_model
+from helpers.features.extract import extract_features
+from helpers.models.face_model import build_model
 from helpers.runtime import set_seed, threads
-from helpers.training import ImageDataset, fit, train_head_on_features
+from helpers.train.fit import ImageDataset, fit, train_head_on_features
 from tiny_backbone import tiny_backbone
 
 

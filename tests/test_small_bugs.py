@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import onnx_backbone
-from helpers.evaluation import eer_threshold, one_shot_identification, pair_scores, verification
+from helpers.features import onnx_backbone
+from helpers.evaluate.metrics import eer_threshold, one_shot_identification, pair_scores, verification
 from tiny_backbone import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import load_backbone
-from helpers.data import split_per_person
-from helpers.evaluation import accuracy, predict
-from helpers.model import build_model, set_trainable_stages
-from helpers.training import (History, ImageDataset, TrainingDiverged, accuracy_of, fit, param_groups,
-                              train_head_on_features, val_scores)
+from helpers.data.folders import split_per_person
+from helpers.evaluate.metrics import accuracy, predict
+from helpers.models.face_model import build_model, set_trainable_stages
+from helpers.train.fit import (History, ImageDataset, TrainingDiverged, accuracy_of, fit, param_groups,
+                               train_head_on_features, val_scores)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -149,7 +149,7 @@ def test_fit_records_val_loss_and_epoch_metrics():
     import numpy as np
     import torch
 
-    from helpers.training import train_head_on_features
+    from helpers.train.fit import train_head_on_features
 
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(3).repeat_interleave(8)
@@ -166,13 +166,13 @@ def test_fit_records_val_loss_and_epoch_metrics():
 def test_fit_and_the_trainer_report_the_same_accuracy(orl):
     """fit's validation accuracy, accuracy_of and the trainer's val_acc (a DataLoader, as the trainer
     passes it) are one function: the same number on the same model and photos, = argmax of the logits."""
-    import helpers.trainer
+    import helpers.train.trainer
     from torch.utils.data import DataLoader
 
-    from helpers import train_step as S
+    from helpers.train import step as S
     from tiny_backbone import tiny_backbone
 
-    assert helpers.trainer.closed_set_accuracy is S.closed_set_accuracy
+    assert helpers.train.trainer.closed_set_accuracy is S.closed_set_accuracy
     idx = np.flatnonzero(orl.labels < 4)[::2]                       # 4 people x 5 photos
     torch.manual_seed(0)
     model = build_model(4, backbone=tiny_backbone())
@@ -192,7 +192,7 @@ def test_train_step_is_forward_margin_loss_backward_step_and_refuses_nan():
     loss raises before the optimiser step (weights and optimiser state untouched)."""
     import copy
 
-    from helpers.train_step import MarginObjective, train_step
+    from helpers.train.step import MarginObjective, train_step
 
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 6, generator=gen), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])

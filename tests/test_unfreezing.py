@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from helpers import load_backbone
-from helpers import backbone_tail as T
-from helpers import unfreezing as U
+from helpers.models import backbone_tail as T
+from helpers.train import unfreezing as U
 from helpers.course import unfreezing_lessons as L
-from helpers.cached_unfreezing import train_cached_steps
-from helpers.evaluation import one_shot_identification
-from helpers.lr_schedule import lr_factor
+from helpers.train.cached_unfreezing import train_cached_steps
+from helpers.evaluate.metrics import one_shot_identification
+from helpers.train.lr_schedule import lr_factor
 from helpers.memory import PeakMemory
-from helpers.model import build_model, count_parameters, set_trainable_stages
+from helpers.models.face_model import build_model, count_parameters, set_trainable_stages
 from tiny_backbone import tiny_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ import copy
 import numpy as np
 import pytest
 
-from helpers import unfreezing as U
+from helpers.train import unfreezing as U
 from helpers.course.widgets import unfreezing_panel
 from tiny_backbone import tiny_backbone
 

@@ -6,7 +6,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from helpers.backbones import Backbone, PretrainedConfig, SequentialStages
+from helpers.models.backbones import Backbone, PretrainedConfig, SequentialStages
 
 
 def tiny_backbone(seed: int = 0) -> Backbone:

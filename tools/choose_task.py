@@ -43,8 +43,8 @@ CHANGES = [  # (label, what differs from BASE)
 def run_one(features, data, head, lr, m, s, seed, epochs):
     import torch
 
-    from helpers.evaluation import embed, predict, verification
-    from helpers.training import train_head_on_features
+    from helpers.evaluate.metrics import embed, predict, verification
+    from helpers.train.fit import train_head_on_features
 
     x = features[data.known_idx]
     y = torch.as_tensor(data.known.labels).long()

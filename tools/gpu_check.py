@@ -3,8 +3,8 @@
 
 What it runs, on ORL's photos (the packaged, offline data) written as a folder of people:
 
-1. feature extraction (`helpers.features.extract_features`): images/s;
-2. `helpers.trainer` in 1 process, fp32, global batch B: the reference loss curve;
+1. feature extraction (`helpers.features.extract.extract_features`): images/s;
+2. `helpers.train.trainer` in 1 process, fp32, global batch B: the reference loss curve;
 3. the same with AMP (`--amp auto`: bf16 where the GPU has it): the AMP speed-up;
 4. the same run as P >= 2 processes under torchrun (one per GPU; 2 sharing the GPU, over gloo,
    when there is only 1): its loss curve must match run 2's (fp32, frozen backbone, augmentation
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import helpers
-    from helpers.trainer import TrainConfig, train
+    from helpers.train.trainer import TrainConfig, train
 
     smoke = args.cpu_smoke
     epochs = args.epochs or (2 if smoke else 8)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                   sync_bn=True, workers=workers, device=str(device), verbose=True, threads=1 if smoke else None)
 
     def features():
-        from helpers.features import extract_features
+        from helpers.features.extract import extract_features
         t0 = time.perf_counter()
         x = extract_features(backbone, faces.images, batch_size=64, cache=False, device=device,
                              progress=False, verbose=False)
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             if gpus < procs and not smoke:
                 flags += ["--backend", "gloo"]  # 2 processes on 1 GPU: NCCL refuses a shared GPU
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-                   "-m", "helpers.trainer", *flags]
+                   "-m", "helpers.train.trainer", *flags]
             env = {**os.environ, "OMP_NUM_THREADS": "1" if smoke else "4"}
             done = subprocess.run(cmd, cwd=REPO, env=env, timeout=300, capture_output=True, text=True)
             print(done.stdout[-2000:], done.stderr[-3000:] if done.returncode else "", flush=True)

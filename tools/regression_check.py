@@ -24,31 +24,31 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (file, text to find, replacement, notebooks to run, what it simulates)
 MUTATIONS = {
     "none": (  # the control: the same run without any change must pass
-        "helpers/heads.py", "", "", [
+        "helpers/models/heads.py", "", "", [
             "notebooks/01_transfer_learning.ipynb", "notebooks/02_frozen_training.ipynb",
             "notebooks/03_arcface_margins.ipynb", "notebooks/05_gradual_unfreezing.ipynb"],
         "no change (control: must pass)"),
     "margin-ignored": (
-        "helpers/heads.py",
+        "helpers/models/heads.py",
         "        sin = torch.sqrt((1.0 - cos * cos).clamp(min=EPS))\n",
         "        return cos  # MUTATION: the margin is ignored\n",
         ["notebooks/03_arcface_margins.ipynb"],
         "an ArcFace head whose margin is ignored"),
     "frozen-stage-trains": (
-        "helpers/backbones.py",
+        "helpers/models/backbones.py",
         "    def visit(m: nn.Module) -> None:\n",
         "    return module  # MUTATION: frozen parts stay in train mode (BatchNorm statistics move)\n"
         "    def visit(m: nn.Module) -> None:\n",
         ["notebooks/05_gradual_unfreezing.ipynb"],
         "a 'frozen' stage that trains (its BatchNorm statistics and drop-connect stay live)"),
     "frozen-weights-train": (
-        "helpers/model.py",
+        "helpers/models/face_model.py",
         "        p.requires_grad_(False)\n",
         "        p.requires_grad_(True)  # MUTATION: freezing does nothing\n",
         ["notebooks/01_transfer_learning.ipynb"],
         "freezing that leaves every backbone weight trainable"),
     "shuffled-labels": (
-        "helpers/training.py",
+        "helpers/train/fit.py",
         "    train_y = torch.as_tensor(np.asarray(train_y)).long()\n",
         "    train_y = torch.as_tensor(np.asarray(train_y)).long()\n"
         "    train_y = train_y[torch.randperm(len(train_y))]  # MUTATION: labels shuffled\n",

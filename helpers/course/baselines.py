@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 from threadpoolctl import threadpool_limits
 
-from ..backbones import Backbone, load_backbone
-from ..data import Split, split_per_person
-from ..evaluation import linear_probe_accuracy, nearest_neighbour_accuracy
+from ..models.backbones import Backbone, load_backbone
+from ..data.folders import Split, split_per_person
+from ..evaluate.metrics import linear_probe_accuracy, nearest_neighbour_accuracy
 from ..runtime import set_seed
 
 METHODS = ("1-NN", "linear probe")

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import FaceSet, load_folder, load_orl
+from ..data.folders import FaceSet, load_folder, load_orl
 
 
 def make_problem_folder(dst: str | Path) -> Path:

@@ -14,7 +14,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..evaluation import l2_normalize
+from ..evaluate.metrics import l2_normalize
 from ..runtime import setup_numba_cache
 
 METHODS = ("umap", "tsne", "pca")
@@ -116,7 +116,7 @@ class EmbeddingSets:
 def course_sets(data, features, model=None, model_name: str = "ArcFace") -> EmbeddingSets:
     """EmbeddingSets of the course data (helpers.experiments.CourseData): known people's train / val / test
     photos and the strangers, under 'raw features' (frozen backbone) and, with a model, its embedding."""
-    from ..evaluation import embed
+    from ..evaluate.metrics import embed
 
     known_x = features[data.known_idx]
     sp = data.split

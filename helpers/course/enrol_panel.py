@@ -7,7 +7,7 @@ skipped, with the reason. Upload another photo and press **Who is it?**: the ans
 beside the closest enrolled person's, and the score on a bar against the threshold.
 
 Faces: a photo no larger than `SMALL_FACTOR` x the recogniser's input size is taken as a face crop
-already (as ORL's 92 x 112 photos are); a larger one is searched with `helpers.alignment.face_finder()`
+already (as ORL's 92 x 112 photos are); a larger one is searched with `helpers.data.alignment.face_finder()`
 (dlib's detector and 5 landmarks, aligned to an ORL-like 92 x 112 crop; OpenCV's Haar box when dlib is
 not installed: the panel names the one it uses) and its largest face is used (the thumbnail shows
 that crop and says how many faces there were); a large photo with no face found is skipped.
@@ -17,7 +17,7 @@ anywidget): each photo taken waits for **Enrol** or **Who is it?** (a switch bes
 which) and then takes exactly the uploads' path. Without anywidget, or where the front end cannot show
 it, the panel says so in one line and the uploads still work.
 
-Privacy: uploaded and camera bytes are read once through `helpers.images.read_image_bytes` (one-line
+Privacy: uploaded and camera bytes are read once through `helpers.data.images.read_image_bytes` (one-line
 reasons for bad files: empty, truncated, not an image, too small ...; a private temporary file, deleted
 at once), then the upload widget is cleared; camera bytes come in a message, never in a synced trait.
 The thumbnails live in this panel's widgets only (JupyterLab does not save widget state in the notebook
@@ -33,8 +33,8 @@ from typing import Mapping
 import ipywidgets as widgets
 from PIL import Image, ImageOps
 
-from helpers.images import ImageSkip, read_image_bytes
-from helpers.recognizer import Match, Recognizer
+from helpers.data.images import ImageSkip, read_image_bytes
+from helpers.recognize.recognizer import Match, Recognizer
 
 SMALL_FACTOR = 3      # photos up to 3 x the input size are taken as face crops already
 THUMB = 96            # thumbnail side in pixels
@@ -94,7 +94,7 @@ def read_uploads(upload: widgets.FileUpload) -> tuple[list, list[str]]:
 
 def find_face(img: Image.Image, size: int, source: str = "photo", cropper=None) -> Face:
     """The face to embed from one photo: the photo itself when it is small (at most SMALL_FACTOR x
-    `size` on its longer side), else the largest face `cropper` (a `helpers.alignment` finder, or a
+    `size` on its longer side), else the largest face `cropper` (a `helpers.data.alignment` finder, or a
     `FaceCropper`: anything with `.find(img)`) finds in it."""
     if max(img.size) <= SMALL_FACTOR * size:
         return Face(source, img, "whole photo (small: taken as a face crop)")
@@ -150,7 +150,7 @@ def make_camera() -> tuple[object | None, str]:
 
 def _cropper():
     try:
-        from helpers.alignment import face_finder
+        from helpers.data.alignment import face_finder
 
         return face_finder()
     except ImportError:

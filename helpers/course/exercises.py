@@ -32,7 +32,7 @@ def _as_number(answer, what: str):
 
 def check_person_split(train, val, test, photos: int = 7, val_frac: float = 0.2, test_frac: float = 0.3) -> bool:
     """00, exercise 1: how split_per_person divides one person's `photos` photos (train, val, test)."""
-    from ..data import split_per_person
+    from ..data.folders import split_per_person
 
     if None in (train, val, test):
         print("not yet: replace each None with a number of photos")
@@ -58,7 +58,7 @@ def check_fixed_folder(root) -> bool:
     """00, exercise 2: the problem folder, fixed so it loads with nothing skipped and 4 people."""
     from pathlib import Path
 
-    from ..data import FaceDataError, load_folder
+    from ..data.folders import FaceDataError, load_folder
 
     if root is None:
         print("not yet: make the folder with make_problem_folder(path), fix it, then pass its path")
@@ -144,7 +144,7 @@ def check_unfrozen_params(answer, backbone, people: int = 9) -> bool:
     """02, exercise 1: trainable parameters with freeze_backbone=False for `backbone`."""
     import copy
 
-    from ..model import build_model, count_parameters
+    from ..models.face_model import build_model, count_parameters
 
     value = _as_number(answer, "parameter count")
     if value is None:
@@ -169,7 +169,7 @@ def check_first_perfect_epoch(answer, features, labels, split, lr: float = 1e-4,
     import numpy as np
     import torch
 
-    from ..training import train_head_on_features
+    from ..train.fit import train_head_on_features
 
     value = _as_number(answer, "epoch number")
     if value is None:
@@ -306,8 +306,8 @@ def check_stage2_trainable(answer, backbone, num_classes: int = 9) -> bool:
     """05, exercise 1: trainable parameters in stage 2 (embedding + head + the backbone's last stage)."""
     import copy
 
-    from ..model import build_model, count_parameters, set_trainable_stages
-    from ..backbone_tail import last_stage
+    from ..models.face_model import build_model, count_parameters, set_trainable_stages
+    from ..models.backbone_tail import last_stage
 
     value = _as_number(answer, "number of trainable parameters")
     if value is None:
@@ -331,7 +331,7 @@ def check_stage_input_shape(answer, backbone, size: int) -> bool:
     """05, exercise 2: (channels, height, width) of the activations entering the last stage at `size` px."""
     from PIL import Image
 
-    from ..backbone_tail import last_stage, stage_inputs
+    from ..models.backbone_tail import last_stage, stage_inputs
 
     if answer is None:
         print("not yet: replace None with a (channels, height, width) tuple")
@@ -360,7 +360,7 @@ def check_bn_train_run(result, reference=None) -> bool:
         return False
     model = getattr(result, "model", None)
     if model is None or getattr(model, "bn_train", None) is None:
-        return _verdict(False, "", "that is not a RunResult from helpers.unfreezing.run_schedule")
+        return _verdict(False, "", "that is not a RunResult from helpers.train.unfreezing.run_schedule")
     if not model.bn_train:
         return _verdict(False, "", "pass bn_train=True to run_schedule: BatchNorm must train this time")
     if result.metrics is None:

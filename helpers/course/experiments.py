@@ -20,12 +20,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..backbones import Backbone
-from ..data import FaceDataError, FaceSet, Split, load_faces, split_known_strangers, split_per_person
-from ..evaluation import predict
-from ..features import extract_features
-from ..model import build_model, count_parameters
-from ..training import train_head_on_features
+from ..models.backbones import Backbone
+from ..data.folders import FaceDataError, FaceSet, Split, load_faces, split_known_strangers, split_per_person
+from ..evaluate.metrics import predict
+from ..features.extract import extract_features
+from ..models.face_model import build_model, count_parameters
+from ..train.fit import train_head_on_features
 from .training_runs import (HEAD_NAMES, TUNE_BATCH, LiveFigure, TrainReport, as_float_tensor, step_seconds,  # noqa: F401 (re-exported)
                             _Curves, figure_bundle, stranger_metric, train_and_report)
 
@@ -225,7 +225,8 @@ def backbone_availability() -> str:
     """Which ImageNet backbones this machine can load now, and from where (no download is started)."""
     import importlib.util
 
-    from ..backbones import _short, internet_reachable, resnet18_weights_path
+    from ..models.backbones import _short, resnet18_weights_path
+    from ..runtime import internet_reachable
 
     path = resnet18_weights_path()
     if path.exists():
@@ -304,7 +305,7 @@ def compare_heads_over_seeds(features, source: str = "orl", n_known: int = 30, s
     `features`: of every photo of `source` (`course_features`). The first variant is the reference
     the others are compared with, seed by seed.
     """
-    from ..evaluation import embed, verification
+    from ..evaluate.metrics import embed, verification
 
     variants = variants or {"ArcFace": dict(head="arcface"), "softmax": dict(head="softmax")}
     x = as_float_tensor(features)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data import split_per_person
-from ..evaluation import embed, verification
-from ..model import FaceModel
-from ..training import History, accuracy_of, train_head_on_features
+from ..data.folders import split_per_person
+from ..evaluate.metrics import embed, verification
+from ..models.face_model import FaceModel
+from ..train.fit import History, accuracy_of, train_head_on_features
 from .experiments import CourseData, t_interval
 from .margins import check_sm, loss_floor, stop_angle
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..heads import ArcFaceHead, make_head
-from ..model import EmbeddingHead, FaceModel
+from ..models.heads import ArcFaceHead, make_head
+from ..models.face_model import EmbeddingHead, FaceModel
 from ..runtime import set_seed, threads
-from ..training import History, accuracy_of, fit
+from ..train.fit import History, accuracy_of, fit
 
 ARCFACE_PAPER_S, ARCFACE_PAPER_M = 64.0, 0.5
 ARCFACE_PAPER_CLASSES = 85_742  # MS1MV2, the data set the defaults s=64, m=0.5 were tuned on

@@ -6,7 +6,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..data import FaceSet
+from ..data.folders import FaceSet
 
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..recognizer import Match
+from ..recognize.recognizer import Match
 
 
 def show_answers(images: Sequence, matches: Sequence[Match], truth: Sequence[str | None], title: str = "",

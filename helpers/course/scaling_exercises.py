@@ -14,7 +14,7 @@ def check_replicated_head_capacity(answer, budget_gb: float = 40.0, dim: int = 5
     Per identity and GPU: weight + gradient + AdamW's two moments (4 x dim floats) and its logit
     column for this GPU's own photos, with its gradient (2 x per_gpu_batch floats); all float32.
     """
-    from ..partial_fc import head_memory_gb
+    from ..models.partial_fc import head_memory_gb
 
     value = _as_number(answer, "number of identities")
     if value is None:

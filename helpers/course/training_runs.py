@@ -18,13 +18,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..backbones import Backbone
-from ..data import Split
-from ..evaluation import predict
-from ..model import build_model
+from ..models.backbones import Backbone
+from ..data.folders import Split
+from ..evaluate.metrics import predict
+from ..models.face_model import build_model
 from ..runtime import threads
-from ..train_step import MarginObjective, train_step
-from ..training import History, fit, param_groups, train_head_on_features, val_scores
+from ..train.step import MarginObjective, train_step
+from ..train.fit import History, fit, param_groups, train_head_on_features, val_scores
 
 # ------------------------------------------------------------------------------ live figures
 
@@ -96,7 +96,7 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
 @dataclass
 class TrainReport:
     """One training run of the face model and what it scored, on the known people and on strangers
-    (a notebook panel's run; `helpers.trainer.TrainResult` is what the distributed trainer returns).
+    (a notebook panel's run; `helpers.train.trainer.TrainResult` is what the distributed trainer returns).
 
     `test_acc` is measured but the Result line leaves it out: settings are compared on validation,
     and the test photos are looked at once, at the end of notebook 02.
@@ -180,7 +180,7 @@ def as_float_tensor(x) -> torch.Tensor:
 
 def stranger_metric(x, labels):
     """A function model -> (EER, TAR at FAR 1 %) of the strangers' embeddings (features or photos)."""
-    from ..evaluation import embed, verification
+    from ..evaluate.metrics import embed, verification
 
     def metric(model) -> tuple[float, float]:
         v = verification(embed(model, x), labels)
@@ -281,7 +281,7 @@ def train_and_report(features, labels, split: Split, head: str = "arcface", lr: 
     if size is not None and native is not None and size != (features_size or native):
         if images is None:
             raise ValueError(f"size={size} px recomputes the features from the photos: pass images=...")
-        from ..features import extract_features
+        from ..features.extract import extract_features
         x = extract_features(backbone, images, size=size, progress=False, verbose=False)
         if strangers is not None:
             if stranger_images is None:

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone_tail import last_stage
-from ..backbones import Backbone
-from ..model import FaceModel, build_model
+from ..models.backbone_tail import last_stage
+from ..models.backbones import Backbone
+from ..models.face_model import FaceModel, build_model
 from ..runtime import set_seed
-from ..cached_unfreezing import train_cached_steps
-from ..unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, full_schedule, gradual_schedule,
-                          model_features, prepare_data, run_chain, run_schedule)
+from ..train.cached_unfreezing import train_cached_steps
+from ..train.unfreezing import (RunResult, StagePlan, UnfreezeData, evaluate_run, full_schedule, gradual_schedule,
+                                model_features, prepare_data, run_chain, run_schedule)
 from .experiments import SeedComparison, t_interval
 
 

@@ -16,10 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..data import FaceSet, split_known_strangers, split_people, split_per_person
-from ..evaluation import (OpenSetReport, Verification, best_match, class_centroids, embed, l2_normalize,
-                          open_set_rates, pair_scores, threshold_from_strangers, predict, accuracy, verification)
-from ..training import train_head_on_features
+from ..data.folders import FaceSet, split_known_strangers, split_people, split_per_person
+from ..evaluate.metrics import (OpenSetReport, Verification, best_match, class_centroids, embed, l2_normalize,
+                                open_set_rates, pair_scores, threshold_from_strangers, predict, accuracy, verification)
+from ..train.fit import train_head_on_features
 
 
 def plot_roc(results: dict[str, Verification], ax=None, title: str = "strangers: same person or not?") -> plt.Axes:

@@ -4,7 +4,7 @@
 (`navigator.mediaDevices.getUserMedia`; nothing is asked before the click), **Take photo** draws the
 current frame on a canvas and sends it to Python as JPEG bytes in a custom widget message, **Stop
 camera** stops the camera (its light goes off). `camera.on_photo(callback)` calls `callback(photo)`
-with a `Photo`: a PIL image read through `helpers.images.read_image_bytes`, or, for bad bytes, no image
+with a `Photo`: a PIL image read through `helpers.data.images.read_image_bytes`, or, for bad bytes, no image
 and the loader's one-line reason.
 
 The camera needs a secure page: https://, or http://localhost / http://127.0.0.1. A remote Jupyter
@@ -25,7 +25,7 @@ import anywidget
 import traitlets
 from PIL import Image
 
-from helpers.images import ImageSkip, read_image_bytes
+from helpers.data.images import ImageSkip, read_image_bytes
 
 MAX_SIDE = 640   # the browser shrinks photos to this longer side before sending them
 

@@ -343,8 +343,8 @@ def unfreezing_panel(data, stages=None, lr: float = 1e-3, backbone_lr: float = 1
     display. `panel.results` holds each RunResult (a chain: its last stage) or the error."""
     from types import SimpleNamespace
 
-    from ..backbone_tail import last_stage
-    from ..unfreezing import train_stages
+    from ..models.backbone_tail import last_stage
+    from ..train.unfreezing import train_stages
     from .unfreezing_lessons import describe_result, gradual_chain, plot_chain
 
     W, wide = _panel_parts()

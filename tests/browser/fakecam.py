@@ -38,10 +38,10 @@ def write_y4m(path: Path, face: Image.Image, size: tuple[int, int] = (320, 240),
 # ORL s2 and s3 are enrolled (one photo each); the camera shows s1, whom the panel enrols as "Cam".
 CAMERA_NOTEBOOK_CODE = [
     """\
-from helpers.backbones import load_backbone
+from helpers.models.backbones import load_backbone
 from helpers.course.enrol_panel import enrol_panel
-from helpers.data import load_orl
-from helpers.recognizer import Recognizer
+from helpers.data.folders import load_orl
+from helpers.recognize.recognizer import Recognizer
 
 orl = load_orl()
 rec = Recognizer(load_backbone("efficientnet_lite0", verbose=False), size=112, threshold=0.5)

@@ -79,7 +79,7 @@ def lab(repo_hashes, tmp_path_factory):
     root = labdriver.mirror_repo(REPO, work / "course")
     labdriver.write_selftest_notebook(root / "selftest")
     fakecam.write_camera_notebook(root / "camera")
-    from helpers.data import load_orl
+    from helpers.data.folders import load_orl
 
     face = fakecam.write_y4m(work / "face.y4m", load_orl().images[0])   # ORL s1 as the camera's picture
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -294,7 +294,7 @@ def test_enrol_yourself_panel_with_real_files(lab, orl_photo_files):
 def orl_photo_files(tmp_path):
     """Three enrolment photos and one query photo of a person who is not in notebook 06's gallery
     (a stranger of its split), written as PNG files, and a text file posing as a JPEG."""
-    from helpers.data import load_orl, split_known_strangers
+    from helpers.data.folders import load_orl, split_known_strangers
 
     orl = load_orl()
     _, strangers = split_known_strangers(orl, n_known=9, seed=0)   # notebook 06's N_KNOWN, SEED
