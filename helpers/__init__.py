@@ -24,8 +24,8 @@ import importlib.util
 # public name -> the module that defines it
 _EXPORTS = {
     "Backbone": "models.backbones", "BackboneUnavailable": "models.backbones", "load_backbone": "models.backbones",
-    "FaceDataError": "data.folders", "FaceSet": "data.folders", "Split": "data.folders", "load_faces": "data.folders", "load_folder": "data.folders",
-    "load_orl": "data.folders", "split_people": "data.folders", "split_known_strangers": "data.folders", "split_per_person": "data.folders",
+    "FaceDataError": "data.folders", "FaceSet": "data.folders", "Split": "data.splits", "load_faces": "data.folders", "load_folder": "data.folders",
+    "load_orl": "data.folders", "split_people": "data.splits", "split_known_strangers": "data.splits", "split_per_person": "data.splits",
     "extract_features": "features.extract",
     "build_model": "models.face_model", "count_parameters": "models.face_model", "set_trainable_stages": "models.face_model",
     "cache_dir": "runtime", "pick_device": "runtime", "set_seed": "runtime", "threads": "runtime",

@@ -18,7 +18,10 @@ EMBEDDING_SIZE = 512   # helpers.models.face_model.EMBEDDING_DIM (tests check th
 
 
 class ConfigError(Exception):
-    """A configuration file the user can fix; printed as one line."""
+    """A configuration file the user can fix; printed as one line.
+
+    Notebook 02, inside `load_config`.
+    """
 
 
 def _bool(key: str, v: Any) -> bool:
@@ -102,7 +105,10 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """The file's settings as {dotted key: value}, every key and value checked."""
+    """The file's settings as {dotted key: value}, every key and value checked.
+
+    Notebook 02.
+    """
     import yaml
 
     p = Path(path)
@@ -125,7 +131,10 @@ def _flag_value(value: Any) -> str:
 
 
 def flags_from_config(path: str | Path) -> list[str]:
-    """The trainer flags that the file sets, in KEYS order (the command line's flags come after them)."""
+    """The trainer flags that the file sets, in KEYS order (the command line's flags come after them).
+
+    Command line: `python -m helpers ...`.
+    """
     settings = load_config(path)
     flags: list[str] = []
     for key, value in settings.items():
@@ -145,7 +154,10 @@ def flags_from_config(path: str | Path) -> list[str]:
 
 
 def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
-    """(--config FILE or None, the other arguments); accepts --config FILE and --config=FILE."""
+    """(--config FILE or None, the other arguments); accepts --config FILE and --config=FILE.
+
+    Command line: `python -m helpers ...`.
+    """
     rest, path = [], None
     argv = list(argv)
     i = 0
@@ -165,7 +177,10 @@ def split_config_arg(argv: Sequence[str]) -> tuple[str | None, list[str]]:
 
 
 def describe_resolved(config_path: str, file_flags: Sequence[str], cli_flags: Sequence[str], cfg) -> str:
-    """The run's resolved configuration (a TrainConfig), one setting a line, with where each came from."""
+    """The run's resolved configuration (a TrainConfig), one setting a line, with where each came from.
+
+    Command line: `python -m helpers ...`.
+    """
     import dataclasses
 
     def given(flags):

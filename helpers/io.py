@@ -14,14 +14,20 @@ if TYPE_CHECKING:
 
 
 def normal_rights(path: str | Path) -> None:
-    """Temporary files are created private (0600); give the finished file the usual rights."""
+    """Temporary files are created private (0600); give the finished file the usual rights.
+
+    Notebook 01, inside `cache_demo`.
+    """
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
 
 
 def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
-    """Write `data` to a temporary file next to `path`, then rename it: never half a file."""
+    """Write `data` to a temporary file next to `path`, then rename it: never half a file.
+
+    Notebook 01, inside `cache_demo`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -37,14 +43,20 @@ def atomic_write_bytes(data: bytes, path: str | Path) -> Path:
 
 
 def atomic_save(obj: object, path: str | Path) -> Path:
-    """`torch.save(obj)` written atomically (temporary file + rename), with the usual file rights."""
+    """`torch.save(obj)` written atomically (temporary file + rename), with the usual file rights.
+
+    Notebook 01, inside `cache_demo`.
+    """
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(buf.getvalue(), path)
 
 
 def onnx_session(path: str | Path, n_threads: int | None = None) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session for an exported model; `n_threads` defaults to `default_threads()`."""
+    """An ONNX Runtime CPU session for an exported model; `n_threads` defaults to `default_threads()`.
+
+    Notebook 01, inside `cache_demo`.
+    """
     import onnxruntime as ort
 
     from .runtime import default_threads

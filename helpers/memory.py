@@ -50,6 +50,8 @@ class PeakMemory:
     handed back to the OS (malloc_trim). It counts everything the block touched: activations,
     gradients, optimizer state, the allocator's slack. Elsewhere: psutil RSS sampled every 5 ms
     (can miss short peaks), or nothing (`peak_mb` None).
+
+    Notebook 05, inside `run_schedule`.
     """
 
     def __init__(self, device: torch.device | str | None = None):

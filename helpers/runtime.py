@@ -20,6 +20,8 @@ def cache_dir(*parts: str) -> Path:
 
     `FACE_COURSE_CACHE` overrides it; otherwise `<repo>/.cache` for a checkout,
     `~/.cache/face-course` for an installed package.
+
+    Notebook 01, inside `cache_demo`.
     """
     root = os.environ.get("FACE_COURSE_CACHE")
     if root:
@@ -34,12 +36,18 @@ def cache_dir(*parts: str) -> Path:
 
 
 def setup_numba_cache() -> None:
-    """Point numba (used by umap-learn) at a writable cache, unless the user chose one."""
+    """Point numba (used by umap-learn) at a writable cache, unless the user chose one.
+
+    Notebook 04, inside `import_umap`.
+    """
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir("numba")))
 
 
 def set_seed(seed: int = 0) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) so a rerun prints the same numbers."""
+    """Seed Python, NumPy and torch (CPU and CUDA) so a rerun prints the same numbers.
+
+    Notebook 00.
+    """
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -48,7 +56,10 @@ def set_seed(seed: int = 0) -> None:
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """CUDA when present (or `prefer`), otherwise CPU. Never assumes a GPU."""
+    """CUDA when present (or `prefer`), otherwise CPU. Never assumes a GPU.
+
+    Notebook 00.
+    """
     if prefer:
         return torch.device(prefer)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,6 +69,8 @@ def default_threads() -> int:
     """Torch/ONNX threads for backbone passes: the CPUs this process may use, at most 8.
 
     `FACE_COURSE_THREADS` overrides it. Small-tensor work (heads on cached features) uses 1.
+
+    Notebook 01, inside `cache_demo`.
     """
     env = os.environ.get("FACE_COURSE_THREADS")
     if env:
@@ -74,6 +87,8 @@ class threads:
 
     One thread is fastest for small-tensor work (heads on cached features); backbone passes
     use all cores.
+
+    Notebook 02, inside `train_and_report`.
     """
 
     def __init__(self, n: int | None = None):
@@ -90,7 +105,10 @@ class threads:
 
 
 def describe_environment() -> dict:
-    """Versions and hardware, for the top of notebook 00 and for benchmark results."""
+    """Versions and hardware, for the top of notebook 00 and for benchmark results.
+
+    Notebook 00.
+    """
     import platform
 
     import sklearn
@@ -120,6 +138,8 @@ def run_batched(fn: Callable[[torch.Tensor], torch.Tensor], items: torch.Tensor 
     items: a tensor (N, ...), a list (e.g. PIL images; `prepare` turns a slice into a batch
     tensor), or a Dataset of (x, y) pairs. Returns (N, ...) float32 (an ordinary tensor, usable
     outside inference mode); an empty input gives an empty tensor.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
     """
     device = pick_device(device) if device is None or isinstance(device, str) else device
     out = []
@@ -140,6 +160,8 @@ def internet_reachable(host: str = "download.pytorch.org", timeout_s: float = 3.
     """True if `host:443` answers within `timeout_s` (DNS included); False offline, never hangs.
 
     `FACE_COURSE_OFFLINE=1` forces False without touching the network.
+
+    Notebook 00, inside `backbone_availability`.
     """
     if os.environ.get("FACE_COURSE_OFFLINE") == "1":
         return False

@@ -96,7 +96,7 @@ def test_no_import_cycles():
 
 # The pipeline's stages, in order: a library module imports only from its own stage or earlier ones.
 STAGES = ("runtime", "io", "memory", "config", "data", "models", "features", "evaluate", "train", "recognize",
-          "cli", "__main__")
+          "cli_args", "cli", "__main__")
 
 
 def _stage(name: str) -> str:
@@ -325,3 +325,36 @@ def test_the_whitening_maths_exists_once():
         products = [n for n in ast.walk(fn) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult)
                     and "basis" in ast.unparse(n)]
         assert not products, f"{fn.name} applies a whitening itself: {[ast.unparse(p) for p in products]}"
+
+
+# ---------------------------------------------------------------------- which notebook introduces what
+
+def _notebook_tags():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("notebook_tags", PACKAGE.parent / "tools" / "notebook_tags.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["notebook_tags"] = mod        # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_every_library_object_says_which_notebook_introduces_it():
+    """Each public function and class of the library ends its docstring with the notebook that first runs
+    it, as computed from the notebooks' code (`python tools/notebook_tags.py --write` rewrites them)."""
+    tags = _notebook_tags()
+    assert tags.mismatches() == []
+
+
+def test_notebook_tags_follow_the_notebooks():
+    """The tags are computed, not copied: objects named in a notebook, run inside one, or only by the CLI."""
+    tags = _notebook_tags()
+    found = tags.compute_tags()
+    assert len(found) >= 200
+    assert found["helpers.models.backbones.load_backbone"] == "Notebook 00."            # named in 00's code
+    assert found["helpers.train.trainer.TrainConfig"] == "Notebook 07."
+    assert found["helpers.models.heads.make_head"].startswith("Notebook 01, inside `")  # run by build_model
+    assert found["helpers.cli.cmd_train"] == "Command line: `python -m helpers ...`."
+    wrong = ast.parse('def f():\n    """Does f.\n\n    Notebook 03.\n    """\n').body[0]
+    assert tags.docstring_tag(wrong) == "Notebook 03." != found["helpers.models.backbones.load_backbone"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import cli
+from helpers import cli, cli_args
 from helpers.course.demo import write_demo_folder
 from helpers.recognize.recognizer import load_recognizer
 
@@ -245,8 +245,8 @@ def test_python_dash_m_helpers_runs_and_hides_tracebacks(tmp_path):
 def test_choices_copied_for_a_torch_free_parser_equal_the_librarys():
     from helpers.models.backbones import BACKBONES
     from helpers.recognize.pipeline import DEFAULT_METHOD, METHODS
-    assert cli.BACKBONE_CHOICES == tuple(BACKBONES)
-    assert cli.METHOD_CHOICES == tuple(METHODS) and cli.DEFAULT_METHOD == DEFAULT_METHOD
+    assert cli_args.BACKBONE_CHOICES == tuple(BACKBONES)
+    assert cli_args.METHOD_CHOICES == tuple(METHODS) and cli_args.DEFAULT_METHOD == DEFAULT_METHOD
 
 
 def test_import_helpers_and_help_load_no_torch():
@@ -290,7 +290,7 @@ def _never(args):
 ])
 def test_train_out_is_checked_before_any_work(out, message, capsys, tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("my notes")
-    parser = cli.build_parser()
+    parser = cli_args.build_parser()
     parser._subparsers._group_actions[0].choices["train"].set_defaults(func=_never)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     code, stdout, err = run(capsys, "train", "--data", "orl", "--out", out.format(tmp=tmp_path))
@@ -301,8 +301,8 @@ def test_train_out_is_checked_before_any_work(out, message, capsys, tmp_path, mo
 def test_an_earlier_recogniser_file_may_be_replaced(tmp_path):
     import torch
     torch.save({"x": 1}, tmp_path / "model.pt")
-    cli.check_out(str(tmp_path / "model.pt"))           # no error
-    cli.check_out(str(tmp_path / "new" / "deeper" / "model.pt"))   # folders are made when saving
+    cli_args.check_out(str(tmp_path / "model.pt"))           # no error
+    cli_args.check_out(str(tmp_path / "new" / "deeper" / "model.pt"))   # folders are made when saving
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -323,7 +323,7 @@ def test_bad_numbers_are_refused_by_the_parser_with_the_reason(argv, message, ca
 
 
 def test_strangers_folder_checked_early(capsys, tmp_path, monkeypatch):
-    parser = cli.build_parser()
+    parser = cli_args.build_parser()
     parser._subparsers._group_actions[0].choices["train"].set_defaults(func=_never)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     code, _, err = run(capsys, "train", "--data", "orl", "--out", tmp_path / "m.pt", "--strangers", tmp_path / "none-here")

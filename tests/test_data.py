@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers.data.folders import (FaceDataError, load_faces, load_folder, split_known_strangers,
-                                  split_per_person)
+from helpers.data.folders import FaceDataError, load_faces, load_folder
+
+from helpers.data.splits import split_known_strangers, split_per_person
 
 
 # ------------------------------------------------------------------ ORL

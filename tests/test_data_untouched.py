@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bad_inputs import HTML, noise_image, orl_face, two_faces
-from helpers.data.folders import load_folder, split_per_person
+from helpers.data.folders import load_folder
+from helpers.data.splits import split_per_person
 from helpers.features.extract import extract_features
 from helpers.models.face_model import build_model
 from helpers.runtime import REPO_ROOT, cache_dir, threads

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli
+from helpers import cli_args
 from helpers.recognize import embedders as E
 from helpers.recognize import pipeline as P
 from helpers.features import representations as RP
@@ -37,7 +37,7 @@ def test_the_configuration_holds_the_development_defaults():
 
 
 def test_the_registry_is_the_command_lines_methods():
-    assert E.METHODS == tuple(E.EMBEDDERS) == P.METHODS == cli.METHOD_CHOICES
+    assert E.METHODS == tuple(E.EMBEDDERS) == P.METHODS == cli_args.METHOD_CHOICES
     assert all(cls.name == name for name, cls in E.EMBEDDERS.items())
     assert isinstance(E.RecognizerConfig("raw").embedder(tiny_backbone()), E.RawEmbedder)
 

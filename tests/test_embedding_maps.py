@@ -16,7 +16,8 @@ from helpers.course import embedding_maps as E
 from helpers.course import exercises
 from helpers.course import verification_plots as V
 from helpers.course.experiments import CourseData, indices_in
-from helpers.data.folders import FaceSet, split_known_strangers, split_people, split_per_person
+from helpers.data.folders import FaceSet
+from helpers.data.splits import split_known_strangers, split_people, split_per_person
 from helpers.evaluate.metrics import class_centroids, threshold_from_strangers, verification
 
 DIM = 48

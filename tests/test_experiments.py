@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from helpers.course import baselines, demo, exercises, experiments, plots
-from helpers.data.folders import load_folder, split_per_person
+from helpers.data.folders import load_folder
+from helpers.data.splits import split_per_person
 from helpers.models.face_model import build_model, count_parameters
 from tiny_backbone import tiny_backbone
 

@@ -10,7 +10,7 @@ import torch
 
 from helpers.course import exercises, margins
 from helpers.course import margin_runs as MR
-from helpers.data.folders import split_per_person
+from helpers.data.splits import split_per_person
 
 
 def _even_weights(c: int, offset: float = 0.3) -> np.ndarray:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from helpers import load_backbone
-from helpers.data.folders import split_per_person
+from helpers.data.splits import split_per_person
 from helpers.evaluate.metrics import accuracy, predict
 from helpers.models.face_model import build_model, set_trainable_stages
 from helpers.train.fit import (History, ImageDataset, TrainingDiverged, accuracy_of, fit, param_groups,

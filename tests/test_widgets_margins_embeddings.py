@@ -18,7 +18,7 @@ from helpers.course import embedding_maps as E
 from helpers.course import margins
 from helpers.course import verification_plots as V
 from helpers.course.widgets import margin_panel, threshold_panel, umap_panel
-from helpers.data.folders import split_per_person
+from helpers.data.splits import split_per_person
 
 matplotlib.use("Agg", force=True)
 pytestmark = pytest.mark.usefixtures("one_thread")

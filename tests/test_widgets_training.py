@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.data.folders import split_per_person
+from helpers.data.splits import split_per_person
 from helpers.course.experiments import TrainReport
 from helpers.course.widgets import training_panel
 from tiny_backbone import tiny_backbone

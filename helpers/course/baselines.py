@@ -16,7 +16,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 
 from ..models.backbones import Backbone, load_backbone
-from ..data.folders import Split, split_per_person
+from ..data.splits import Split, split_per_person
 from ..evaluate.metrics import linear_probe_accuracy, nearest_neighbour_accuracy
 from ..runtime import set_seed
 

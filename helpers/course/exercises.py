@@ -32,7 +32,7 @@ def _as_number(answer, what: str):
 
 def check_person_split(train, val, test, photos: int = 7, val_frac: float = 0.2, test_frac: float = 0.3) -> bool:
     """00, exercise 1: how split_per_person divides one person's `photos` photos (train, val, test)."""
-    from ..data.folders import split_per_person
+    from ..data.splits import split_per_person
 
     if None in (train, val, test):
         print("not yet: replace each None with a number of photos")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..models.backbones import Backbone
-from ..data.folders import FaceDataError, FaceSet, Split, load_faces, split_known_strangers, split_per_person
+from ..data.folders import FaceDataError, FaceSet, load_faces
+from ..data.splits import Split, split_known_strangers, split_per_person
 from ..evaluate.metrics import predict
 from ..features.extract import extract_features
 from ..models.face_model import build_model, count_parameters

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.folders import split_per_person
+from ..data.splits import split_per_person
 from ..evaluate.metrics import embed, verification
 from ..models.face_model import FaceModel
 from ..train.fit import History, accuracy_of, train_head_on_features

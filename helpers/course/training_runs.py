@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..models.backbones import Backbone
-from ..data.folders import Split
+from ..data.splits import Split
 from ..evaluate.metrics import predict
 from ..models.face_model import build_model
 from ..runtime import threads

@@ -16,7 +16,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..data.folders import FaceSet, split_known_strangers, split_people, split_per_person
+from ..data.folders import FaceSet
+
+from ..data.splits import split_known_strangers, split_people, split_per_person
 from ..evaluate.metrics import (OpenSetReport, Verification, best_match, class_centroids, embed, l2_normalize,
                                 open_set_rates, pair_scores, threshold_from_strangers, predict, accuracy, verification)
 from ..train.fit import train_head_on_features

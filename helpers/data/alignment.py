@@ -39,7 +39,10 @@ AUTO_SIDE = 672
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """(2, 3) matrix of the least-squares similarity transform mapping src (n, 2) onto dst (n, 2)
-    (Umeyama 1991, no reflection)."""
+    (Umeyama 1991, no reflection).
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     src, dst = np.asarray(src, float), np.asarray(dst, float)
     ms, md = src.mean(0), dst.mean(0)
     s, d = src - ms, dst - md
@@ -55,7 +58,10 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 def warp(img: Image.Image, m: np.ndarray, size: tuple[int, int] = CROP_SIZE) -> Image.Image:
     """`img` mapped by the (2, 3) matrix `m` (photo -> crop) into a crop of `size` (w, h); a photo much
-    larger than the crop is shrunk first (area filter), so the crop does not alias."""
+    larger than the crop is shrunk first (area filter), so the crop does not alias.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
     if scale < 0.6:            # photo pixels per crop pixel > 1.7: pre-shrink to ~1.5x the crop's scale
         f = scale * 1.5
@@ -69,7 +75,10 @@ def warp(img: Image.Image, m: np.ndarray, size: tuple[int, int] = CROP_SIZE) -> 
 
 def box_crop(img: Image.Image, box, size: tuple[int, int] = CROP_SIZE,
              face_box: tuple[float, float, float, float] = ORL_FACE_BOX) -> Image.Image:
-    """The region of `img` that puts detector box (x, y, w, h) where `face_box` sits in a crop of `size`."""
+    """The region of `img` that puts detector box (x, y, w, h) where `face_box` sits in a crop of `size`.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     x, y, w, h = box
     sx, sy = face_box[2] / w, face_box[3] / h
     m = np.array([[sx, 0, face_box[0] - sx * x], [0, sy, face_box[1] - sy * y]])
@@ -88,7 +97,10 @@ def _models_dir() -> str:
 class DlibAligner:
     """dlib HOG detector + 5-point landmarks -> similarity transform onto `ORL_LANDMARKS` (scaled by
     `GEOMETRIES[geometry]` about the crop's centre). `align=False`: the HOG box mapped onto ORL's mean
-    box instead (no rotation)."""
+    box instead (no rotation).
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
     def __init__(self, geometry: str = "orl", align: bool = True, max_side: int = 1024):
         try:
@@ -137,7 +149,10 @@ class DlibAligner:
 
 
 class HaarFinder:
-    """OpenCV's Haar cascade (`helpers.data.facecrop.FaceCropper`): the box with a 20 % margin, no alignment."""
+    """OpenCV's Haar cascade (`helpers.data.facecrop.FaceCropper`): the box with a 20 % margin, no alignment.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
     def __init__(self, margin: float = 0.2):
         from .facecrop import FaceCropper
@@ -152,7 +167,10 @@ class HaarFinder:
 
 def face_finder(prefer: str = "auto"):
     """The face finder to use: 'auto' = dlib aligned if it is installed, else Haar; 'dlib' or 'haar'
-    to insist. Raises ImportError (with the pip command) when none can run."""
+    to insist. Raises ImportError (with the pip command) when none can run.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     if prefer in ("auto", "dlib"):
         try:
             return DlibAligner()
@@ -176,7 +194,10 @@ class FaceStep:
     """The face step of loading a folder (`helpers.data.folders.load_folder`): `mode` True or "always" searches
     every photo, "auto" only photos longer than `AUTO_SIDE` (smaller ones are face crops already).
     The finder is made on first use; in "auto" mode a missing detector leaves large photos whole
-    (`note()` says so) instead of failing."""
+    (`note()` says so) instead of failing.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
     def __init__(self, mode, finder=None):
         self.mode, self.finder, self.searched, self.missing = mode, finder, 0, ""

@@ -36,7 +36,10 @@ def _thumbs(images: Sequence[Image.Image]) -> np.ndarray:
 
 
 def people_seen(background: FaceSet, *image_lists: Iterable[Image.Image]) -> set[int]:
-    """Labels of the background people with a photo among `image_lists` (same pixels or near copy)."""
+    """Labels of the background people with a photo among `image_lists` (same pixels or near copy).
+
+    Notebook 06, inside `background_for`.
+    """
     others = [im for ims in image_lists for im in ims]
     if not others or not len(background):
         return set()
@@ -48,7 +51,10 @@ def people_seen(background: FaceSet, *image_lists: Iterable[Image.Image]) -> set
 
 
 def drop_people_in(background: FaceSet | None, *image_lists: Iterable[Image.Image]) -> FaceSet | None:
-    """`background` without any person who has a photo among `image_lists`; None if fewer than 2 remain."""
+    """`background` without any person who has a photo among `image_lists`; None if fewer than 2 remain.
+
+    Notebook 06, inside `background_for`.
+    """
     if background is None:
         return None
     seen = people_seen(background, *image_lists)
@@ -60,7 +66,10 @@ def drop_people_in(background: FaceSet | None, *image_lists: Iterable[Image.Imag
 
 def background_faces(*exclude: Iterable[Image.Image]) -> FaceSet | None:
     """The packaged background (ORL s1–s10) minus anyone with a photo in `exclude` (the photos being
-    enrolled and evaluated). None when fewer than 2 people are left."""
+    enrolled and evaluated). None when fewer than 2 people are left.
+
+    Notebook 06, inside `background_for`.
+    """
     orl = load_orl()
     bg = orl.subset(np.flatnonzero(np.isin(orl.labels, BACKGROUND_PEOPLE)), relabel=True)
     return drop_people_in(bg, *exclude)

@@ -23,7 +23,10 @@ DEGRADE = {
 
 
 def degrade(img: Image.Image, seed: int, index: int) -> Image.Image:
-    """One mildly degraded copy of `img` (RGB), the same for the same (seed, index)."""
+    """One mildly degraded copy of `img` (RGB), the same for the same (seed, index).
+
+    Notebook 06.
+    """
     rng = np.random.default_rng([seed, index, 7])
     d = DEGRADE
     img = img.convert("RGB")
@@ -37,7 +40,10 @@ def degrade(img: Image.Image, seed: int, index: int) -> Image.Image:
 
 
 def jpeg_roundtrip(img: Image.Image, quality: int) -> Image.Image:
-    """`img` (RGB) saved as JPEG at `quality` and read back, in memory."""
+    """`img` (RGB) saved as JPEG at `quality` and read back, in memory.
+
+    Notebook 06, inside `degrade`.
+    """
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=quality)
     buf.seek(0)

@@ -11,7 +11,10 @@ from PIL import Image
 @dataclass
 class FoundFace:
     """One face: `image` the crop (RGB), `box` (x, y, w, h) in the photo's pixels, `landmarks` (5, 2)
-    in the photo's pixels (None for Haar)."""
+    in the photo's pixels (None for Haar).
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
     image: Image.Image
     box: tuple[int, int, int, int]
@@ -19,7 +22,10 @@ class FoundFace:
 
 
 class FaceCropper:
-    """Finds frontal faces and cuts out the largest one with a margin around it."""
+    """Finds frontal faces and cuts out the largest one with a margin around it.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
     def __init__(self, margin: float = 0.2, min_size: int = 24):
         try:

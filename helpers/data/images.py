@@ -25,7 +25,10 @@ HEIC_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"
 
 
 class ImageSkip(Exception):
-    """An image that cannot be used; `str()` is the reason shown to the learner."""
+    """An image that cannot be used; `str()` is the reason shown to the learner.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -77,6 +80,8 @@ def read_image(path: str | Path, max_side: int = MAX_SIDE) -> Image.Image:
     Raises ImageSkip with a one-line reason (what is wrong: what to do) for missing, empty,
     truncated, unreadable, non-image, too-small or too-large files. Phone photos are rotated
     upright from their EXIF orientation.
+
+    Notebook 00, inside `make_problem_folder`.
     """
     path = Path(path)
     if path.is_dir():
@@ -141,6 +146,8 @@ def read_image_bytes(data: bytes, name: str = "photo", max_side: int = MAX_SIDE)
     """`read_image` for bytes held in memory (an upload, a camera photo): same checks, same reasons.
 
     The bytes go to a private temporary file (named after `name`'s suffix) that is deleted at once.
+
+    Notebook 06, inside `enrol_panel`.
     """
     fd, tmp = tempfile.mkstemp(suffix=Path(name).suffix[:10] or ".img", prefix="photo-")
     try:
@@ -152,7 +159,10 @@ def read_image_bytes(data: bytes, name: str = "photo", max_side: int = MAX_SIDE)
 
 
 def image_digest(img: Image.Image) -> str:
-    """SHA-256 of an image's size, mode and pixels: equal pictures give equal digests."""
+    """SHA-256 of an image's size, mode and pixels: equal pictures give equal digests.
+
+    Notebook 01, inside `cache_demo`.
+    """
     h = hashlib.sha256()
     h.update(f"{img.size}{img.mode}".encode())
     h.update(img.tobytes())
@@ -160,7 +170,10 @@ def image_digest(img: Image.Image) -> str:
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
+    """SHA-256 of a file's bytes.
+
+    Notebook 00, inside `problem_folder_demo`.
+    """
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):

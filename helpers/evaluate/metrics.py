@@ -25,12 +25,19 @@ def _np(x) -> np.ndarray:
 
 
 def l2_normalize(x: Array) -> np.ndarray:
+    """(N, D) rows scaled to length 1, as float64.
+
+    Notebook 01, inside `few_shot_table`.
+    """
     x = _np(x).astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def evaluate_logits(model: torch.nn.Module, x, batch_size: int = 256, device=None) -> torch.Tensor:
-    """Logits (N, num_classes), s*cos for margin heads, of features (N, D) or an image Dataset, in eval mode."""
+    """Logits (N, num_classes), s*cos for margin heads, of features (N, D) or an image Dataset, in eval mode.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
+    """
     device = device or next(model.parameters()).device
     was = model.training
     model.eval()
@@ -41,12 +48,18 @@ def evaluate_logits(model: torch.nn.Module, x, batch_size: int = 256, device=Non
 
 
 def predict(model: torch.nn.Module, x: torch.Tensor | torch.utils.data.Dataset) -> np.ndarray:
-    """Predicted person (N,) for features (N, D) or an ImageDataset of N photos."""
+    """Predicted person (N,) for features (N, D) or an ImageDataset of N photos.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
+    """
     return _np(evaluate_logits(model, x).argmax(1))
 
 
 def embed(model: torch.nn.Module, x: torch.Tensor | torch.utils.data.Dataset, batch_size: int = 256) -> np.ndarray:
-    """L2-normalised embeddings (N, 512) of features (N, D) or an image Dataset, in eval mode."""
+    """L2-normalised embeddings (N, 512) of features (N, D) or an image Dataset, in eval mode.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
+    """
     was = model.training
     model.eval()
     try:
@@ -56,37 +69,62 @@ def embed(model: torch.nn.Module, x: torch.Tensor | torch.utils.data.Dataset, ba
 
 
 def accuracy(y_true: Array, y_pred: Array) -> float:
+    """Share of (N,) predictions equal to the (N,) labels, 0-1.
+
+    Notebook 01, inside `few_shot_table`.
+    """
     return float((_np(y_true) == _np(y_pred)).mean())
 
 
 def per_person_accuracy(y_true: Array, y_pred: Array, names: list[str]) -> dict[str, float]:
+    """Accuracy of each person who has a photo in `y_true`: {name: 0-1}.
+
+    Not run by a notebook or the command line.
+    """
     y_true, y_pred = _np(y_true), _np(y_pred)
     return {n: float((y_pred[y_true == i] == i).mean()) for i, n in enumerate(names) if (y_true == i).any()}
 
 
 def confusion(y_true: Array, y_pred: Array, num_classes: int) -> np.ndarray:
+    """(num_classes, num_classes) counts: row = true person, column = predicted person.
+
+    Not run by a notebook or the command line.
+    """
     return confusion_matrix(_np(y_true), _np(y_pred), labels=list(range(num_classes)))
 
 
 def nearest_neighbour_predict(gallery_x: Array, gallery_y: Array, query_x: Array) -> np.ndarray:
-    """1-nearest-neighbour by cosine distance (scikit-learn): gallery (G, D), labels (G,), queries (Q, D) -> (Q,)."""
+    """1-nearest-neighbour by cosine distance (scikit-learn): gallery (G, D), labels (G,), queries (Q, D) -> (Q,).
+
+    Notebook 01, inside `few_shot_table`.
+    """
     knn = KNeighborsClassifier(n_neighbors=1, metric="cosine", algorithm="brute")
     return knn.fit(_np(gallery_x), _np(gallery_y)).predict(_np(query_x))
 
 
 def nearest_neighbour_accuracy(gallery_x: Array, gallery_y: Array, query_x: Array, query_y: Array) -> float:
+    """1-NN accuracy (cosine) of (M, D) queries against an (N, D) gallery, 0-1.
+
+    Notebook 01, inside `few_shot_table`.
+    """
     return accuracy(query_y, nearest_neighbour_predict(gallery_x, gallery_y, query_x))
 
 
 def linear_probe_accuracy(train_x: Array, train_y: Array, test_x: Array, test_y: Array, seed: int = 0) -> float:
-    """Logistic regression on L2-normalised frozen features (scikit-learn)."""
+    """Logistic regression on L2-normalised frozen features (scikit-learn).
+
+    Notebook 01, inside `few_shot_table`.
+    """
     clf = LogisticRegression(max_iter=2000, C=10.0, random_state=seed)
     clf.fit(l2_normalize(train_x), _np(train_y))
     return accuracy(test_y, clf.predict(l2_normalize(test_x)))
 
 
 def pair_scores(emb: Array, labels: Array) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine similarity (P,) and same-person flag (P,) for every pair i < j of N embeddings (N, D); P = N(N-1)/2."""
+    """Cosine similarity (P,) and same-person flag (P,) for every pair i < j of N embeddings (N, D); P = N(N-1)/2.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
+    """
     e = l2_normalize(emb)
     labels = _np(labels)
     i, j = np.triu_indices(len(e), k=1)
@@ -95,7 +133,10 @@ def pair_scores(emb: Array, labels: Array) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Verification:
-    """Same-person vs different-person decisions over all pairs."""
+    """Same-person vs different-person decisions over all pairs.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
+    """
 
     auc: float
     eer: float
@@ -118,6 +159,8 @@ def eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
     non-decreasing. Between the two ROC points that bracket the crossing, FPR and FNR are
     interpolated linearly, so the EER does not depend on which points sklearn kept. The threshold
     that goes with it is `eer_threshold` (the course's one threshold rule).
+
+    Notebook 02, inside `compare_heads_over_seeds`.
     """
     fnr = 1 - tpr
     d = fnr - fpr  # starts >= 0 (threshold above every score), ends <= 0
@@ -134,6 +177,8 @@ def verification(emb: Array, labels: Array, far: float = 0.01) -> Verification:
     emb: (N, D) embeddings (normalised here); labels: (N,) person ids. EER and TAR come from the
     full ROC with linear interpolation (`eer_from_roc`); the EER threshold is `eer_threshold` of
     same-person against different-person pair scores, the rule the recogniser uses.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
     """
     scores, same = pair_scores(emb, labels)
     if same.all() or not same.any():
@@ -145,7 +190,10 @@ def verification(emb: Array, labels: Array, far: float = 0.01) -> Verification:
 
 
 def class_centroids(emb: Array, labels: Array, num_classes: int | None = None) -> np.ndarray:
-    """Mean embedding of each person, re-normalised: the enrolment gallery (people, D) from (N, D) and labels (N,)."""
+    """Mean embedding of each person, re-normalised: the enrolment gallery (people, D) from (N, D) and labels (N,).
+
+    Notebook 04, inside `open_set_for`.
+    """
     e, labels = l2_normalize(emb), _np(labels)
     k = num_classes or int(labels.max()) + 1
     return l2_normalize(np.stack([e[labels == c].mean(0) for c in range(k)]))
@@ -154,7 +202,10 @@ def class_centroids(emb: Array, labels: Array, num_classes: int | None = None) -
 @dataclass
 class OpenSetReport:
     """Every kind of answer at one threshold (fractions): known people named right, given a wrong
-    name or called unknown; strangers rejected or taken for someone (the dangerous mistake)."""
+    name or called unknown; strangers rejected or taken for someone (the dangerous mistake).
+
+    Notebook 04, inside `open_set_for`.
+    """
 
     known_correct: float
     known_wrong_name: float
@@ -179,14 +230,20 @@ class OpenSetReport:
 
 
 def best_match(gallery: np.ndarray, query: Array) -> tuple[np.ndarray, np.ndarray]:
-    """(index of the closest gallery entry (N,), its cosine score (N,)) for queries (N, D)."""
+    """(index of the closest gallery entry (N,), its cosine score (N,)) for queries (N, D).
+
+    Notebook 04, inside `open_set_for`.
+    """
     sims = l2_normalize(query) @ l2_normalize(gallery).T
     return sims.argmax(1), sims.max(1)
 
 
 def open_set_rates(known_score: Array, known_right: Array, stranger_score: Array, threshold: float) -> OpenSetReport:
     """The open-set report from best-match scores: known photos' scores (N,) and whether their best
-    match is the right person (N,), strangers' best scores (M,; may be empty)."""
+    match is the right person (N,), strangers' best scores (M,; may be empty).
+
+    Notebook 04, inside `open_set_for`.
+    """
     known_score, known_right = np.asarray(known_score, float), np.asarray(known_right, bool)
     stranger_score = np.asarray(stranger_score, float)
     if len(known_score) == 0:
@@ -198,7 +255,10 @@ def open_set_rates(known_score: Array, known_right: Array, stranger_score: Array
 
 
 def open_set(gallery: np.ndarray, known_emb: Array, known_labels: Array, stranger_emb: Array | None, threshold: float) -> OpenSetReport:
-    """Open-set report for a gallery (people, D) of person centroids at `threshold`."""
+    """Open-set report for a gallery (people, D) of person centroids at `threshold`.
+
+    Notebook 06, inside `open_set_report`.
+    """
     idx, score = best_match(gallery, known_emb)
     s_score = best_match(gallery, stranger_emb)[1] if stranger_emb is not None and len(stranger_emb) else []
     return open_set_rates(score, idx == _np(known_labels), s_score, threshold)
@@ -210,6 +270,8 @@ def eer_threshold(genuine: Array, impostor: Array) -> float:
 
     Placed halfway between two neighbouring observed scores, so that when the two groups do not
     overlap it sits in the middle of the gap rather than on the lowest genuine score.
+
+    Notebook 02, inside `compare_heads_over_seeds`.
     """
     genuine, impostor = np.sort(np.asarray(genuine, float)), np.sort(np.asarray(impostor, float))
     if len(genuine) == 0 or len(impostor) == 0:
@@ -229,6 +291,8 @@ def threshold_from_strangers(gallery: np.ndarray, known_emb: Array, known_labels
     """`eer_threshold` between known photos accepted as the right person and strangers rejected.
 
     Use validation photos and strangers who are not the test strangers: never the test data.
+
+    Notebook 04, inside `open_set_for`.
     """
     idx, k = best_match(gallery, known_emb)
     k = np.where(idx == _np(known_labels), k, -1.0)  # a wrong name is not a correct accept
@@ -238,7 +302,10 @@ def threshold_from_strangers(gallery: np.ndarray, known_emb: Array, known_labels
 
 def threshold_without_strangers(gallery: np.ndarray, emb: Array, labels: Array) -> float:
     """`eer_threshold` when no stranger photos exist: each held-out photo scored against the other
-    people only plays a stranger (a known person missing from the gallery)."""
+    people only plays a stranger (a known person missing from the gallery).
+
+    Notebook 06, inside `evaluate_protocol`.
+    """
     emb, labels = l2_normalize(emb), _np(labels)
     sims = emb @ l2_normalize(gallery).T
     genuine = sims[np.arange(len(labels)), labels]
@@ -249,7 +316,10 @@ def threshold_without_strangers(gallery: np.ndarray, emb: Array, labels: Array) 
 
 def one_shot_identification(emb: Array, labels, seed: int = 0) -> float:
     """Enrol one random photo per person, identify the others by the nearest enrolled photo (cosine:
-    embeddings (N, D) are L2-normalised here)."""
+    embeddings (N, D) are L2-normalised here).
+
+    Notebook 05, inside `evaluate_run`.
+    """
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     people = np.unique(labels)

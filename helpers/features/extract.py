@@ -39,7 +39,10 @@ FORMAT = "extract-1"  # the cache files' layout; part of the key
 
 def default_batch_size(engine: str, device: torch.device) -> int:
     """Images per batch that ran fastest in benchmarks/extraction.py: ONNX Runtime and GPUs like big
-    batches (64); eager PyTorch on a CPU is fastest at small ones (8-16: the activations stay in cache)."""
+    batches (64); eager PyTorch on a CPU is fastest at small ones (8-16: the activations stay in cache).
+
+    Notebook 01, inside `cache_demo`.
+    """
     return 16 if engine == "torch" and device.type == "cpu" else 64
 
 
@@ -94,6 +97,8 @@ def compute(backbone: Backbone, images: Sequence[Image.Image], taps: Sequence[st
     backbone runs in eval mode; its mode, device and memory format are as before afterwards.
     `transform`: a per-photo transform (PIL -> (3, H, W)) instead of `helpers.data.preprocess`'s batched
     evaluation transform (e.g. an augmenting one, for timing; never cached).
+
+    Notebook 01, inside `cache_demo`.
     """
     taps = _check_taps(backbone, taps)
     size = int(size or backbone.input_size)
@@ -139,7 +144,10 @@ def _dims(backbone: Backbone, taps: tuple[str, ...], size: int) -> list[int]:
 def cache_key(backbone: Backbone, images: Sequence[Image.Image], taps: Sequence[str] = (),
               size: int | None = None) -> str:
     """The one cache key: backbone name and pretrained config, weights digest, preprocessing version,
-    input size, taps and every photo's pixels (24 hex digits)."""
+    input size, taps and every photo's pixels (24 hex digits).
+
+    Notebook 01, inside `cache_demo`.
+    """
     size = int(size or backbone.input_size)
     h = hashlib.sha256("|".join([FORMAT, backbone.cache_key(), weights_digest(backbone), PREPROCESS_VERSION,
                                  str(size), ",".join(taps)]).encode())
@@ -153,7 +161,10 @@ def extract(backbone: Backbone, images: Sequence[Image.Image], taps: Sequence[st
             cache: bool = True, progress: bool = False, verbose: bool = False) -> dict[str, np.ndarray]:
     """{"final": (N, D), tap: (N, C_tap) for each of `taps`} float32 arrays for `images`, read from or
     written to the on-disk cache (`cache_dir("features")`). A cache file that cannot be read or does not
-    match is reported and rebuilt. See `compute` for `engine`, `device`, `batch_size`."""
+    match is reported and rebuilt. See `compute` for `engine`, `device`, `batch_size`.
+
+    Notebook 01, inside `cache_demo`.
+    """
     images = list(images)
     taps = _check_taps(backbone, taps)
     size = int(size or backbone.input_size)
@@ -185,6 +196,9 @@ def extract(backbone: Backbone, images: Sequence[Image.Image], taps: Sequence[st
 def extract_features(backbone: Backbone, images: Sequence[Image.Image], batch_size: int | None = None,
                      cache: bool = True, device=None, progress: bool = True, verbose: bool = True,
                      size: int | None = None) -> torch.Tensor:
-    """`extract(...)["final"]` as a tensor (N, feature_dim): the name notebooks 01-05 use (via `helpers`)."""
+    """`extract(...)["final"]` as a tensor (N, feature_dim): the name notebooks 01-05 use (via `helpers`).
+
+    Notebook 01, inside `cache_demo`.
+    """
     return torch.from_numpy(extract(backbone, images, (), size, batch_size, device=device, cache=cache,
                                     progress=progress, verbose=verbose)[FINAL])

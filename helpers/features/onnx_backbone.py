@@ -33,11 +33,17 @@ _DIGESTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module ->
 
 
 class OnnxUnavailable(RuntimeError):
-    """ONNX Runtime cannot run this backbone here (the message says why)."""
+    """ONNX Runtime cannot run this backbone here (the message says why).
+
+    Notebook 01, inside `cache_demo`.
+    """
 
 
 def resolve_engine(engine: str | None, device: torch.device) -> str:
-    """'torch' or 'onnxruntime': `engine`, else $FACE_COURSE_ENGINE, else onnxruntime on a CPU when installed."""
+    """'torch' or 'onnxruntime': `engine`, else $FACE_COURSE_ENGINE, else onnxruntime on a CPU when installed.
+
+    Notebook 01, inside `cache_demo`.
+    """
     choice = engine or os.environ.get("FACE_COURSE_ENGINE", "auto")
     if choice not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {choice!r}")
@@ -53,6 +59,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     Hashing 16-45 MB of weights costs tens of milliseconds, so the hash is reused while no tensor
     was replaced or modified in place (each tensor's version counter, which every optimiser step
     and load_state_dict advance, is unchanged).
+
+    Notebook 01, inside `cache_demo`.
     """
     # the module's own tensors (state_dict() would make fresh ones each call, with new ids)
     tensors = [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]
@@ -72,7 +80,10 @@ def weights_digest(module: torch.nn.Module) -> str:
 
 def onnx_bytes(module: torch.nn.Module, example: torch.Tensor, output_names: list[str], opset: int = 17) -> bytes:
     """`module` (on the CPU, eval mode) as an ONNX file with input "images" and a dynamic batch axis on the
-    input and every output: the course's one call of the TorchScript-based exporter (no onnxscript)."""
+    input and every output: the course's one call of the TorchScript-based exporter (no onnxscript).
+
+    Notebook 01, inside `cache_demo`.
+    """
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporter's constant-folding notes
@@ -87,7 +98,10 @@ def backbone_session(backbone, height: int, width: int, n_threads: int, taps: tu
     backbone's features and its pooled stage taps (`helpers.features.taps.stage_taps`), in that order.
 
     Exported once per (backbone, weights, size, taps) into `cache_dir("models", "onnx")`; the few most
-    recently used sessions stay in memory (the one session cache)."""
+    recently used sessions stay in memory (the one session cache).
+
+    Notebook 01, inside `cache_demo`.
+    """
     if importlib.util.find_spec("onnxruntime") is None:
         raise OnnxUnavailable("onnxruntime is not installed (pip install onnxruntime)")
     tag = "-".join(t.replace(":", "_") for t in taps)

@@ -58,11 +58,18 @@ def _l2n(x: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------ photos and views
 
 def mirrored(img: Image.Image) -> Image.Image:
+    """The photo flipped left to right (the mirror pass of test-time augmentation).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     return img.transpose(Image.FLIP_LEFT_RIGHT)
 
 
 def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
-    """Training view number `view` of photo `index` (deterministic): crop, flip, rotation, light."""
+    """Training view number `view` of photo `index` (deterministic): crop, flip, rotation, light.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     from torchvision.transforms import v2
 
     v = VIEWS
@@ -83,14 +90,20 @@ def augmented_view(img: Image.Image, view: int, index: int) -> Image.Image:
 
 def phone_view(img: Image.Image, view: int, index: int, strength: float = DEFAULT_PHONE_STRENGTH) -> Image.Image:
     """Copy number `view` of photo `index` as a phone might store it (deterministic): Gaussian blur of
-    radius U(0, strength) px, then JPEG at quality U(90 - 30 * strength, 90)."""
+    radius U(0, strength) px, then JPEG at quality U(90 - 30 * strength, 90).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     rng = np.random.default_rng([view, index, 23])
     out = img.convert("RGB").filter(ImageFilter.GaussianBlur(radius=float(rng.uniform(0, strength))))
     return jpeg_roundtrip(out, int(rng.integers(int(round(90 - 30 * strength)), 91)))
 
 
 def combine(parts: dict[str, np.ndarray], layers: Sequence[str] = DEFAULT_LAYERS) -> np.ndarray:
-    """The multi-layer vector: each part L2-normalised, concatenated ("final" first), normalised."""
+    """The multi-layer vector: each part L2-normalised, concatenated ("final" first), normalised.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     return _l2n(np.hstack([_l2n(parts[FINAL])] + [_l2n(parts[n]) for n in layers]))
 
 
@@ -100,14 +113,20 @@ def whiten(x, mean, basis, scale, base):
     """The whitening map (notebook 06), written once for NumPy arrays and torch tensors alike (the recogniser's
     `forward`, exported, runs it on tensors; enrolment and calibration on cached NumPy features):
     (x - mean) scaled by `base` everywhere and by `base + scale` along the rows of `basis`.
-    x (N, D), mean (D,), basis (r, D) orthonormal rows, scale (r,), base a float."""
+    x (N, D), mean (D,), basis (r, D) orthonormal rows, scale (r,), base a float.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     z = x - mean
     return z * base + ((z @ basis.T) * scale) @ basis
 
 
 @dataclass
 class Whitening:
-    """A fitted within-class whitening (`fit_whitening`; notebook 06): x -> `whiten(x, ...)`."""
+    """A fitted within-class whitening (`fit_whitening`; notebook 06): x -> `whiten(x, ...)`.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
 
     mean: np.ndarray    # (D,)
     basis: np.ndarray   # (r, D) orthonormal rows: the directions in which photos of one person vary
@@ -139,6 +158,8 @@ def fit_whitening(x: np.ndarray, y, lam: float = DEFAULT_LAMBDA, background: tup
     scale would be 0) are left out, so `len(scale)` is the rank of the within-class scatter.
     `background` = (vectors, labels) of other people: more within-class samples, each background
     label a class of its own (never the same as an enrolled person's); the mean is over all vectors.
+
+    Notebook 06, inside `RecognizerConfig`.
     """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y)
     if len(x) != len(y) or len(x) < 2:
@@ -174,6 +195,8 @@ class Representation(nn.Module):
 
     `layers`: stages pooled beside the final output (() for the final output alone); `tta`:
     average with the mirror image; `whitening`: a fitted `Whitening` or None.
+
+    Notebook 06, inside `RecognizerConfig`.
     """
 
     def __init__(self, backbone: Backbone, layers: Sequence[str] = DEFAULT_LAYERS, tta: bool = True,
@@ -258,7 +281,10 @@ def enrolment_set(backbone: Backbone, images: Sequence[Image.Image], labels, siz
                   n_phone: int = 0,
                   phone_strength: float = DEFAULT_PHONE_STRENGTH) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, labels) to fit the whitening on: each photo, its mirror image, `n_views`
-    augmented views and `n_phone` phone views, each as one un-averaged multi-layer vector."""
+    augmented views and `n_phone` phone views, each as one un-averaged multi-layer vector.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     labels = np.asarray(labels)
     sets = [list(images), [mirrored(im) for im in images]]
     sets += [[augmented_view(im, v, i) for i, im in enumerate(images)] for v in range(n_views)]
@@ -279,7 +305,10 @@ def fit_representation(backbone: Backbone, images: Sequence[Image.Image], labels
     person with a photo among `images` or `exclude` (the photos to be evaluated) is dropped first
     (`helpers.data.background.drop_people_in`). `lam` and `n_phone` None: the development choices,
     `BACKGROUND_LAMBDA` and `DEFAULT_PHONE_VIEWS` with background people, `DEFAULT_LAMBDA` and none
-    without (also when the rule leaves fewer than 2 background people)."""
+    without (also when the rule leaves fewer than 2 background people).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
     from ..data.background import drop_people_in
 
     labels = np.asarray(labels)
@@ -294,11 +323,3 @@ def fit_representation(backbone: Backbone, images: Sequence[Image.Image], labels
     rep = Representation(backbone, layers, tta, fit_whitening(x, y, lam, xb))
     rep.background = None if bg is None else {"people": bg.num_people, "photos": len(bg)}
     return rep
-
-
-def representation_features(rep: Representation, images: Sequence[Image.Image], size: int | None = None,
-                            cache: bool = True) -> np.ndarray:
-    """`rep` applied to PIL images through the feature cache (equal to `rep(batch)` to ~1e-5)."""
-    parts = extract(rep.backbone, images, TAPPED, size, cache=cache)
-    mirror = extract(rep.backbone, [mirrored(im) for im in images], TAPPED, size, cache=cache) if rep.tta else None
-    return rep.finish(rep.unwhitened(parts, mirror))

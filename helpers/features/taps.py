@@ -18,7 +18,10 @@ TAPPED = ("layer2", "layer3", *GRID_LAYERS)  # the taps the recogniser's represe
 
 
 def tap_stage(name: str) -> tuple[str, int]:
-    """"layer3" -> ("layer3", 1): global average; "layer3:2x2" -> ("layer3", 2): a 2 x 2 grid of means."""
+    """"layer3" -> ("layer3", 1): global average; "layer3:2x2" -> ("layer3", 2): a 2 x 2 grid of means.
+
+    Notebook 01, inside `cache_demo`.
+    """
     stage, _, grid = name.partition(":")
     if not grid:
         return stage, 1
@@ -30,7 +33,10 @@ def tap_stage(name: str) -> tuple[str, int]:
 
 def grid_pool(x: torch.Tensor, g: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C * g * g): the mean of each cell of a g x g grid, channel-major, with the cells
-    of `F.adaptive_avg_pool2d(x, g)` (written out with fixed slices so that it exports to ONNX)."""
+    of `F.adaptive_avg_pool2d(x, g)` (written out with fixed slices so that it exports to ONNX).
+
+    Notebook 01, inside `cache_demo`.
+    """
     h, w = int(x.shape[2]), int(x.shape[3])
     cells = [x[:, :, (i * h) // g:-(-(i + 1) * h // g), (j * w) // g:-(-(j + 1) * w // g)].mean((2, 3))
              for i in range(g) for j in range(g)]
@@ -39,7 +45,10 @@ def grid_pool(x: torch.Tensor, g: int) -> torch.Tensor:
 
 def stage_taps(backbone: Backbone, x: torch.Tensor, taps: Sequence[str] = TAPPED) -> dict[str, torch.Tensor]:
     """{"final": backbone(x) (B, D), tap: pooled stage output (B, C) or (B, C * G * G)} for a preprocessed
-    batch `x` (B, 3, H, W): one pass through `backbone.forward_intermediates`."""
+    batch `x` (B, 3, H, W): one pass through `backbone.forward_intermediates`.
+
+    Notebook 01, inside `cache_demo`.
+    """
     parsed = {t: tap_stage(t) for t in taps}
     out = backbone.forward_intermediates(x, sorted({s for s, _ in parsed.values()}))
     got = {FINAL: out[FINAL].float()}
@@ -50,7 +59,10 @@ def stage_taps(backbone: Backbone, x: torch.Tensor, taps: Sequence[str] = TAPPED
 
 
 class TapOutputs(nn.Module):
-    """backbone -> ("final", *taps) as a tuple: one output per name, what ONNX Runtime runs."""
+    """backbone -> ("final", *taps) as a tuple: one output per name, what ONNX Runtime runs.
+
+    Notebook 01, inside `cache_demo`.
+    """
 
     def __init__(self, backbone: Backbone, taps: Sequence[str] = ()):
         super().__init__()

@@ -18,7 +18,10 @@ from ..runtime import pick_device, run_batched
 
 
 def last_stage(backbone: Backbone) -> str:
-    """The backbone's last stage that holds layers (ResNet-18 and EfficientNet-Lite0: 'layer4')."""
+    """The backbone's last stage that holds layers (ResNet-18 and EfficientNet-Lite0: 'layer4').
+
+    Notebook 05, inside `check_stage2_trainable`.
+    """
     names = [s for s in backbone.stage_names if backbone.stage_paths[s]]
     if not names:
         raise ValueError(f"{backbone.name} has no stages")
@@ -31,6 +34,8 @@ class BackboneTail(nn.Module):
     Shares its modules with `backbone`, so training the tail trains the backbone. Exposes
     `stage_names`/`stage_parameters` for the stages it holds, like a `Backbone`, so `fit()`
     builds its optimizer groups the same way.
+
+    Notebook 05.
     """
 
     def __init__(self, backbone: Backbone, stage: str):
@@ -75,7 +80,10 @@ class BackboneTail(nn.Module):
 
 def stage_inputs(backbone: Backbone, images: Sequence, stage: str, transform: Callable | None = None,
                  batch_size: int = 16, device: torch.device | str | None = None) -> torch.Tensor:
-    """Activations entering `stage` (N, C, h, w), float32 on the CPU, eval mode, no augmentation."""
+    """Activations entering `stage` (N, C, h, w), float32 on the CPU, eval mode, no augmentation.
+
+    Notebook 05, inside `check_stage_input_shape`.
+    """
     if not len(images):
         raise ValueError("no images given")
     device = pick_device(device)
@@ -101,6 +109,8 @@ class FineTuneModel(FaceModel):
     statistics (what eval mode uses) move only 1 % per step in EfficientNet (TF momentum 0.99),
     so the trained network behaves differently at test time. `bn_train=True` is PyTorch's
     default behaviour. The embedding's BatchNorm1d always trains.
+
+    Notebook 05, inside `run_schedule`.
     """
 
     def __init__(self, embedding, head, backbone=None, bn_train: bool = False):
@@ -115,7 +125,10 @@ class FineTuneModel(FaceModel):
 
 
 def as_finetune(model: FaceModel, bn_train: bool) -> FineTuneModel:
-    """`model` as a FineTuneModel sharing its modules (the same object when it already is one)."""
+    """`model` as a FineTuneModel sharing its modules (the same object when it already is one).
+
+    Notebook 05, inside `run_schedule`.
+    """
     if isinstance(model, FineTuneModel):
         model.bn_train = bn_train
         return model

@@ -27,11 +27,17 @@ RESNET18_FILE = "resnet18-f37072fd.pth"
 
 
 class BackboneUnavailable(RuntimeError):
-    """The asked-for weights are neither on disk nor downloadable; the message says what to do."""
+    """The asked-for weights are neither on disk nor downloadable; the message says what to do.
+
+    Notebook 00, inside `load_backbone`.
+    """
 
 
 def imagenet_categories() -> list[str]:
-    """The 1,000 ImageNet class names (shipped inside torchvision; no download)."""
+    """The 1,000 ImageNet class names (shipped inside torchvision; no download).
+
+    Notebook 00, inside `load_backbone`.
+    """
     from torchvision.models import ResNet18_Weights
     return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
@@ -45,7 +51,10 @@ def _short(path: Path) -> str:
 
 
 def resnet18_weights_path() -> Path:
-    """Where torchvision looks for the ResNet-18 ImageNet file ($TORCH_HOME/hub/checkpoints)."""
+    """Where torchvision looks for the ResNet-18 ImageNet file ($TORCH_HOME/hub/checkpoints).
+
+    Notebook 00, inside `backbone_availability`.
+    """
     return Path(torch.hub.get_dir()) / "checkpoints" / RESNET18_FILE
 
 
@@ -56,6 +65,8 @@ class Backbone(nn.Module):
     (`apply_freezing_rule`): their BatchNorm running statistics never move and their dropout /
     drop-connect stays off, so a frozen stage computes exactly what it computed before training.
     Set `keep_frozen_bn_eval = False` to see what goes wrong otherwise (notebook 05, pitfall 1).
+
+    Notebook 00, inside `load_backbone`.
     """
 
     def __init__(self, body: Stages, feature_dim: int, name: str, weights: str, origin: str,
@@ -297,7 +308,10 @@ def _efficientnet_lite(name: str, config: PretrainedConfig, pretrained: bool, al
 @dataclass(frozen=True)
 class BackboneSpec:
     """One registered backbone: its builder (name, config, pretrained, allow_download) -> Backbone and the
-    pretrained config its weights expect."""
+    pretrained config its weights expect.
+
+    Notebook 00, inside `load_backbone`.
+    """
     build: Callable[..., Backbone]
     config: PretrainedConfig = PretrainedConfig()
 
@@ -329,6 +343,8 @@ def load_backbone(name: str = "auto", pretrained: bool = True, allow_download: b
 
     'auto' takes ResNet-18 when its ImageNet weights are on disk or downloadable (checked in a
     few seconds at most), otherwise EfficientNet-Lite0, whose weights ship in a pip package.
+
+    Notebook 00.
     """
     if name != "auto" and name not in REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of {('auto', *REGISTRY)}")

@@ -16,7 +16,10 @@ EMBEDDING_DIM = 512
 
 
 class EmbeddingHead(nn.Module):
-    """Linear(feature_dim -> 512) + BatchNorm1d(512): the trainable face embedding."""
+    """Linear(feature_dim -> 512) + BatchNorm1d(512): the trainable face embedding.
+
+    Notebook 01, inside `build_model`.
+    """
 
     def __init__(self, feature_dim: int, embedding_dim: int = EMBEDDING_DIM):
         super().__init__()
@@ -32,6 +35,8 @@ class FaceModel(nn.Module):
 
     Without a backbone the model takes cached backbone features, which is how frozen training
     runs in seconds. `embed()` gives L2-normalised embeddings for recognition.
+
+    Notebook 01, inside `build_model`.
     """
 
     def __init__(self, embedding: EmbeddingHead, head: CosineHead, backbone: Backbone | None = None):
@@ -55,7 +60,10 @@ class FaceModel(nn.Module):
 def build_model(num_classes: int, backbone: Backbone | None = None, feature_dim: int | None = None,
                 head: str = "arcface", s: float = 16.0, m: float | None = None,
                 easy_margin: bool = False, freeze_backbone: bool = True) -> FaceModel:
-    """The guide's model. Give `backbone` for end-to-end use, or only `feature_dim` for cached features."""
+    """The guide's model. Give `backbone` for end-to-end use, or only `feature_dim` for cached features.
+
+    Notebook 01.
+    """
     if backbone is None and feature_dim is None:
         raise ValueError("give a backbone or the feature_dim of cached features")
     dim = backbone.feature_dim if backbone is not None else feature_dim
@@ -71,6 +79,8 @@ def set_trainable_stages(backbone: Backbone, stages: Iterable[str]) -> None:
 
     Frozen parts (`helpers.models.freezing.freeze`) have no gradient and stay in eval mode at every
     `train()`: fixed BatchNorm statistics, no dropout / drop-connect.
+
+    Notebook 01, inside `build_model`.
     """
     stages = list(stages)
     for stage in stages:
@@ -89,12 +99,19 @@ def set_trainable_stages(backbone: Backbone, stages: Iterable[str]) -> None:
 
 
 def trainable_stages(backbone: Backbone) -> list[str]:
-    """Names of the stages that have at least one trainable parameter."""
+    """Names of the stages that have at least one trainable parameter.
+
+    Not run by a notebook or the command line.
+    """
     return [s for s in backbone.stage_names if any(p.requires_grad for p in backbone.stage_parameters(s))]
 
 
 @dataclass
 class ParamCount:
+    """Trainable and total parameters of a model (and `frozen`, the difference).
+
+    Notebook 01, inside `count_parameters`.
+    """
     trainable: int
     total: int
 
@@ -108,7 +125,10 @@ class ParamCount:
 
 
 def count_parameters(model: nn.Module) -> ParamCount:
-    """Trainable and total parameter counts (the ImageNet classifier is not part of the model)."""
+    """Trainable and total parameter counts (the ImageNet classifier is not part of the model).
+
+    Notebook 01.
+    """
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return ParamCount(trainable, total)

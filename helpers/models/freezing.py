@@ -24,6 +24,8 @@ def freeze(module: nn.Module) -> nn.Module:
 
     The module is put in eval mode now; the rule keeps it there through later `train()` calls
     of a model that applies `apply_freezing_rule`.
+
+    Notebook 01, inside `build_model`.
     """
     for m in module.modules():
         setattr(m, _FROZEN, True)
@@ -39,6 +41,8 @@ def unfreeze(module: nn.Module, recurse: bool = True) -> nn.Module:
     `recurse=False`: only `module` itself and its own parameters (a container that holds a trainable
     part among frozen ones). The training mode is left as it is: the next `model.train()` puts the
     part in train mode.
+
+    Notebook 01, inside `build_model`.
     """
     for m in (module.modules() if recurse else [module]):
         setattr(m, _FROZEN, False)
@@ -48,7 +52,10 @@ def unfreeze(module: nn.Module, recurse: bool = True) -> nn.Module:
 
 
 def is_frozen(module: nn.Module) -> bool:
-    """True when `module` was frozen by `freeze` (and not unfrozen since)."""
+    """True when `module` was frozen by `freeze` (and not unfrozen since).
+
+    Notebook 00, inside `load_backbone`.
+    """
     return bool(getattr(module, _FROZEN, False))
 
 
@@ -60,6 +67,8 @@ def apply_freezing_rule(module: nn.Module, batchnorm_eval: bool = False) -> nn.M
     what it computed before training. `batchnorm_eval=True` also keeps the BatchNorm layers of
     trainable parts in eval mode (they still learn their scale and shift: `FineTuneModel`).
     Only `training` flags change (no recursion into other `train()` overrides); returns `module`.
+
+    Notebook 00, inside `load_backbone`.
     """
     for m in module.modules():
         if is_frozen(m) or (batchnorm_eval and isinstance(m, nn.modules.batchnorm._BatchNorm)):

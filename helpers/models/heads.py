@@ -27,7 +27,10 @@ EPS = 1e-7
 
 
 class CosineHead(nn.Module):
-    """s * cos(theta): normalised softmax, the base of ArcFace and CosFace."""
+    """s * cos(theta): normalised softmax, the base of ArcFace and CosFace.
+
+    Notebook 01, inside `build_model`.
+    """
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0):
         super().__init__()
@@ -80,6 +83,8 @@ class ArcFaceHead(CosineHead):
     stay finite at cos(theta) = +-1. Past theta > pi - m, where cos(theta + m) would stop being
     monotonic, it uses cos(theta) - m*sin(m) (as insightface). `easy_margin` applies the margin
     only where cos(theta) > 0.
+
+    Notebook 01, inside `build_model`.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0, m: float = 0.3,
@@ -106,7 +111,10 @@ class ArcFaceHead(CosineHead):
 
 
 class CosFaceHead(CosineHead):
-    """CosFace (Wang et al. 2018): the true class's logit is s * (cos(theta) - m)."""
+    """CosFace (Wang et al. 2018): the true class's logit is s * (cos(theta) - m).
+
+    Notebook 01, inside `build_model`.
+    """
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 16.0, m: float = 0.2):
         super().__init__(embedding_dim, num_classes, s)
@@ -123,7 +131,10 @@ class CosFaceHead(CosineHead):
 
 def make_head(kind: str, embedding_dim: int, num_classes: int, s: float = 16.0,
               m: float | None = None, easy_margin: bool = False) -> CosineHead:
-    """'arcface' (default m 0.3), 'cosface' (default m 0.2) or 'softmax' (normalised, no margin)."""
+    """'arcface' (default m 0.3), 'cosface' (default m 0.2) or 'softmax' (normalised, no margin).
+
+    Notebook 01, inside `build_model`.
+    """
     if kind == "arcface":
         return ArcFaceHead(embedding_dim, num_classes, s, 0.3 if m is None else m, easy_margin)
     if kind == "cosface":

@@ -47,7 +47,10 @@ def _group() -> tuple[int, int]:
 
 
 def shard_bounds(num_classes: int, world_size: int, rank: int) -> tuple[int, int]:
-    """[start, end) of rank's classes: the first `num_classes % world_size` ranks get one more."""
+    """[start, end) of rank's classes: the first `num_classes % world_size` ranks get one more.
+
+    Notebook 07, inside `check_against_replicated`.
+    """
     base, extra = divmod(num_classes, world_size)
     start = rank * base + min(rank, extra)
     return start, start + base + (rank < extra)
@@ -74,7 +77,10 @@ class _AllGather(torch.autograd.Function):
 
 
 def gather_batch(x: torch.Tensor) -> torch.Tensor:
-    """All ranks' `x` concatenated in rank order (differentiable as described in `_AllGather`)."""
+    """All ranks' `x` concatenated in rank order (differentiable as described in `_AllGather`).
+
+    Notebook 07, inside `check_against_replicated`.
+    """
     if _group()[1] == 1:
         return x
     return _AllGather.apply(x)
@@ -119,6 +125,8 @@ class PartialFC(nn.Module):
 
     `weight` holds this rank's classes only: (end - start, D), rows of `shard_bounds`. Keep it out
     of DDP; give it to the optimizer like any parameter (its state is then sharded too).
+
+    Notebook 07, inside `check_against_replicated`.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, s: float = 64.0, m: float = 0.5,
@@ -182,6 +190,8 @@ def head_memory_gb(num_classes: int, dim: int, gpus: int, per_gpu_batch: int, sh
     each GPU computes the gathered batch against its classes ((gpus x per_gpu_batch) x C/gpus x
     sample_rate): the same count of logits, so sharding saves weights and optimizer state, and
     sampling is what shrinks the logits.
+
+    Notebook 07.
     """
     classes = num_classes / gpus if sharded else num_classes
     rows = gpus * per_gpu_batch if sharded else per_gpu_batch
@@ -234,7 +244,10 @@ def check_against_replicated(world_size: int = 2, seed: int = 0, dtype: torch.dt
     ArcFace head with cross-entropy on the same global batch (1,000 classes, 64-D, 16 photos per
     rank, s 64, m 0.5). Returns the largest |difference| over ranks of the loss, the weights'
     gradient and the embeddings' gradient (this rank's rows, against W x the replicated one, see
-    the module docstring), and the largest |weight gradient| for scale."""
+    the module docstring), and the largest |weight gradient| for scale.
+
+    Notebook 07.
+    """
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="partial_fc_") as tmp:

@@ -19,7 +19,10 @@ FINAL = "final"  # the key of the backbone's pooled output beside stage outputs
 
 @dataclass(frozen=True)
 class PretrainedConfig:
-    """How a model's weights expect their input (timm's `pretrained_cfg`): photo size and normalisation."""
+    """How a model's weights expect their input (timm's `pretrained_cfg`): photo size and normalisation.
+
+    Notebook 00, inside `load_backbone`.
+    """
     input_size: int = 224
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -28,7 +31,10 @@ class PretrainedConfig:
 class Stages(nn.Module):
     """A trunk cut into named stages: `forward_stage(name, x)` runs one, `forward_head(x)` pools the last
     output to (B, D). `stage_paths` lists, per stage in order, the submodules it owns (for parameters and
-    freezing). An architecture is added by writing one subclass (or using `SequentialStages`)."""
+    freezing). An architecture is added by writing one subclass (or using `SequentialStages`).
+
+    Notebook 00, inside `load_backbone`.
+    """
 
     stage_paths: "OrderedDict[str, list[str]]"
 
@@ -47,7 +53,10 @@ class Stages(nn.Module):
 class SequentialStages(Stages):
     """Named children run in order: stage s runs its first listed child up to the next stage's first
     child (parameter-free children such as ReLU and max-pooling ride along), the head runs whatever
-    follows the last stage's last child. Children keep their names (`body.conv1.weight`, ...)."""
+    follows the last stage's last child. Children keep their names (`body.conv1.weight`, ...).
+
+    Notebook 00, inside `load_backbone`.
+    """
 
     def __init__(self, children: "OrderedDict[str, nn.Module]", stages: "OrderedDict[str, list[str]]"):
         super().__init__()

@@ -42,6 +42,8 @@ class RecognizerConfig:
     `helpers.features.representations.fit_representation`); `background`: whether methods that can use the
     background people (ORL s1-s10, `helpers.data.background`) do; `threads`: torch threads for backbone passes
     (None: `helpers.runtime.default_threads()`).
+
+    Notebook 06.
     """
 
     method: str = WHITEN
@@ -79,7 +81,10 @@ class RecognizerConfig:
 
 
 class Embedder(nn.Module):
-    """Photos -> L2-normalised embeddings on a frozen backbone (notebook 06); see the module's docstring."""
+    """Photos -> L2-normalised embeddings on a frozen backbone (notebook 06); see the module's docstring.
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
 
     name: ClassVar[str]
     title: ClassVar[str]                    # what `train` prints about the method
@@ -143,13 +148,19 @@ class Embedder(nn.Module):
 
 
 class RawEmbedder(Embedder):
-    """The frozen backbone's features as they are (notebook 06)."""
+    """The frozen backbone's features as they are (notebook 06).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
 
     name, title = "raw", "frozen backbone features, no training"
 
 
 class HeadEmbedder(Embedder):
-    """An embedding (Linear + BatchNorm) trained with an ArcFace head on frozen features (notebook 06)."""
+    """An embedding (Linear + BatchNorm) trained with an ArcFace head on frozen features (notebook 06).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
 
     name, title, min_people = "head", "frozen backbone + embedding/ArcFace head", 2
 
@@ -199,7 +210,10 @@ class HeadEmbedder(Embedder):
 class WhitenedEmbedder(Embedder):
     """Several layers + mirror TTA + within-class whitening fitted on enrolment photos, their views and
     (with `cfg.background`) other people's photos (notebook 06); no gradient training. Its features are
-    the multi-layer + mirror vectors before whitening (`Representation.unwhitened`)."""
+    the multi-layer + mirror vectors before whitening (`Representation.unwhitened`).
+
+    Notebook 06, inside `RecognizerConfig`.
+    """
 
     name, uses_background = WHITEN, True
     title = "frozen multi-layer features + mirror TTA + within-class whitening"
@@ -290,5 +304,8 @@ DEFAULT_METHOD = WHITEN  # the development people's winner (benchmarks/accuracy.
 
 
 def embedder_from_state(backbone: Backbone, state: dict) -> Embedder:
-    """The embedder a recogniser file stores (`Embedder.state`; notebook 06); KeyError for an unknown kind."""
+    """The embedder a recogniser file stores (`Embedder.state`; notebook 06); KeyError for an unknown kind.
+
+    Notebook 06, inside `load_recognizer`.
+    """
     return EMBEDDERS[state["kind"]].from_state(backbone, state)

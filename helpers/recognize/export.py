@@ -18,7 +18,10 @@ from ..runtime import threads
 
 
 def export_torchscript(rec: Recognizer, path: str | Path) -> Path:
-    """TorchScript by tracing (torch.jit is deprecated in recent PyTorch but still runs everywhere)."""
+    """TorchScript by tracing (torch.jit is deprecated in recent PyTorch but still runs everywhere).
+
+    Notebook 06.
+    """
     path = Path(path)
     rec = rec.eval().cpu()
     x = torch.zeros(1, 3, rec.size, rec.size)
@@ -32,7 +35,10 @@ def export_torchscript(rec: Recognizer, path: str | Path) -> Path:
 
 
 def export_onnx(rec: Recognizer, path: str | Path, opset: int = 17) -> Path:
-    """ONNX with a dynamic batch axis, by the TorchScript-based exporter (no onnxscript needed)."""
+    """ONNX with a dynamic batch axis, by the TorchScript-based exporter (no onnxscript needed).
+
+    Notebook 06.
+    """
     path = Path(path)
     rec = rec.eval().cpu()
     atomic_write_bytes(onnx_bytes(rec, torch.zeros(1, 3, rec.size, rec.size), ["embeddings"], opset), path)
@@ -48,7 +54,10 @@ def _load_torchscript(path: str | Path):
 @torch.inference_mode()
 def check_exports(rec: Recognizer, images: Sequence, torchscript_path: Path, onnx_path: Path,
                   n_threads: int | None = None) -> dict[str, float]:
-    """Max absolute difference of the exported models' embeddings from PyTorch's, on `images` (CPU)."""
+    """Max absolute difference of the exported models' embeddings from PyTorch's, on `images` (CPU).
+
+    Notebook 06.
+    """
     rec.eval().cpu()
     x = torch.stack([rec.transform()(im) for im in images])
     with threads(n_threads):
@@ -74,7 +83,10 @@ def _median_ms(fn, runs: int, warmup: int) -> float:
 @torch.inference_mode()
 def measure_latency(rec: Recognizer, torchscript_path: Path, onnx_path: Path, image, runs: int = 20,
                     warmup: int = 3, n_threads: int | None = None) -> dict[str, float]:
-    """Median milliseconds per single image (batch 1, preprocessing excluded) on the CPU."""
+    """Median milliseconds per single image (batch 1, preprocessing excluded) on the CPU.
+
+    Notebook 06.
+    """
     rec.eval().cpu()
     x = rec.transform()(image).unsqueeze(0)
     out = {}

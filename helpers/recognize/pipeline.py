@@ -19,7 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from ..models.backbones import Backbone
-from ..data.folders import FaceDataError, FaceSet, load_orl, split_known_strangers, split_people, split_per_person
+from ..data.folders import FaceDataError, FaceSet, load_orl
+from ..data.splits import split_known_strangers, split_people, split_per_person
 from .embedders import DEFAULT_METHOD, EMBEDDERS, METHODS, WHITEN, RecognizerConfig, RawEmbedder
 from ..evaluate.metrics import best_match, threshold_from_strangers, threshold_without_strangers, verification
 from .recognizer import Recognizer, open_set_report
@@ -36,19 +37,28 @@ USE_BACKGROUND = RecognizerConfig().background   # the default: the product's wh
 def background_for(*image_lists, cfg: RecognizerConfig = RecognizerConfig()) -> "FaceSet | None":
     """The product's background (ORL s1–s10) minus anyone with a photo in `image_lists` (pass every
     photo that will be enrolled or evaluated: known people, queries, strangers); None when `cfg`'s
-    method does not use one."""
+    method does not use one.
+
+    Notebook 06.
+    """
     return background_faces(*image_lists) if cfg.uses_background() else None
 
 
 def features_for(backbone: Backbone, images: Sequence, size: int | None = None, n_threads: int | None = None):
-    """Frozen features (N, F) at input `size`, from the course's on-disk cache when already computed."""
+    """Frozen features (N, F) at input `size`, from the course's on-disk cache when already computed.
+
+    Not run by a notebook or the command line.
+    """
     return RawEmbedder(backbone, RecognizerConfig("raw", size, threads=n_threads)).features(images)
 
 
 def method_features(backbone: Backbone, images: Sequence, cfg: RecognizerConfig = RecognizerConfig()):
     """What `fit_recognizer` and `embed_features` take for `cfg.method` (`Embedder.features`): backbone
     features (N, F) for 'raw' and 'head'; multi-layer + mirror TTA vectors before whitening for the
-    whitened method."""
+    whitened method.
+
+    Notebook 06.
+    """
     return cfg.embedder(backbone).features(images)
 
 
@@ -64,7 +74,10 @@ def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequenc
     of other people. Any background person with a photo among `train_images` or `exclude_images` is
     dropped: pass every photo you will evaluate (queries, strangers) as `exclude_images`, e.g.
     `background=background_for(known.images, strangers.images)` or `background='orl',
-    exclude_images=[*known.images, *strangers.images]`."""
+    exclude_images=[*known.images, *strangers.images]`.
+
+    Notebook 06.
+    """
     labels = np.asarray(train_labels)
     embedder = cfg.embedder(backbone).fit(train_feats, labels, train_images, background, exclude_images)
     rec = Recognizer(backbone, size=cfg.size, names=names, embedder=embedder)
@@ -73,7 +86,10 @@ def fit_recognizer(backbone: Backbone, train_feats, train_labels, names: Sequenc
 
 
 def embed_features(rec: Recognizer, feats) -> np.ndarray:
-    """The recogniser's embeddings (N, D) from `method_features` (the same as `rec.embed` of the photos)."""
+    """The recogniser's embeddings (N, D) from `method_features` (the same as `rec.embed` of the photos).
+
+    Notebook 06.
+    """
     return rec.embedder.embed(feats)
 
 
@@ -81,7 +97,10 @@ def stand_in_strangers(faces: FaceSet, without_background: bool = False) -> Face
     """The packaged ORL faces minus anyone who appears in `faces` (same pixels, or a near copy:
     `helpers.data.background.people_seen`): strangers for choosing a threshold when a learner's folder
     has none. None when nobody is left. With `without_background`, the background people (ORL
-    s1–s10) are left out too (they are scored as impostors by `calibrate`, cross-fitted)."""
+    s1–s10) are left out too (they are scored as impostors by `calibrate`, cross-fitted).
+
+    Command line: `python -m helpers ...`.
+    """
     orl = load_orl()
     overlap = people_seen(orl, faces.images)
     if without_background:
@@ -100,7 +119,10 @@ def calibrate(backbone: Backbone, images: Sequence, labels, feats, cfg: Recogniz
     fold's photos (`Embedder.cross_fit`; whitening: on the cached enrolment views of the other photos and
     the background minus the fold's background people; head: trained again) and the fold is scored
     against it. `feats`: `method_features` of `images`; `stranger_feats`: the same of stranger photos, or
-    None; `background`: used only by embedders that use one, whose people are then impostors too."""
+    None; `background`: used only by embedders that use one, whose people are then impostors too.
+
+    Command line: `python -m helpers ...`.
+    """
     labels = np.asarray(labels)
     rank = fold_of(labels)
     k = max(2, min(folds, int(rank.max()) + 1))
@@ -140,6 +162,8 @@ def train_recognizer(faces, backbone: Backbone, cfg: RecognizerConfig = Recogniz
     and `strangers`: a FaceSet, 'orl' (the packaged faces of people not in `faces`, minus the background
     people, who are already scored) or None. The file records the expected false-accept and
     false-reject rates (`Recognizer.calibration`).
+
+    Command line: `python -m helpers ...`.
     """
     feats = method_features(backbone, faces.images, cfg)
     labels = np.asarray(faces.labels)
@@ -171,7 +195,10 @@ def enrol_recognizer(rec: Recognizer, faces, seed: int = 0, n_threads: int | Non
     """`python -m helpers train --from-checkpoint`: a recogniser that needs no training (such as
     `Recognizer.from_checkpoint`, a fine-tuned model of notebook 07) enrols every photo of `faces`;
     its threshold comes from the same folds, rule and strangers as `train_recognizer`'s
-    (`helpers.evaluate.calibration.calibrate_fixed`: nothing to refit). `seed` is accepted for the command line."""
+    (`helpers.evaluate.calibration.calibrate_fixed`: nothing to refit). `seed` is accepted for the command line.
+
+    Command line: `python -m helpers ...`.
+    """
     labels = np.asarray(faces.labels)
     if isinstance(strangers, str) and strangers == "orl":
         strangers = stand_in_strangers(faces)
@@ -205,6 +232,8 @@ def evaluate_protocol(faces, backbone: Backbone, cfg: RecognizerConfig = Recogni
     stranger pairs. With no strangers, the threshold treats each validation photo scored against
     the other people as a stranger, and EER is over the known people's test photos. `degrade(img, i)`:
     applied to the query photos (validation, test, strangers).
+
+    Notebook 06.
     """
     size, seed = cfg.input_size(backbone), cfg.seed
     if n_known > faces.num_people:

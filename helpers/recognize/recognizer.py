@@ -35,12 +35,18 @@ UNKNOWN = "unknown"
 
 
 class RecognizerFileError(ValueError):
-    """A recogniser file that cannot be used as asked; the message says why and what to do."""
+    """A recogniser file that cannot be used as asked; the message says why and what to do.
+
+    Notebook 06.
+    """
 
 
 @dataclass
 class Match:
-    """The answer for one photo: a name, or None for a stranger, with the best cosine score."""
+    """The answer for one photo: a name, or None for a stranger, with the best cosine score.
+
+    Notebook 06, inside `fit_recognizer`.
+    """
 
     name: str | None
     closest: str
@@ -78,6 +84,8 @@ class Recognizer(nn.Module):
     (`helpers.recognize.embedders`, on the same backbone): raw features, an embedding head, or several layers +
     mirror TTA + within-class whitening. Instead of `embedder`, pass `embedding` (an `EmbeddingHead`)
     or `representation` (a `helpers.features.representations.Representation`); neither: the raw features.
+
+    Notebook 06, inside `fit_recognizer`.
     """
 
     def __init__(self, backbone: Backbone, embedding: EmbeddingHead | None = None, size: int | None = None,
@@ -289,6 +297,8 @@ def load_recognizer(path: str | Path, expect_backbone: str | None = None,
 
     `expect_backbone` ('resnet18', 'efficientnet_lite0'): refuse a file made for another backbone.
     `expect_names`: refuse a file enrolled for other people.
+
+    Notebook 06.
     """
     path = Path(path)
     obj = _read_payload(path)
@@ -375,7 +385,10 @@ def _read_final(path: Path) -> dict:
 
 def recognizer_from_checkpoint(path: str | Path, backbone: Backbone | None = None,
                                threshold: float = 0.5) -> Recognizer:
-    """`Recognizer.from_checkpoint`: backbone and embedding weights of final.pt, an empty gallery."""
+    """`Recognizer.from_checkpoint`: backbone and embedding weights of final.pt, an empty gallery.
+
+    Notebook 06, inside `fit_recognizer`.
+    """
     path = Path(path)
     obj = _read_final(path)
     name, state = obj["backbone"], obj["model"]
@@ -411,5 +424,8 @@ def recognizer_from_checkpoint(path: str | Path, backbone: Backbone | None = Non
 
 
 def open_set_report(rec: Recognizer, known_emb, known_labels, stranger_emb=None) -> OpenSetReport:
-    """Rates of every kind of answer at the recogniser's threshold (`helpers.evaluate.metrics.open_set`)."""
+    """Rates of every kind of answer at the recogniser's threshold (`helpers.evaluate.metrics.open_set`).
+
+    Notebook 06.
+    """
     return open_set(rec.gallery_np, known_emb, known_labels, stranger_emb, rec.threshold)

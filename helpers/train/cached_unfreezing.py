@@ -34,6 +34,8 @@ def train_cached_steps(data: UnfreezeData, plans: Sequence[StagePlan], method: s
     warm-up over `plan.warmup` steps (`helpers.train.lr_schedule.lr_factor`). `trace`: validation accuracy and strangers' EER
     after every step, in `History.val_acc` / `extra["strangers_eer"]` (one entry per step).
     The result is evaluated (`evaluate_run`) and its histories hold one entry per step.
+
+    Notebook 05, inside `compare_cached_over_seeds`.
     """
     cut = data.cut_stage
     for plan in plans:

@@ -27,7 +27,10 @@ RATE_FIELDS = ("lr", "backbone_lr", "clip", "warmup_epochs", "lr_scaling", "base
 
 def durable_write(data: bytes, path: Path) -> None:
     """Write `data` to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
-    folder: after a crash (even of the machine) `path` is the old file or the new one, never empty."""
+    folder: after a crash (even of the machine) `path` is the old file or the new one, never empty.
+
+    Notebook 07, inside `train`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -43,7 +46,10 @@ def durable_write(data: bytes, path: Path) -> None:
 
 
 def fsync_folder(folder: Path) -> None:
-    """Make renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    """Make renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows).
+
+    Notebook 07, inside `train`.
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -57,7 +63,10 @@ def fsync_folder(folder: Path) -> None:
 
 
 def save_durably(obj, path: Path) -> None:
-    """torch.save (or JSON for a .json path), written atomically and durably: never half a file."""
+    """torch.save (or JSON for a .json path), written atomically and durably: never half a file.
+
+    Notebook 07, inside `train`.
+    """
     if path.suffix == ".json":
         durable_write(json.dumps(obj, indent=1).encode(), path)
     else:
@@ -67,7 +76,10 @@ def save_durably(obj, path: Path) -> None:
 
 
 def save_checkpoint(obj: dict, path: Path) -> None:
-    """Write the checkpoint; the one it replaces stays as the last good copy (LAST_GOOD name)."""
+    """Write the checkpoint; the one it replaces stays as the last good copy (LAST_GOOD name).
+
+    Notebook 07, inside `train`.
+    """
     if path.exists():
         os.replace(path, path.with_name(LAST_GOOD))
     save_durably(obj, path)
@@ -76,7 +88,10 @@ def save_checkpoint(obj: dict, path: Path) -> None:
 def resume_run(path: Path, epochs_done: int, cfg: "TrainConfig", ctx: DistContext, model: FaceModel, opt, scaler,
             signature: dict) -> tuple[int, dict, str]:
     """Every rank loads the checkpoint rank 0 chose and checks it is the same one; returns
-    (epochs done, history, a note for the log)."""
+    (epochs done, history, a note for the log).
+
+    Notebook 07, inside `train`.
+    """
     problem, ckpt = None, None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)

@@ -29,12 +29,18 @@ DEFAULT_TIMEOUT_S = 600.0  # NCCL's own default; a collective waiting longer mea
 
 
 class DistributedSetupError(RuntimeError):
-    """torchrun's environment cannot be used as asked (e.g. more processes than GPUs)."""
+    """torchrun's environment cannot be used as asked (e.g. more processes than GPUs).
+
+    Notebook 07, inside `train`.
+    """
 
 
 class PeerReported(RuntimeError):
     """Raised on ranks other than 0 when rank 0 reports the failure: such a rank leaves silently,
-    so that the user reads one message instead of one per process."""
+    so that the user reads one message instead of one per process.
+
+    Notebook 07, inside `train`.
+    """
 
     def __init__(self, code: int = 2):
         super().__init__("rank 0 reports this failure")
@@ -43,7 +49,10 @@ class PeerReported(RuntimeError):
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where this process stands: its rank among `world_size`, its device and the backend ('' = none)."""
+    """Where this process stands: its rank among `world_size`, its device and the backend ('' = none).
+
+    Notebook 07, inside `train`.
+    """
 
     rank: int = 0
     world_size: int = 1
@@ -68,7 +77,10 @@ class DistContext:
 
 
 def torchrun_env() -> tuple[int, int, int]:
-    """(RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's variables; (0, 1, 0) when they are absent."""
+    """(RANK, WORLD_SIZE, LOCAL_RANK) from torchrun's variables; (0, 1, 0) when they are absent.
+
+    Notebook 07, inside `train`.
+    """
     def read(name: str, default: int) -> int:
         value = os.environ.get(name, "")
         try:
@@ -87,6 +99,8 @@ def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEO
     forces CPU + gloo. `timeout_s` bounds every collective (and the start-up rendezvous).
     `backend`: 'auto' (nccl on CUDA, gloo on CPU), 'nccl' or 'gloo'; gloo on CUDA lets several
     processes share a GPU (cuda:LOCAL_RANK % GPUs; slower, for checks such as tools/gpu_check.py).
+
+    Notebook 07, inside `train`.
     """
     if backend not in ("auto", "nccl", "gloo"):
         raise DistributedSetupError(f"backend {backend!r}: choose auto, nccl or gloo")
@@ -121,26 +135,29 @@ def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEO
 
 
 def shutdown(ctx: DistContext) -> None:
-    """Leave the process group after a successful run (after a failure, just exit)."""
+    """Leave the process group after a successful run (after a failure, just exit).
+
+    Notebook 07, inside `train`.
+    """
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
 
 
-def barrier(ctx: DistContext) -> None:
-    """Wait for every rank (no-op in one process)."""
-    if ctx.distributed:
-        dist.barrier()
-
-
 def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """In-place sum of `t` over all ranks (unchanged in one process); returns `t`."""
+    """In-place sum of `t` over all ranks (unchanged in one process); returns `t`.
+
+    Notebook 07, inside `train`.
+    """
     if ctx.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def gather_objects(obj, ctx: DistContext) -> list:
-    """`obj` of every rank, in rank order, on every rank ([obj] in one process)."""
+    """`obj` of every rank, in rank order, on every rank ([obj] in one process).
+
+    Notebook 07, inside `train`.
+    """
     if not ctx.distributed:
         return [obj]
     out: list = [None] * ctx.world_size
@@ -149,7 +166,10 @@ def gather_objects(obj, ctx: DistContext) -> list:
 
 
 def broadcast_object(obj, ctx: DistContext):
-    """Rank 0's `obj` on every rank (other ranks pass anything, e.g. None); `obj` in one process."""
+    """Rank 0's `obj` on every rank (other ranks pass anything, e.g. None); `obj` in one process.
+
+    Notebook 07, inside `train`.
+    """
     if not ctx.distributed:
         return obj
     box = [obj if ctx.is_main else None]
@@ -163,6 +183,8 @@ def rng_state() -> dict:
     Only the current CUDA device's state is kept (not `get_rng_state_all`), so a checkpoint of
     1 machine x 8 GPUs resumes on 2 machines x 4: rank r's state goes to rank r's own device.
     Safe for weights_only loads.
+
+    Notebook 07, inside `train`.
     """
     np_state = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -173,7 +195,10 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Put back what `rng_state()` returned (the CUDA state on this process's current device)."""
+    """Put back what `rng_state()` returned (the CUDA state on this process's current device).
+
+    Notebook 07, inside `train`.
+    """
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np_state = state["numpy"]
@@ -201,6 +226,8 @@ def mark_progress(ctx: DistContext, epoch: int, step: int) -> None:
 
     Called just before a step's collectives: when a collective times out, `progress_report`
     names the ranks that never got there. One small store write per step.
+
+    Notebook 07, inside `train`.
     """
     if ctx.distributed:
         store = _store()
@@ -212,6 +239,8 @@ def progress_report(ctx: DistContext) -> str:
     """Which ranks are behind, from the marks of `mark_progress` ('' when unavailable or level).
 
     E.g. 'rank 1 stopped before epoch 1 step 2 (last reached epoch 1 step 1), where rank 0 waits'.
+
+    Command line: `python -m helpers ...`.
     """
     store = _store()
     if not ctx.distributed or store is None:
@@ -238,7 +267,10 @@ def progress_report(ctx: DistContext) -> str:
 
 
 def main_print(ctx: DistContext, *args, **kwargs) -> None:
-    """print() on rank 0 only, flushed (log lines of N processes would interleave)."""
+    """print() on rank 0 only, flushed (log lines of N processes would interleave).
+
+    Notebook 07, inside `train`.
+    """
     if ctx.is_main:
         print(*args, **kwargs, flush=True)
 
@@ -248,6 +280,8 @@ def worker_message(exc: BaseException) -> str:
 
     torch re-raises a worker's error as "Caught FaceDataError in DataLoader worker process 0.
     Original Traceback (most recent call last): ..." with the message on the last line.
+
+    Command line: `python -m helpers ...`.
     """
     text = str(exc)
     if text.startswith("Caught ") and "Original Traceback" in text:
@@ -258,7 +292,10 @@ def worker_message(exc: BaseException) -> str:
 
 
 def explain_failure(ctx: DistContext, exc: BaseException) -> str:
-    """One line saying which rank failed and why; names the ranks behind when a collective broke."""
+    """One line saying which rank failed and why; names the ranks behind when a collective broke.
+
+    Command line: `python -m helpers ...`.
+    """
     msg = " ".join(worker_message(exc).split())[:400] or type(exc).__name__
     line = f"[rank {ctx.rank}/{ctx.world_size}] failed: {type(exc).__name__}: {msg}"
     low = msg.lower()
@@ -275,6 +312,8 @@ def fail(ctx: DistContext, exc: BaseException, code: int = 1) -> None:
     """Report `exc` on stderr and end this process at once, without waiting for the other ranks.
 
     torchrun sees the non-zero exit and stops the other processes of the run.
+
+    Command line: `python -m helpers ...`.
     """
     line = explain_failure(ctx, exc)
     print(line, file=sys.stderr, flush=True)
@@ -314,6 +353,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     over the global batch. Without a process group or in eval mode it is `BatchNorm` itself; in a
     group of one rank, the same numbers by the synchronised path. Same parameters and buffers
     (and state_dict keys) as BatchNorm.
+
+    Notebook 07, inside `train`.
     """
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
@@ -351,6 +392,8 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device, torch_sync: 
     `torch_sync` (default: on CUDA): torch's `nn.SyncBatchNorm`, for NCCL; otherwise
     `SyncBatchNorm` above (all-reduces only, which gloo does on CPU and CUDA tensors). Frozen
     BatchNorm layers (no trainable parameter) are left alone: they use fixed running statistics.
+
+    Notebook 07, inside `train`.
     """
     if torch_sync is None:
         torch_sync = device.type == "cuda"

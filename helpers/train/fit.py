@@ -23,7 +23,10 @@ __all__ = ["History", "ImageDataset", "TrainingDiverged", "accuracy_of", "fit", 
 
 @dataclass
 class History:
-    """Per-epoch loss and accuracies of one training run."""
+    """Per-epoch loss and accuracies of one training run.
+
+    Notebook 02, inside `train_and_report`.
+    """
 
     loss: list[float] = field(default_factory=list)
     train_acc: list[float] = field(default_factory=list)
@@ -55,7 +58,10 @@ class History:
 
 
 class ImageDataset(Dataset):
-    """PIL images + labels through a transform (augmentation happens here, per epoch)."""
+    """PIL images + labels through a transform (augmentation happens here, per epoch).
+
+    Notebook 05, inside `run_schedule`.
+    """
 
     def __init__(self, images: Sequence, labels, transform):
         self.images, self.labels, self.transform = images, torch.as_tensor(np.asarray(labels)), transform
@@ -71,6 +77,8 @@ def param_groups(model: FaceModel, lr: float, backbone_lr: float | dict[str, flo
     """Optimizer groups over trainable parameters only: head at `lr`, backbone stages lower.
 
     `backbone_lr` is one rate for all trainable stages, or a {stage: lr} dict; None means `lr`/10.
+
+    Notebook 02, inside `freeze_switch`.
     """
     groups = [{"params": [p for p in [*model.embedding.parameters(), *model.head.parameters()]
                           if p.requires_grad], "lr": lr, "name": "head"}]
@@ -135,6 +143,8 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
     validation losses by up to 4e-3 (through BatchNorm's running mean) and no accuracy); a cosine
     schedule per epoch, no warm-up, no gradient clipping, no AMP; and, after each epoch, a check that
     the weights and BatchNorm statistics are still finite (the trainer checks the loss only).
+
+    Notebook 02, inside `train_and_report`.
     """
     set_seed(seed)
     device = pick_device(device)
@@ -198,7 +208,10 @@ def fit(model: FaceModel, train, val=None, epochs: int = 30, lr: float = 1e-2,
 
 def accuracy_of(model: FaceModel, data) -> float:
     """Closed-set accuracy of the head's prediction on (features, labels) or an ImageDataset
-    (`helpers.train.step.closed_set_accuracy`, the trainer's too)."""
+    (`helpers.train.step.closed_set_accuracy`, the trainer's too).
+
+    Notebook 03, inside `run_margins_on_tasks`.
+    """
     return closed_set_accuracy(model, data)
 
 
@@ -206,6 +219,8 @@ def val_scores(model: FaceModel, data) -> tuple[float, float]:
     """(accuracy, loss) on (features, labels) or an ImageDataset, in eval mode, one pass.
 
     The loss is the training objective (margin included), so it is comparable with the training loss.
+
+    Notebook 02, inside `train_and_report`.
     """
     emb, y = labelled_embeddings(model, data)
     with torch.no_grad():
@@ -226,6 +241,8 @@ def train_head_on_features(train_x: torch.Tensor, train_y, val_x=None, val_y=Non
 
     `n_threads` default: 1 below SMALL_FIT vectors (tiny matrix products stall when two threads
     share busy cores), every torch thread above (the products are big enough to split).
+
+    Notebook 02, inside `check_first_perfect_epoch`.
     """
     set_seed(seed)
     train_y = torch.as_tensor(np.asarray(train_y)).long()

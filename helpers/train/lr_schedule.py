@@ -13,7 +13,10 @@ from .fit import param_groups
 
 
 def make_optimizer(cfg: "TrainConfig", model: FaceModel, lr: float, backbone_lr: float | None):
-    """AdamW (the course's default) or SGD with momentum, over `param_groups` (head at lr, stages lower)."""
+    """AdamW (the course's default) or SGD with momentum, over `param_groups` (head at lr, stages lower).
+
+    Notebook 07, inside `train`.
+    """
     groups = param_groups(model, lr, backbone_lr)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -31,6 +34,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
     The cosine does not depend on the warm-up, so groups with and without one (notebook 05: only
     the newly unfrozen stage warms up) follow the same decay; timm's cosine scheduler with a warm-up
     does the same by default (`warmup_prefix=False`).
+
+    Notebook 05, inside `compare_cached_over_seeds`.
     """
     cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
     warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
@@ -38,7 +43,10 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
 
 
 def scaled_lr(cfg: "TrainConfig") -> tuple[float, float | None, str]:
-    """(lr, backbone_lr, sentence for the log) after scaling with the global batch (`lr_scaling`)."""
+    """(lr, backbone_lr, sentence for the log) after scaling with the global batch (`lr_scaling`).
+
+    Notebook 07, inside `train`.
+    """
     k = cfg.batch_size / cfg.base_batch
     if cfg.lr_scaling == "none":
         return cfg.lr, cfg.backbone_lr, f"lr {cfg.lr:g} (not scaled with the global batch {cfg.batch_size})"
@@ -52,7 +60,10 @@ def scaled_lr(cfg: "TrainConfig") -> tuple[float, float | None, str]:
 
 
 def check_settings(cfg: "TrainConfig", W: int) -> tuple[float, float | None, str]:
-    """Settings that cannot work with W processes; returns `scaled_lr(cfg)`."""
+    """Settings that cannot work with W processes; returns `scaled_lr(cfg)`.
+
+    Notebook 07, inside `train`.
+    """
     if cfg.accumulate < 1 or cfg.batch_size % (W * cfg.accumulate):
         raise TrainError(f"--batch-size {cfg.batch_size} is not divisible by {W} process(es) x --accumulate "
                          f"{cfg.accumulate}; use a multiple of {W * max(cfg.accumulate, 1)}")

@@ -23,12 +23,18 @@ CHECKPOINT, LAST_GOOD = "checkpoint.pt", "checkpoint.last-good.pt"
 
 
 class TrainError(ValueError):
-    """A training setting that cannot work as given; the message says what to change."""
+    """A training setting that cannot work as given; the message says what to change.
+
+    Notebook 07, inside `train`.
+    """
 
 
 def agree(ctx: DistContext, problem: str | None) -> None:
     """Every rank says whether its view is fine; on any problem rank 0 raises one TrainError naming
-    the ranks, the others raise PeerReported (they leave without a message of their own)."""
+    the ranks, the others raise PeerReported (they leave without a message of their own).
+
+    Notebook 07, inside `train`.
+    """
     problems = gather_objects(problem, ctx)
     if any(problems):
         if not ctx.is_main:
@@ -39,7 +45,10 @@ def agree(ctx: DistContext, problem: str | None) -> None:
 
 def from_main(ctx: DistContext, fn):
     """Run `fn()` on rank 0 only and hand its result to every rank; if it raises, rank 0 raises
-    the error and the other ranks PeerReported (one message, not one per rank)."""
+    the error and the other ranks PeerReported (one message, not one per rank).
+
+    Notebook 07, inside `train`.
+    """
     result = error = None
     if ctx.is_main:
         try:
@@ -55,7 +64,10 @@ def from_main(ctx: DistContext, fn):
 
 
 def check_local_view(plan: dict, ctx: DistContext) -> str | None:
-    """On ranks other than 0: does this machine see rank 0's photos (a sample of sizes) and digest?"""
+    """On ranks other than 0: does this machine see rank 0's photos (a sample of sizes) and digest?
+
+    Notebook 07, inside `train`.
+    """
     index = plan["index"]
     if index.digest() != plan["digest"]:
         return "the photo index arrived damaged (its SHA-256 differs from rank 0's)"
@@ -76,7 +88,10 @@ def check_local_view(plan: dict, ctx: DistContext) -> str | None:
 
 def skip_unreadable(index, cfg: "TrainConfig", ctx: DistContext):
     """Decode every photo once, shared over the ranks; skip the unreadable ones (listed on rank 0),
-    or stop when there are more than --max-bad-photos."""
+    or stop when there are more than --max-bad-photos.
+
+    Notebook 07, inside `train`.
+    """
     mine = unreadable_photos(index.paths, range(ctx.rank, len(index.paths), ctx.world_size))
     bad = sorted(b for part in gather_objects(mine, ctx) for b in part)
     if not bad:
@@ -94,7 +109,10 @@ def skip_unreadable(index, cfg: "TrainConfig", ctx: DistContext):
 
 
 def plan_run(cfg: "TrainConfig", ctx: DistContext) -> dict:
-    """Rank 0's view of the run: the photo index (with sizes) and whether to resume from where."""
+    """Rank 0's view of the run: the photo index (with sizes) and whether to resume from where.
+
+    Notebook 07, inside `train`.
+    """
     index = scan_people(cfg.data, min_photos=cfg.min_photos).with_sizes()
     plan = {"index": index, "digest": index.digest(), "resume_from": None, "epochs_done": 0, "notes": []}
     if cfg.resume:
@@ -122,7 +140,10 @@ def plan_run(cfg: "TrainConfig", ctx: DistContext) -> dict:
 
 def injected_fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) -> torch.Tensor:
     """The FACE_COURSE_FAULT test hook: "rank=1,epoch=0,step=1,kind=raise" makes that rank raise at
-    that step (kind 'hang' sleeps forever, 'nan' turns its loss into NaN); returns `loss`."""
+    that step (kind 'hang' sleeps forever, 'nan' turns its loss into NaN); returns `loss`.
+
+    Notebook 07, inside `train`.
+    """
     spec = os.environ.get("FACE_COURSE_FAULT")
     if not spec:
         return loss
@@ -140,7 +161,10 @@ def injected_fault(ctx: DistContext, epoch: int, step: int, loss: torch.Tensor) 
 
 def hold_out_people(index, people: int, max_photos: int, seed: int):
     """(index without `people` seeded-random people, their photo paths, their labels): the people
-    verification is measured on, never trained on; at most `max_photos` photos (seeded choice)."""
+    verification is measured on, never trained on; at most `max_photos` photos (seeded choice).
+
+    Notebook 07, inside `train`.
+    """
     if people <= 0:
         return index, [], np.zeros(0, dtype=int)
     if people < 2 or index.num_people - people < 2:

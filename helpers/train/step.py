@@ -33,6 +33,8 @@ class TrainingDiverged(RuntimeError):
 
     Raised by `train_step` before the optimiser step (nothing is applied); `loss` is the step's
     mean loss (nan or inf), `bad` how many of its `batches` micro-batches had a non-finite loss.
+
+    Notebook 02, inside `train_and_report`.
     """
 
     def __init__(self, message: str, loss: float = math.nan, bad: int = 0, batches: int = 0):
@@ -43,7 +45,10 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class StepResult:
     """What one step did: mean loss over its photos (all ranks with `reduce`), and this process's
-    count of photos and of photos whose head logits (no margin) put the true class first."""
+    count of photos and of photos whose head logits (no margin) put the true class first.
+
+    Notebook 02, inside `freeze_switch`.
+    """
 
     loss: float
     count: int
@@ -58,7 +63,10 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 def embeddings(model: FaceModel, x: torch.Tensor, amp_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Embeddings (B, 512) float32 of images (B, 3, H, W) or cached features (B, D); backbone and
-    embedding under autocast when `amp_dtype` is set. In the model's current mode."""
+    embedding under autocast when `amp_dtype` is set. In the model's current mode.
+
+    Notebook 02, inside `freeze_switch`.
+    """
     with _autocast(x.device, amp_dtype):
         emb = model.embedding(model.features(x))
     return emb.float()
@@ -70,6 +78,8 @@ class MarginObjective(nn.Module):
     The module that DistributedDataParallel wraps in the trainer. Backbone and embedding run under
     autocast when `amp_dtype` is set; the head's cosines and margins run in float32
     (cos(theta + m) near 1 needs the precision).
+
+    Notebook 02, inside `freeze_switch`.
     """
 
     def __init__(self, model: FaceModel, amp_dtype: torch.dtype | None = None):
@@ -103,6 +113,8 @@ def train_step(objective: nn.Module, opt: torch.optim.Optimizer, batches: Iterab
     step: the weights are as before the step, except BatchNorm statistics updated by the forward.
     `correct` is counted after the step (the new head on this step's embeddings), as `fit`
     always reported its training accuracy.
+
+    Notebook 02, inside `freeze_switch`.
     """
     model = _face_model(objective)
     device = next(model.parameters()).device
@@ -154,13 +166,19 @@ def train_step(objective: nn.Module, opt: torch.optim.Optimizer, batches: Iterab
 
 @torch.no_grad()
 def correct_top1(model: FaceModel, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the head's largest logit (s * cos, no margin) for embedding (B, 512) is its label (B,)."""
+    """(B,) bool: the head's largest logit (s * cos, no margin) for embedding (B, 512) is its label (B,).
+
+    Notebook 02, inside `freeze_switch`.
+    """
     emb = emb.to(model.head.weight.device)
     return model.head.logits(emb.float()).argmax(1) == labels.to(emb.device).long()
 
 
 def accuracy_of_embeddings(model: FaceModel, emb: torch.Tensor, labels: torch.Tensor) -> float:
-    """Closed-set top-1 accuracy of embeddings (N, 512) with labels (N,): a float32 mean (nan if N = 0)."""
+    """Closed-set top-1 accuracy of embeddings (N, 512) with labels (N,): a float32 mean (nan if N = 0).
+
+    Notebook 02, inside `train_and_report`.
+    """
     return correct_top1(model, emb, labels).float().mean().item()
 
 
@@ -170,6 +188,8 @@ def labelled_embeddings(model: FaceModel, data, amp_dtype: torch.dtype | None = 
 
     `data`: (features or images tensor, labels), a Dataset of (x, y) with `.labels`, or a DataLoader
     of (x, y) batches (the trainer's, with its workers). The model's mode is restored afterwards.
+
+    Notebook 02, inside `train_and_report`.
     """
     device = next(model.parameters()).device
     was = model.training
@@ -191,6 +211,9 @@ def labelled_embeddings(model: FaceModel, data, amp_dtype: torch.dtype | None = 
 
 def closed_set_accuracy(model: FaceModel, data, amp_dtype: torch.dtype | None = None, batch_size: int = 256) -> float:
     """Closed-set top-1 accuracy on `data` (see `labelled_embeddings`): the one accuracy of `fit`'s
-    validation, `accuracy_of` and the trainer's `val_acc`. Notebook 02 introduces it."""
+    validation, `accuracy_of` and the trainer's `val_acc`. Notebook 02 introduces it.
+
+    Notebook 03, inside `run_margins_on_tasks`.
+    """
     return accuracy_of_embeddings(model, *labelled_embeddings(model, data, amp_dtype, batch_size))
 

@@ -71,7 +71,10 @@ SIGNATURE_FIELDS = ("backbone", "pretrained", "size", "stages", "epochs", "batch
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run (the CLI flags have the same names, with dashes)."""
+    """Every setting of a run (the CLI flags have the same names, with dashes).
+
+    Notebook 07.
+    """
 
     data: str                       # folder with one sub-folder per person, or 'orl'
     out: str = "runs/train"         # checkpoint.pt, history.json, final.pt (rank 0 writes them)
@@ -115,7 +118,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run produced. `model` is the trained FaceModel on rank 0 (None on other ranks)."""
+    """What a run produced. `model` is the trained FaceModel on rank 0 (None on other ranks).
+
+    Notebook 07, inside `train`.
+    """
 
     history: dict
     names: list[str]
@@ -134,7 +140,10 @@ class TrainResult:
 # ---------------------------------------------------------------------- pieces
 
 def make_backbone(spec: str, pretrained: bool = True) -> Backbone:
-    """A course backbone by name, or `package.module:factory` (a function returning a Backbone)."""
+    """A course backbone by name, or `package.module:factory` (a function returning a Backbone).
+
+    Notebook 07, inside `train`.
+    """
     if ":" not in spec:
         return load_backbone(spec, pretrained=pretrained, verbose=False)
     module, _, name = spec.partition(":")
@@ -148,7 +157,10 @@ def make_backbone(spec: str, pretrained: bool = True) -> Backbone:
 
 
 def parse_stages(stages: str, backbone: Backbone) -> list[str]:
-    """'none' -> [], 'all' -> every stage, 'layer3,layer4' -> those (checked against the backbone)."""
+    """'none' -> [], 'all' -> every stage, 'layer3,layer4' -> those (checked against the backbone).
+
+    Notebook 07, inside `train`.
+    """
     if stages in ("none", ""):
         return []
     if stages == "all":
@@ -162,7 +174,10 @@ def parse_stages(stages: str, backbone: Backbone) -> list[str]:
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the GPU has it (auto), fp16, or None (off; always on CPU)."""
+    """The autocast dtype: bf16 where the GPU has it (auto), fp16, or None (off; always on CPU).
+
+    Notebook 07, inside `train`.
+    """
     if amp not in ("auto", "bf16", "fp16", "off"):
         raise TrainError(f"--amp {amp}: choose auto, bf16, fp16 or off")
     if device.type != "cuda" or amp == "off":
@@ -195,6 +210,8 @@ def train(config: TrainConfig, backbone: Backbone | None = None, ctx: DistContex
 
     `backbone`: use this Backbone (a copy is trained) instead of `config.backbone`. Returns the
     history on every rank; rank 0's result also holds the trained model.
+
+    Notebook 07.
     """
     own_ctx = ctx is None
     ctx = ctx or init_distributed(config.device, config.timeout_s, config.backend)
@@ -362,7 +379,10 @@ def _train(cfg: TrainConfig, ctx: DistContext, backbone: Backbone | None) -> Tra
 # ---------------------------------------------------------------------- command line
 
 def parse_args(argv: Sequence[str] | None = None, prog: str = "python -m helpers.train.trainer") -> TrainConfig:
-    """The CLI flags -> TrainConfig (flags are the field names with dashes)."""
+    """The CLI flags -> TrainConfig (flags are the field names with dashes).
+
+    Command line: `python -m helpers ...`.
+    """
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig(data="")
@@ -384,6 +404,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m helpers.train
 
     One process returns the status after one line on stderr; a rank of several ends its process
     at once (`distributed.fail`) so that no rank waits on another.
+
+    Command line: `python -m helpers ...`.
     """
     cfg = parse_args(argv, prog)
     ctx = DistContext()

@@ -17,7 +17,10 @@ from .step import embeddings
 def held_out_eer(model: FaceModel, paths: list[str], labels: np.ndarray, transform, ctx: DistContext,
             batch: int, workers: int, amp: torch.dtype | None) -> float | None:
     """Equal error rate over all pairs of photos of people held out from training, sharded: rank r
-    embeds photos r, r+W, ...; rank 0 gathers the embeddings and scores the pairs (None elsewhere)."""
+    embeds photos r, r+W, ...; rank 0 gathers the embeddings and scores the pairs (None elsewhere).
+
+    Notebook 07, inside `train`.
+    """
     mine = list(range(ctx.rank, len(paths), ctx.world_size))
     stream = PhotoStream([paths[i] for i in mine], labels[mine], transform)
     model.eval()

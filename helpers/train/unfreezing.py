@@ -18,7 +18,8 @@ import torch
 
 from ..models.backbone_tail import BackboneTail, FineTuneModel, as_finetune, last_stage, stage_inputs
 from ..models.backbones import Backbone
-from ..data.folders import FaceSet, Split, split_known_strangers, split_per_person
+from ..data.folders import FaceSet
+from ..data.splits import Split, split_known_strangers, split_per_person
 from ..evaluate.metrics import embed, verification
 from ..models.face_model import FaceModel, build_model, count_parameters, set_trainable_stages
 from ..memory import PeakMemory
@@ -40,6 +41,8 @@ class UnfreezeData:
     The pretrained `backbone` is never trained: every run trains a copy. Features and the
     activations entering the last stage are computed once (eval mode, no augmentation) and kept
     in memory; `one_off_seconds` says what that cost.
+
+    Notebook 05, inside `prepare_data`.
     """
 
     backbone: Backbone
@@ -111,6 +114,8 @@ def prepare_data(backbone: Backbone, faces: FaceSet, n_known: int = 9, size: int
 
     `all_inputs`: `all_stage_inputs(backbone, faces, size)`, the activations entering the last stage
     of every photo of `faces`, computed once and shared by many seeds (they do not depend on the seed).
+
+    Notebook 05.
     """
     known, strangers = split_known_strangers(faces, n_known=n_known, seed=seed)
     split = split_per_person(known.labels, shots=shots, seed=seed)
@@ -131,7 +136,10 @@ def prepare_data(backbone: Backbone, faces: FaceSet, n_known: int = 9, size: int
 
 def all_stage_inputs(backbone: Backbone, faces: FaceSet, size: int = 112, n_threads: int | None = None,
                      batch_size: int = 16) -> torch.Tensor:
-    """Activations entering the last stage (N, C, h, w) of every photo of `faces` (eval mode, no augmentation)."""
+    """Activations entering the last stage (N, C, h, w) of every photo of `faces` (eval mode, no augmentation).
+
+    Notebook 05.
+    """
     with threads(n_threads or default_threads()):
         return stage_inputs(backbone, faces.images, last_stage(backbone), backbone.transform(size=size),
                             batch_size, pick_device())
@@ -142,7 +150,10 @@ def all_stage_inputs(backbone: Backbone, faces: FaceSet, size: int = 112, n_thre
 
 @dataclass
 class StagePlan:
-    """One training stage: which backbone stages train, for how long, at which learning rates."""
+    """One training stage: which backbone stages train, for how long, at which learning rates.
+
+    Notebook 05, inside `cache_speedup`.
+    """
 
     name: str
     stages: tuple[str, ...]
@@ -162,14 +173,20 @@ class StagePlan:
 
 
 def frozen_schedule(epochs: int = 30, lr: float = 1e-2) -> list[StagePlan]:
-    """Stage 1 alone: the head on cached features of the frozen backbone."""
+    """Stage 1 alone: the head on cached features of the frozen backbone.
+
+    Not run by a notebook or the command line.
+    """
     return [StagePlan("stage 1", (), epochs, lr, cache=True)]
 
 
 def gradual_schedule(backbone: Backbone, epochs: tuple[int, int, int] = (30, 8, 4),
                      lr: tuple[float, float, float] = (1e-2, 1e-3, 3e-4),
                      backbone_lr: tuple[float, float] = (3e-4, 3e-5)) -> list[StagePlan]:
-    """The guide's three stages: head; + the last stage (cached inputs); everything, lower lr, augmented."""
+    """The guide's three stages: head; + the last stage (cached inputs); everything, lower lr, augmented.
+
+    Notebook 05.
+    """
     last = last_stage(backbone)
     return [StagePlan("stage 1", (), epochs[0], lr[0], cache=True),
             StagePlan("stage 2", (last,), epochs[1], lr[1], backbone_lr[0], cache=True),
@@ -178,7 +195,10 @@ def gradual_schedule(backbone: Backbone, epochs: tuple[int, int, int] = (30, 8, 
 
 def full_schedule(backbone: Backbone, epochs: int = 8, lr: float = 1e-2, backbone_lr: float = 1e-4,
                   augment: bool = True) -> list[StagePlan]:
-    """Full fine-tuning from the start: every stage trains from epoch 1."""
+    """Full fine-tuning from the start: every stage trains from epoch 1.
+
+    Notebook 05.
+    """
     return [StagePlan("full", tuple(backbone.stage_names), epochs, lr, backbone_lr, augment=augment)]
 
 
@@ -187,7 +207,10 @@ def full_schedule(backbone: Backbone, epochs: int = 8, lr: float = 1e-2, backbon
 
 @dataclass
 class RunResult:
-    """One method's trained model, its per-stage histories, cost and metrics."""
+    """One method's trained model, its per-stage histories, cost and metrics.
+
+    Notebook 05, inside `run_schedule`.
+    """
 
     method: str
     model: FaceModel
@@ -258,6 +281,8 @@ def run_schedule(data: UnfreezeData, plans: Sequence[StagePlan], method: str = "
     every earlier stage still holds its pretrained weights, which is checked. `bn_train`: see
     `FineTuneModel` (False keeps the backbone's BatchNorm statistics fixed). `strangers_each_epoch`:
     the strangers' EER after every epoch, in `History.extra["strangers_eer"]`.
+
+    Notebook 05.
     """
     if model is None:
         set_seed(seed)  # the new embedding and head start from the same weights on every run
@@ -337,6 +362,8 @@ def run_chain(data: UnfreezeData, plans: Sequence[StagePlan], names: Sequence[st
 
     Element k is the model after stages 1..k+1, with their histories, seconds and peak memory accumulated,
     so `result[-1].combined_history()` is one curve across all stages and `stage_ends()` its boundaries.
+
+    Notebook 05, inside `compare_methods`.
     """
     data.inputs("train")  # the one-off cost, outside every stage's timing
     data.features("train")
@@ -367,6 +394,8 @@ def train_stages(data: UnfreezeData, stages: Sequence[str], epochs: int = 3, lr:
 
     Head only: cached features. Only the last stage: its cached inputs (no augmentation).
     Anything else: photos end to end, augmented when `augment`.
+
+    Notebook 05.
     """
     order = data.backbone.stage_names
     unknown = [s for s in stages if s not in order]

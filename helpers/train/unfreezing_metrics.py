@@ -18,7 +18,10 @@ from ..runtime import run_batched, threads
 
 @dataclass
 class Metrics:
-    """What one trained model achieves on the shared split (fractions, not percent)."""
+    """What one trained model achieves on the shared split (fractions, not percent).
+
+    Notebook 05, inside `evaluate_run`.
+    """
 
     train_acc: float      # known people, training photos, eval mode, no augmentation
     val_acc: float        # known people, validation photos
@@ -48,6 +51,8 @@ def model_features(result: "RunResult", data: "UnfreezeData", part: str) -> torc
 
     Untouched backbone: the cached features. Only the last stage trained: the cached inputs
     through the trained last stage. Otherwise: the photos through the whole backbone.
+
+    Notebook 05, inside `feature_drift`.
     """
     if not data.images(part):
         return None
@@ -77,6 +82,8 @@ def evaluate_run(result: "RunResult", data: "UnfreezeData", seed: int = 0, stran
     """Accuracy on known people (train/val/test), 1-shot new people and strangers' EER; stored on `result`.
 
     `strangers=False` skips the stranger measures (NaN), which saves a pass over 310 photos.
+
+    Notebook 05.
     """
     acc, cos = {}, {}
     for part in ("train", "val", "test"):
@@ -98,7 +105,10 @@ def evaluate_run(result: "RunResult", data: "UnfreezeData", seed: int = 0, stran
 
 
 def raw_feature_metrics(data: "UnfreezeData", seed: int = 0) -> dict[str, float]:
-    """The same stranger measures on the frozen backbone's raw features (no training at all)."""
+    """The same stranger measures on the frozen backbone's raw features (no training at all).
+
+    Notebook 05.
+    """
     s = data.features("strangers").numpy()
     s = s / np.linalg.norm(s, axis=1, keepdims=True)
     lab = data.labels("strangers").numpy()

@@ -294,7 +294,8 @@ def test_enrol_yourself_panel_with_real_files(lab, orl_photo_files):
 def orl_photo_files(tmp_path):
     """Three enrolment photos and one query photo of a person who is not in notebook 06's gallery
     (a stranger of its split), written as PNG files, and a text file posing as a JPEG."""
-    from helpers.data.folders import load_orl, split_known_strangers
+    from helpers.data.folders import load_orl
+    from helpers.data.splits import split_known_strangers
 
     orl = load_orl()
     _, strangers = split_known_strangers(orl, n_known=9, seed=0)   # notebook 06's N_KNOWN, SEED
