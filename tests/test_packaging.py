@@ -192,3 +192,20 @@ def test_min_requirements_keep_the_higher_of_two_floors_once():
     assert M.pinned_floors(["a>=1.10", "a>=1.9", "b>=2"]) == ["a==1.10.0", "b==2.0.0"]
     notebooks_only = M.pinned_floors(M.requirements(PROJECT, ["notebooks"]))
     assert "ipywidgets==7.7.0" in notebooks_only            # what Colab's cell installs: Colab's 7.7 is kept
+
+
+def test_the_slurm_example_runs_modules_that_exist():
+    """examples/slurm_train.sbatch names the trainer by module path (`-m helpers...`) and fetches weights with
+    `python -c "from helpers... import ..."`: both must exist (a module move once left the example behind)."""
+    import importlib
+    import importlib.util
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / "slurm_train.sbatch").read_text()
+    modules = re.findall(r"-m (helpers[\w.]*)", text)
+    imports = re.findall(r"from (helpers[\w.]*) import (\w+)", text)
+    assert modules and imports
+    for name in modules:
+        assert importlib.util.find_spec(name) is not None, f"-m {name}: no such module"
+    for mod, obj in imports:
+        assert hasattr(importlib.import_module(mod), obj), f"from {mod} import {obj}: no such name"
