@@ -51,6 +51,7 @@ class Engine:
     label: str
     run: Callable[[np.ndarray], np.ndarray]
     info: dict = field(default_factory=dict)
+    precision: str = "fp32"     # what the arithmetic runs in: fp32, bf16, int8
 
 
 def cpu_flags() -> dict:
@@ -88,7 +89,7 @@ def torch_bf16(net: torch.nn.Module) -> Engine:
             x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
             return net(x).float().numpy()
     return Engine("torch-bf16", "PyTorch eager, bf16 autocast", run,
-                  {"autocast": "cpu bfloat16", "mkldnn_bf16_supported": _mkldnn_bf16()})
+                  {"autocast": "cpu bfloat16", "mkldnn_bf16_supported": _mkldnn_bf16()}, "bf16")
 
 
 def _mkldnn_bf16() -> bool | None:
@@ -120,13 +121,14 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def ort_engine(path: Path, threads: int, key: str = "ort-fp32", label: str = "ONNX Runtime, fp32", **info) -> Engine:
+def ort_engine(path: Path, threads: int, key: str = "ort-fp32", label: str = "ONNX Runtime, fp32",
+               precision: str = "fp32", **info) -> Engine:
     import onnxruntime as ort
 
     sess = _ort_session(path, threads)
     name = sess.get_inputs()[0].name
     return Engine(key, label, lambda b: sess.run(None, {name: b})[0],
-                  {"onnxruntime": ort.__version__, "intra_op_threads": threads, **info})
+                  {"onnxruntime": ort.__version__, "intra_op_threads": threads, **info}, precision)
 
 
 def helpers_ort(backbone, size: int, threads: int) -> Engine:
@@ -184,10 +186,11 @@ def openvino_engine(path: Path, threads: int, hint: str | None) -> Engine:
 
     def run(batch: np.ndarray) -> np.ndarray:
         return np.array(request.infer({0: batch})[0], dtype=np.float32)  # a copy: the request reuses its buffer
+    reported = _type_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
     return Engine(f"openvino-{hint or 'default'}", f"OpenVINO, precision hint {hint or 'none (default)'}", run,
-                  {"openvino": ov.__version__, "hint": hint, "threads": threads,
-                   "reported_precision": _type_name(compiled.get_property("INFERENCE_PRECISION_HINT")),
-                   "performance_hint": str(compiled.get_property("PERFORMANCE_HINT"))})
+                  {"openvino": ov.__version__, "hint": hint, "threads": threads, "reported_precision": reported,
+                   "performance_hint": str(compiled.get_property("PERFORMANCE_HINT"))},
+                  {"f32": "fp32"}.get(reported, reported))
 
 
 def openvino_default_precision(path: Path, threads: int) -> str:

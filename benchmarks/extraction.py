@@ -8,10 +8,14 @@ dynamic int8; torch.compile in a child process in the full run) are timed alike:
   * the same ceiling for each: "model only" is the engine alone on the ready batches; "end to end"
     is decoded photos in memory -> `to_batch` -> the engine, so end to end / model only is the
     preprocessing's cost, the same for every engine;
-  * `WARMUP` untimed passes of each engine (both ways), then `rounds` alternating rounds (A, B, C, A,
-    B, C ..., the starting engine rotated every round): ms per photo is the median over rounds, with
+  * `WARMUP` untimed passes of each engine (both ways), then `rounds` rounds, each a sweep of every
+    engine model only and then a sweep end to end (A, B, C, A, B, C; the starting engine rotated every
+    round, so each timed pass follows another engine's): ms per photo is the median over rounds, with
     the min-max; ratios to eager fp32 PyTorch are medians of per-round ratios (rates taken side by
     side: a shared CPU drifts by ±15 % within minutes);
+  * headline figures: the helpers' engine against the fastest usable fp32 engine (target ≥ 95 %, the
+    old extraction target, now on equal terms), its end to end against its model only (≥ 85 %), and,
+    as information, the fastest usable engine of any precision against the helpers' engine;
   * usable or not: the accuracy cost on development people (`benchmarks.engine_gate`: identification
     and strangers' EER against eager fp32's features, tolerance 1 point each, fixed before any run);
     the lowest cosine to eager fp32's features is information only.
@@ -84,11 +88,11 @@ def build_engines(bb, size: int, threads: int, calibration: np.ndarray, folder: 
         "openvino-bf16": ("OpenVINO, bf16 hint", lambda: E.openvino_engine(export(), threads, "bf16")),
         "int8-static": ("int8 static per-channel (QDQ), ONNX Runtime", lambda: E.ort_engine(
             E.int8_static_path(export(), calibration), threads, "int8-static",
-            "int8 static per-channel (QDQ), ONNX Runtime", calibration_photos=len(calibration),
+            "int8 static per-channel (QDQ), ONNX Runtime", "int8", calibration_photos=len(calibration),
             recipe="quant_pre_process + quantize_static(QDQ, per_channel, U8 activations, S8 weights, MinMax)")),
         "int8-dynamic": ("int8 dynamic per-tensor (previous recipe), ONNX Runtime", lambda: E.ort_engine(
             E.int8_dynamic_path(export()), threads, "int8-dynamic",
-            "int8 dynamic per-tensor (previous recipe), ONNX Runtime", recipe="quantize_dynamic(QUInt8 weights)")),
+            "int8 dynamic per-tensor (previous recipe), ONNX Runtime", "int8", recipe="quantize_dynamic(QUInt8 weights)")),
     }
     built, failed = {}, {}
     for key in include:
@@ -104,7 +108,9 @@ def build_engines(bb, size: int, threads: int, calibration: np.ndarray, folder: 
 def alternating_rounds(engines: dict[str, E.Engine], batches: list[np.ndarray], photos: Sequence, size: int, mean,
                        std, rounds: int, warmup: int = WARMUP) -> dict[str, dict[str, list[float]]]:
     """Seconds of each engine's pass over all photos, model only (ready batches) and end to end (photos ->
-    `to_batch` -> engine), per round; rounds alternate engines, the starting one rotated every round."""
+    `to_batch` -> engine), per round. A round is a sweep of every engine model only, then a sweep end to
+    end, the starting engine rotated every round: each timed pass follows another engine's (switching
+    thread pools and caches costs every pass alike)."""
     def model(eng):
         for b in batches:
             eng.run(b)
@@ -120,9 +126,10 @@ def alternating_rounds(engines: dict[str, E.Engine], batches: list[np.ndarray], 
             e2e(engines[k])
     out = {k: {"model": [], "e2e": []} for k in keys}
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            out[k]["model"].append(E.timed(lambda: model(engines[k])))
-            out[k]["e2e"].append(E.timed(lambda: e2e(engines[k])))
+        order = keys[r % len(keys):] + keys[:r % len(keys)]
+        for way, fn in (("model", model), ("e2e", e2e)):
+            for k in order:
+                out[k][way].append(E.timed(lambda: fn(engines[k])))
     return out
 
 
@@ -165,7 +172,7 @@ def engine_rows(bb, size: int, photos: Sequence, gate_photos: Sequence, gate_lab
     for k, eng in built.items():
         t = times[k]
         g = engine_gate.gate(feats[REFERENCE], feats[k], gate_labels)
-        rows[k] = {"label": eng.label, "info": eng.info, "model": _ms(t["model"], n), "e2e": _ms(t["e2e"], n),
+        rows[k] = {"label": eng.label, "precision": eng.precision, "info": eng.info, "model": _ms(t["model"], n), "e2e": _ms(t["e2e"], n),
                    "x_eager": round(float(np.median(np.array(ref["model"]) / np.array(t["model"]))), 3),
                    "x_eager_e2e": round(float(np.median(np.array(ref["e2e"]) / np.array(t["e2e"]))), 3),
                    "model_share_of_e2e": round(float(np.median(np.array(t["model"]) / np.array(t["e2e"]))), 3),
@@ -191,7 +198,7 @@ def compile_row(bb, batches, gate_batches, ref_feats, gate_labels, rounds, warmu
     if "error" in got:
         return {"label": label, "error": got["error"]}
     g = engine_gate.gate(ref_feats, got["feats"], gate_labels)
-    return {"label": label, "info": {"compile_s": round(got["compile_s"], 1), "eager_in_child": _ms(got["eager_seconds"], n)},
+    return {"label": label, "precision": "fp32", "info": {"compile_s": round(got["compile_s"], 1), "eager_in_child": _ms(got["eager_seconds"], n)},
             "model": _ms(got["seconds"], n), "e2e": None,
             "x_eager": round(float(np.median(np.array(got["eager_seconds"]) / np.array(got["seconds"]))), 3),
             "x_eager_e2e": None, "gate": g, "usable": g["usable"]}
@@ -265,29 +272,33 @@ def figures(key: str, rows: dict, rec: dict) -> list[Figure]:
     ok = {k: r for k, r in rows.items() if "error" not in r}
     usable = {k: r for k, r in ok.items() if r["usable"] and k != HELPERS and r.get("e2e")}  # timed in these rounds
     h = ok.get(HELPERS)
-    if h and usable:
-        best = min(usable, key=lambda k: usable[k]["model"]["ms"])
-        b = usable[best]
-        ratio = float(np.median(np.array(b["model"]["rounds"]) / np.array(h["model"]["rounds"])))  # same rounds
+
+    def per_round(a: dict, b: dict) -> float:   # rate of a / rate of b, median over the rounds they shared
+        return float(np.median(np.array(b["model"]["rounds"]) / np.array(a["model"]["rounds"])))
+
+    fp32 = {k: r for k, r in usable.items() if r.get("precision") == "fp32"}
+    if h and fp32:
+        best = min(fp32, key=lambda k: fp32[k]["model"]["ms"])
+        b, ratio = fp32[best], per_round(h, fp32[best])
         out.append(Figure(
-            f"extraction.{key}.vs_fastest", f"{key}: the helpers' engine vs the fastest usable engine, model only "
-            "on the same prepared batches (alternating rounds)", 1000 / h["model"]["ms"], "images/s",
-            f"fastest usable: {b['label']}", 1000 / b["model"]["ms"], ratio, "of fastest",
-            f"≥ {TARGET_VS_FASTEST:.0%} of fastest", ratio >= TARGET_VS_FASTEST))
+            f"extraction.{key}.vs_fastest", f"{key}: the helpers' engine vs the fastest usable fp32 engine, model "
+            "only on the same prepared batches (alternating rounds)", 1000 / h["model"]["ms"], "images/s",
+            f"fastest usable fp32: {b['label']}", 1000 / b["model"]["ms"], ratio, "of fastest",
+            f"≥ {100 * TARGET_VS_FASTEST:.0f} % of fastest", ratio >= TARGET_VS_FASTEST))
     if h and h.get("e2e"):
         share = h["model_share_of_e2e"]
         out.append(Figure(
             f"extraction.{key}.vs_model_alone", f"{key}: the helpers' engine end to end (decoded photos -> to_batch -> "
             "network) vs the same engine on ready batches (ratio: median of per-round ratios)",
             1000 / h["e2e"]["ms"], "images/s", "model only", 1000 / h["model"]["ms"], share, "of model-only",
-            f"≥ {TARGET_E2E:.0%} of model-only", share >= TARGET_E2E))
-    ref = ok.get(REFERENCE)
-    if ref and usable:
+            f"≥ {100 * TARGET_E2E:.0f} % of model-only", share >= TARGET_E2E))
+    if h and usable:
         best = min(usable, key=lambda k: usable[k]["model"]["ms"])
+        b = usable[best]
         out.append(Figure(
-            f"extraction.{key}.fastest_usable_vs_eager", f"{key}: the fastest usable engine ({usable[best]['label']}) "
-            "vs eager fp32 PyTorch, model only", usable[best]["model"]["ms"], "ms/photo", "eager fp32",
-            ref["model"]["ms"], usable[best]["x_eager"], "× eager fp32"))
+            f"extraction.{key}.fastest_usable", f"{key}: the fastest usable engine, any precision ({b['label']}), vs "
+            "the helpers' engine, model only (information: a candidate for the product)", b["model"]["ms"],
+            "ms/photo", "the helpers' engine", h["model"]["ms"], per_round(b, h), "× the helpers' speed"))
     p, d = rec.get("product", {}), rec.get("dlib", {})
     if "ms_per_photo" in p:
         out.append(Figure(

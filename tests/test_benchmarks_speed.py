@@ -111,6 +111,7 @@ def test_smoke_run_reports_every_engine_and_the_recogniser(tmp_path):
         assert r["model"]["ms"] > 0 and r["e2e"]["ms"] > 0 and isinstance(r["usable"], bool), k
         assert r["gate"]["draws"] == G.DRAWS and "min_cosine" in r["gate"], k
     assert ran["torch-fp32"]["gate"]["d_identification"] == 0 and ran["torch-fp32"]["usable"]
+    assert ran["int8-static"]["precision"] == "int8" and ran["helpers-ort"]["precision"] == "fp32"
     if "openvino-f32" in ran:
         assert ran["openvino-f32"]["info"]["reported_precision"] == "f32"
     rec = d["recogniser"]
