@@ -48,6 +48,42 @@ def _rate_figure(key: str, label: str, est, target: str, met: bool, stored: tupl
                   measured=stored[0], commit=stored[1])
 
 
+def dev_halves() -> list[list[str]]:
+    """The development people split in two fixed halves (alternate people in ORL order): the nested check
+    that a winner chosen on all development people is also the winner on each half."""
+    names = [f"s{p + 1}" for p in sorted(threshold.partition()["dev"])]
+    return [names[0::2], names[1::2]]
+
+
+def _only(runs: list[dict], keys, people: list[str]) -> list[dict]:
+    """`runs` with the queries of `keys` (versions or candidates) kept for `people` only."""
+    return [{**r, **{k: {**r[k], "queries": [q for q in r[k]["queries"] if q["person"] in people]} for k in keys}}
+            for r in runs]
+
+
+def threshold_winner(runs: list[dict]) -> tuple[str, dict[str, float]]:
+    """protocols/threshold.md's selection rule on `runs`: the largest worst-slack, ties to the earlier rule."""
+    scores = {rule: threshold.slack(runs, threshold.rule_thresholds(runs, rule)) for rule in threshold.RULES}
+    return max(threshold.RULES, key=lambda r: (scores[r], -threshold.RULES.index(r))), scores
+
+
+def alignment_winner(runs: list[dict]) -> tuple[str, dict[str, float]]:
+    """protocols/alignment.md's selection rule: lowest mean EER among candidates whose identification is
+    within 2 points of the best; EER ties (within 0.5 points) to the earlier candidate."""
+    m = {c: threshold.measures(runs, c, alignment.FAMILY, n_boot=1) for c in alignment.CANDIDATES}
+    best_id = max(v["identification"][0] for v in m.values())
+    alive = [c for c in alignment.CANDIDATES if m[c]["identification"][0] >= best_id - 0.02]
+    low = min(m[c]["eer"][0] for c in alive)
+    return next(c for c in alive if m[c]["eer"][0] <= low + 0.005), {c: m[c]["eer"][0] for c in alignment.CANDIDATES}
+
+
+def nested_line(what: str, winner: str, halves: list[tuple[str, dict]]) -> str:
+    same = all(w == winner for w, _ in halves)
+    return (f"Nested check on the development halves ({', '.join(' '.join(h) for h in dev_halves())}): {what} chosen "
+            f"on all development people: `{winner}`; on each half: " + ", ".join(f"`{w}`" for w, _ in halves)
+            + (" (the same winner)." if same else " (**not** the same winner: the choice rests on few people)."))
+
+
 def threshold_part() -> tuple[list[Figure], list[str], dict]:
     """The saved threshold's operating point on test people (clean and low-resolution queries)."""
     test, dev = _load("results_threshold_test.json"), _load("results_threshold_dev.json")
@@ -80,6 +116,10 @@ def threshold_part() -> tuple[list[Figure], list[str], dict]:
         for rule in threshold.RULES:
             rows[f"AFTER rule {rule}"] = ("after", threshold.rule_thresholds(dev["runs"], rule))
         lines += ["", "Development people (where the rule was chosen):", ""] + threshold.table(dev["runs"], rows)
+        winner, _ = threshold_winner(dev["runs"])
+        halves = [threshold_winner(_only(dev["runs"], ("after",), h)) for h in dev_halves()]
+        lines += ["", nested_line("the rule", winner, halves)]
+        return figs, lines, {"threshold_nested": {"all": winner, "halves": [w for w, _ in halves]}}
     return figs, lines, {}
 
 
@@ -129,6 +169,10 @@ def alignment_part() -> tuple[list[Figure], list[str], dict]:
     if all(all(c in r for c in alignment.CANDIDATES) for r in dev):
         lines += ["", "Development people (where the finder was chosen):", ""]
         lines += alignment.table_lines(dev, alignment.CANDIDATES, "dev")
+        winner, _ = alignment_winner(dev)
+        halves = [alignment_winner(_only(dev, alignment.CANDIDATES, h)) for h in dev_halves()]
+        lines += ["", nested_line("the face finder", winner, halves)]
+        return figs, lines, {"alignment_nested": {"all": winner, "halves": [w for w, _ in halves]}}
     return figs, lines, {}
 
 

@@ -276,7 +276,21 @@ def one_look_paragraph(results: dict) -> str:
             f"tight and loose crops) identification ranges from {ident[0][0]:.1f} % ({ident[0][1]}) to "
             f"{ident[-1][0]:.1f} % ({ident[-1][1]}), but the saved threshold accepts only {ka[0][0]:.1f} % "
             f"({ka[0][1]}) to {ka[-1][0]:.1f} % ({ka[-1][1]}) of known people's photos, and at most {sa_max:.1f} % of "
-            "strangers' photos in any family: a degraded or covered face is answered \"unknown\", not let in.")
+            "strangers' photos in any family: a degraded or covered face is answered \"unknown\", not let in."
+            + nested_sentence(sec["details"]))
+
+
+def nested_sentence(details: dict) -> str:
+    """The nested development-halves check of the choices, in words."""
+    out = []
+    for key, what in (("threshold_nested", "threshold rule"), ("alignment_nested", "face finder")):
+        n = details.get(key)
+        if n:
+            same = all(h == n["all"] for h in n["halves"])
+            out.append(f"the {what} `{n['all']}` " + ("is also the winner on each half of the development people"
+                       if same else f"is not the winner on both halves of the development people "
+                                    f"({', '.join(f'`{h}`' for h in n['halves'])})"))
+    return (" Nested check: " + "; ".join(out) + ".") if out else ""
 
 
 def update_readme(path: Path, results: dict) -> bool:
