@@ -116,6 +116,35 @@ def cli_check(where: Path, truth: dict, rec_run: dict, name: str, backbone, thre
     return rows
 
 
+def stored_runs(phase: str, seeds=SEEDS) -> list[dict]:
+    """The stored per-query results of `phase`, one dict per seed (the files of every process merged)."""
+    parts = ROOT / "benchmarks" / f"results_alignment_{phase}"
+    runs = []
+    for seed in seeds:
+        run = {}
+        for f in sorted(parts.glob(f"seed{seed}-*.json")):
+            run.update(json.loads(f.read_text()))
+        runs.append(run)
+    return runs
+
+
+def table_lines(runs: list[dict], candidates, phase: str) -> list[str]:
+    """The markdown table of `candidates` on stored runs (intervals as `benchmarks.threshold.measures`)."""
+    out = ["| candidate | identification % [95 % CI] | strangers' EER % (mean [min, max]) | known accepted % "
+           "| strangers accepted % | query faces missed | enrolment photos skipped | find s/photo |",
+           "|---|---|---|---|---|---|---|---|"]
+    for name in candidates:
+        m = measures(runs, name, FAMILY)
+        nq = sum(len(r[name]["queries"]) for r in runs)
+        miss = sum(len(r[name]["query_missed"]) for r in runs)
+        skip = sum(len(r[name]["enrol_skipped"]) for r in runs)
+        sec = sum(r[name]["find_seconds"] for r in runs) / sum(nq / len(runs) + 3 * KNOWN[phase] for _ in runs)
+        out.append(f"| {name} | {pct(m['identification'])} | {pct(m['eer'])} | {pct(m['known_accepted'])} | "
+                   f"{pct(m['strangers_accepted'])} | {miss}/{nq} | {skip}/{3 * KNOWN[phase] * len(runs)} | "
+                   f"{sec:.2f} |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--phase", choices=("dev", "test"), required=True)
@@ -153,24 +182,7 @@ def main(argv=None) -> int:
                     run["cli_check"] = f"FAILED: {e}"
                 print(f"  CLI spot check: {run['cli_check']}", flush=True)
                 part.write_text(json.dumps(run, indent=0))
-    runs = []                  # one file per seed and process: merged by seed
-    for seed in args.seeds:
-        run = {}
-        for f in sorted(parts.glob(f"seed{seed}-*.json")):
-            run.update(json.loads(f.read_text()))
-        runs.append(run)
-    print("| candidate | identification % [95 % CI] | strangers' EER % (mean [min, max]) | known accepted % "
-          "| strangers accepted % | query faces missed | enrolment photos skipped | find s/photo |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in args.candidates:
-        m = measures(runs, name, FAMILY)
-        nq = sum(len(r[name]["queries"]) for r in runs)
-        miss = sum(len(r[name]["query_missed"]) for r in runs)
-        skip = sum(len(r[name]["enrol_skipped"]) for r in runs)
-        sec = sum(r[name]["find_seconds"] for r in runs) / sum(nq / len(runs) + 3 * KNOWN[args.phase] for _ in runs)
-        print(f"| {name} | {pct(m['identification'])} | {pct(m['eer'])} | {pct(m['known_accepted'])} | "
-              f"{pct(m['strangers_accepted'])} | {miss}/{nq} | {skip}/{3 * KNOWN[args.phase] * len(runs)} | "
-              f"{sec:.2f} |")
+    print("\n".join(table_lines(stored_runs(args.phase, args.seeds), args.candidates, args.phase)))
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .common import fmt_s
 
 START, END = "<!-- perf:start -->", "<!-- perf:end -->"
-ORDER = ("course", "head_fit", "extraction", "accuracy", "scaling")
+ORDER = ("course", "head_fit", "extraction", "accuracy", "scaling", "one_look")
 
 
 def _num(v, unit: str = "") -> str:
@@ -26,6 +26,8 @@ def _num(v, unit: str = "") -> str:
         return f"{v:,.0f} MiB"
     if unit == "images/s":
         return f"{v:,.1f} images/s"
+    if unit == "ms/photo":
+        return f"{v:,.1f} ms/photo"
     return f"{v:,.3g} {unit}".strip()
 
 
@@ -162,6 +164,69 @@ def dev_table(d: dict) -> list[str]:
     return out
 
 
+def _ms_cell(t: dict | None) -> str:
+    return "—" if not t else f"{t['ms']:.2f} ({t['min']:.2f}–{t['max']:.2f})"
+
+
+def _delta(g: dict, key: str) -> str:
+    if key not in g:
+        return "—"
+    half = g.get(f"{key}_ci95")
+    return f"{g[key]:+.1f}" + (f" ± {half:.1f}" if half == half and half is not None else "")
+
+
+def speed_table(results: dict) -> str:
+    """Every engine: model only and end to end (ms/photo, median (min–max) over alternating rounds), speed
+    against eager fp32 PyTorch, the accuracy change on development people and whether it is usable."""
+    sec = results.get("sections", {}).get("extraction")
+    if not sec or "engines" not in sec.get("details", {}):
+        return ""
+    d, c = sec["details"], sec["config"]
+    rows = [f"Engines on the same prepared batches ({d['backbone']}, {c['photos']} photos, batches of {c['batch']}, "
+            f"{c['threads']} threads; median (min–max) of {c['rounds']} alternating round(s) after {c['warmup_passes']} "
+            "warm-up passes). Model only: the engine on ready batches; end to end: decoded photos -> "
+            "`helpers.data.preprocess.to_batch` -> the engine. Δ: engine minus eager fp32 on development people's "
+            f"features ({c['gate_photos']} photos; %-points, mean ± 95 % t-interval over draws); {c['gate']}.", "",
+            "| Engine | model only, ms/photo | end to end, ms/photo | × eager fp32 (model only) | Δ identification "
+            "| Δ strangers' EER | lowest cosine (info) | usable? |",
+            "|---|---|---|---|---|---|---|---|"]
+    for k, r in d["engines"].items():
+        if "error" in r:
+            rows.append(f"| {r['label']} | cannot run here: {r['error']} | | | | | | |")
+            continue
+        g = r["gate"]
+        usable = "yes" if r["usable"] else f"**no** ({g.get('why', '')})"
+        rows.append(f"| {r['label']} | {_ms_cell(r['model'])} | {_ms_cell(r.get('e2e'))} | {r['x_eager']:.2f}× | "
+                    f"{_delta(g, 'd_identification')} | {_delta(g, 'd_eer')} | {g.get('min_cosine', '—')} | {usable} |")
+    return "\n".join(rows)
+
+
+def recogniser_table(results: dict) -> str:
+    """The recogniser from a JPEG file to its answer, step by step, beside dlib's pipeline on the same files."""
+    sec = results.get("sections", {}).get("extraction")
+    rec = (sec or {}).get("details", {}).get("recogniser")
+    if not rec:
+        return ""
+    rows = [f"From a JPEG file to the answer ({rec['photos']} phone-like scenes of development people, "
+            f"{rec['rounds']} alternating round(s), input {rec['input_size']} px; ms/photo, median (min–max); right "
+            "answers: a sanity check on a few photos, not an accuracy figure):", "",
+            "| Pipeline | ms/photo | steps, ms/photo (share) | right answers | no face found |", "|---|---|---|---|---|"]
+    for name, title in (("product", "the product's recogniser"), ("dlib", "dlib face_recognition")):
+        r = rec.get(name, {})
+        if "ms_per_photo" not in r:
+            rows.append(f"| {title} | {r.get('error') or r.get('skipped') or 'not measured'} | | | |")
+            continue
+        what = f" ({r['finder']}; {r['method']})" if name == "product" else f" ({r['pipeline']})"
+        steps = "; ".join(f"{s} {v:.1f} ({100 * (r['steps_share'][s] or 0):.0f} %)" for s, v in r["steps_ms"].items())
+        if r.get("mirror_pass_ms") is not None:
+            steps += f"; of which the mirror pass {r['mirror_pass_ms']:.1f}"
+        rows.append(f"| {title}{what} | {r['ms_per_photo']:.1f} ({r['ms_min']:.1f}–{r['ms_max']:.1f}) | {steps} | "
+                    f"{r['right']}/{rec['photos']} | {r['no_face']} |")
+    if rec.get("dlib_over_product"):
+        rows += ["", f"dlib's time / the product's time: {rec['dlib_over_product']:.2f} (median of per-round ratios)."]
+    return "\n".join(rows)
+
+
 def readme_section(results: dict) -> str:
     parts = [
         "## Performance",
@@ -172,6 +237,9 @@ def readme_section(results: dict) -> str:
         "",
         headline_table(results),
     ]
+    speed = speed_table(results)
+    if speed:
+        parts += ["", "### Speed", "", speed, "", recogniser_table(results)]
     acc = accuracy_table(results)
     if acc:
         sec = results["sections"]["accuracy"]
@@ -183,7 +251,46 @@ def readme_section(results: dict) -> str:
         gap = baseline_gap(results)
         if gap:
             parts += ["", gap]
+    look = one_look_paragraph(results)
+    if look:
+        parts += ["", look]
     return "\n".join(parts)
+
+
+def one_look_paragraph(results: dict) -> str:
+    """What the rows from the one-look protocols mean, with the families' spread, from the stored looks."""
+    sec = results.get("sections", {}).get("one_look")
+    if not sec or not sec["details"].get("families_product"):
+        return ""
+    fam = sec["details"]["families_product"]
+    degraded = {f: v for f, v in fam.items() if f != "clean"}
+    ka = sorted((v["known_accepted"][0], f) for f, v in degraded.items())
+    sa_max = max(v["strangers_accepted"][0] for v in fam.values())
+    ident = sorted((v["identification"][0], f) for f, v in degraded.items())
+    return ("**One-look protocols** (rows marked *test people* above; `benchmarks/ONE_LOOK.md`, "
+            "`benchmarks/FAMILIES.md`; protocols and looks logs in `benchmarks/protocols/`). Each protocol was "
+            "written before its runs, made every choice on 10 development people and looked once at 20 test "
+            "people; the figures are recomputed from the stored per-query results, and a target counts as met "
+            "only when the 95 % interval's bound meets it. In the degradation families that are not enrolment "
+            f"augmentations (low resolution, gamma, one-sided light, colour casts, noise, sunglasses, masks, "
+            f"tight and loose crops) identification ranges from {ident[0][0]:.1f} % ({ident[0][1]}) to "
+            f"{ident[-1][0]:.1f} % ({ident[-1][1]}), but the saved threshold accepts only {ka[0][0]:.1f} % "
+            f"({ka[0][1]}) to {ka[-1][0]:.1f} % ({ka[-1][1]}) of known people's photos, and at most {sa_max:.1f} % of "
+            "strangers' photos in any family: a degraded or covered face is answered \"unknown\", not let in."
+            + nested_sentence(sec["details"]))
+
+
+def nested_sentence(details: dict) -> str:
+    """The nested development-halves check of the choices, in words."""
+    out = []
+    for key, what in (("threshold_nested", "threshold rule"), ("alignment_nested", "face finder")):
+        n = details.get(key)
+        if n:
+            same = all(h == n["all"] for h in n["halves"])
+            out.append(f"the {what} `{n['all']}` " + ("is also the winner on each half of the development people"
+                       if same else f"is not the winner on both halves of the development people "
+                                    f"({', '.join(f'`{h}`' for h in n['halves'])})"))
+    return (" Nested check: " + "; ".join(out) + ".") if out else ""
 
 
 def update_readme(path: Path, results: dict) -> bool:
@@ -224,27 +331,18 @@ def results_markdown(results: dict) -> str:
                 f"- extra memory (MiB): {d['peak_rss_mb']}"]
     if "extraction" in secs:
         s = secs["extraction"]
-        out += ["", "## Feature extraction", "", _meta(s)]
-        for key, v in s["details"].items():
-            out += ["", f"**{key}** ({v['weights']}); fastest: {v['fastest']}", "",
-                    "| Recipe | images/s | runs | min cosine to PyTorch | notes |", "|---|---|---|---|---|"]
-            for name, r in v["recipes"].items():
-                rate = r.get("images_per_s")
-                if r.get("recipe") == "head-to-head":
-                    shown = (f"helpers {r['helpers_images_per_s']} vs {r['fastest']} {r['fastest_images_per_s']}, "
-                             f"{r['rounds']} alternating passes each: {100 * r['ratio']:.0f} %")
-                elif r.get("recipe") == "end-to-end":
-                    shown = "; ".join(f"{k.split(' (')[0]} {e['images_per_s']} = {100 * e['of_model_alone']:.0f} % of "
-                                      "the model alone" for k, e in r.items() if isinstance(e, dict))
-                    shown += f" ({r['rounds']} alternating rounds, ratio = median of per-round ratios)"
-                else:
-                    shown = rate if rate is not None else (f"{r['seconds']} s" if "seconds" in r
-                                                           else "failed: " + r.get("error", ""))
-                note = ""
-                if "loo_1nn" in r:
-                    note = f"1-NN leave-one-out {r['loo_1nn']} % (fp32: {r['loo_1nn_fp32']} %)"
-                cos = r.get("min_cosine_to_pytorch", "")
-                out.append(f"| {name} | {shown} | {r.get('runs', '')} | {cos} | {note} |")
+        out += ["", "## Speed", "", _meta(s)]
+        if "engines" in s["details"]:
+            d = s["details"]
+            out += ["", f"**{d['backbone']}** ({d['weights']}); CPU flags: "
+                    + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in d["cpu_flags"].items() if k != "read")
+                    + f"; OpenVINO's precision without a hint: {d.get('openvino_default_precision')}.", "",
+                    speed_table(results), "", recogniser_table(results), "", "Engine settings:", ""]
+            for k, r in d["engines"].items():
+                if "info" in r:
+                    out.append(f"- `{k}`: " + ", ".join(f"{a}={b}" for a, b in r["info"].items()))
+        else:  # a results file from before the fair-speed benchmark
+            out += ["", "(an older extraction run: rerun `python -m benchmarks --only extraction`)"]
     if "accuracy" in secs:
         s = secs["accuracy"]
         d = s["details"]

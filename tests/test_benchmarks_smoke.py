@@ -67,11 +67,10 @@ def test_each_benchmark_measured_its_comparison(smoke):
     assert nb and all(v["peak_rss_mb"] > 50 and v["seconds"] > 0 and not v["errors"] for v in nb.values())
     hf = {f["key"]: f for f in s["head_fit"]["figures"]}
     assert hf["head_fit.seconds"]["vs_value"] > hf["head_fit.seconds"]["value"] > 0  # guide's loop is slower
-    for backbone in s["extraction"]["details"].values():
-        rates = [r["images_per_s"] for r in backbone["recipes"].values() if r.get("images_per_s")]
-        assert len(rates) >= 3 and backbone["fastest"] in backbone["recipes"]
-        recipes = {r.get("recipe") for r in backbone["recipes"].values()}
-        assert {"helpers", "eager", "onnxruntime-default", "int8", "ceiling"} <= recipes
+    ext = s["extraction"]["details"]  # the fair speed benchmark; its own checks: tests/test_benchmarks_speed.py
+    ran = {k for k, r in ext["engines"].items() if "error" not in r}
+    assert {"torch-fp32", "helpers-ort", "ort-fp32", "int8-static"} <= ran and ext["reference"] == "torch-fp32"
+    assert ext["recogniser"]["product"]["ms_per_photo"] > 0
     acc = s["accuracy"]["details"]
     methods = {m["key"] for m in acc["methods"]}
     assert {"raw", "frozen", "probe", "arcface", "tuned", "arcface+"} <= methods
