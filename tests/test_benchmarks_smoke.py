@@ -18,7 +18,7 @@ from benchmarks import report
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "benchmarks" / "results.json"
-SECTIONS = ("course", "head_fit", "extraction", "accuracy", "scaling")
+SECTIONS = report.ORDER   # every section, the one-look protocols included
 README = "# Title\n\nbefore\n\n<!-- perf:start -->\nold table\n<!-- perf:end -->\n\nafter\n"
 
 
