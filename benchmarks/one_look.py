@@ -22,7 +22,6 @@ from . import alignment, families, threshold
 from .common import Figure, Section
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTOCOLS = ROOT / "benchmarks" / "protocols"
 CHOSEN_FINDER = "dlib-orl"      # the development choice of protocols/alignment.md
 REFERENCE_FINDER = "haar"       # the finder before it, tested beside it in the same look
 
@@ -33,7 +32,8 @@ def _load(name: str) -> dict | None:
 
 
 def committed(*paths: str) -> tuple[str, str]:
-    """When and at which commit the stored results were last committed (the look's measurement)."""
+    """When and at which commit the stored results were last committed (the look's measurement); empty
+    strings outside a git checkout (a downloaded zip), where the report then shows no date."""
     import subprocess
 
     out = subprocess.run(["git", "log", "-1", "--format=%cd %h", "--date=format:%Y-%m-%d %H:%M", "--", *paths],

@@ -37,7 +37,8 @@ def test_targets_are_judged_by_the_interval_bound(regenerated):
             assert lo <= f.value <= hi
             bound = float(f.target.split()[1])
             assert f.met == (lo >= bound if f.target.startswith(">=") else hi <= bound), key
-        assert f.measured and f.commit, f"{key}: when and where the look was stored"
+        if (REPO / ".git").exists():           # a downloaded zip has no history to date the looks by
+            assert f.measured and f.commit, f"{key}: when and where the look was stored"
     fam = figs["families_targets"]
     assert 0 <= fam.value <= 40 and 0 <= fam.vs_value <= 40 and fam.met is (fam.value == 40)
 
