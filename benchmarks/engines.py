@@ -139,6 +139,22 @@ def helpers_ort(backbone, size: int, threads: int) -> Engine:
                   lambda b: sess.run(None, {"images": b})[0], {"intra_op_threads": threads})
 
 
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """onnxruntime.quantization prints the graph and logs warnings with whole tensor types through the root
+    logger: kept out of the benchmark's output (the results record what matters)."""
+    import logging
+
+    root, level = logging.getLogger(), logging.getLogger().level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def int8_static_path(path: Path, calibration: np.ndarray, batch: int = 8) -> Path:
     """Static per-channel int8 (QDQ; uint8 activations, int8 weights; MinMax ranges over `calibration`)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -153,8 +169,7 @@ def int8_static_path(path: Path, calibration: np.ndarray, batch: int = 8) -> Pat
 
     pre = path.with_name("backbone-pre.onnx")
     out = path.with_name("backbone-int8-static.onnx")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
+    with _quiet_quantizer():
         quant_pre_process(str(path), str(pre))
         quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
@@ -165,8 +180,7 @@ def int8_dynamic_path(path: Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = path.with_name("backbone-int8-dynamic.onnx")
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # it prints the graph
-        warnings.simplefilter("ignore")
+    with _quiet_quantizer():
         quantize_dynamic(str(path), str(out), weight_type=QuantType.QUInt8)
     return out
 
